@@ -1,0 +1,222 @@
+//! `slate`: validate a project, run its scheduled queries, read the online store and manage
+//! incremental watermarks.
+
+mod output;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use slate_engine::{Engine, EngineConfig, EngineError, plan_query, validate_models};
+use slate_project::{Diagnostic, Diagnostics, Project, SourceConfig, Span, load_project};
+use slate_types::{ErrorKind, SystemClock};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "slate", version, about = "Slate: point-in-time features, batch models and stores, from one project directory")]
+struct Cli {
+    /// The project directory (holding slate.yaml).
+    #[arg(long, global = true, default_value = ".")]
+    project: PathBuf,
+    /// The environment of slate.yaml to use.
+    #[arg(long, global = true, default_value = "default")]
+    env: String,
+    /// Read embedded sources from this directory instead of their configured `path`.
+    #[arg(long, global = true, env = "SLATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep stores and the run ledger here instead of `<project>/<state_dir>/<env>`.
+    #[arg(long, global = true, env = "SLATE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the whole project and print each scheduled query's plan. Writes nothing.
+    Apply,
+    /// Run a scheduled query once, now.
+    Run {
+        /// Name of the scheduled query.
+        query: String,
+    },
+    /// Read features from the online store, as JSON.
+    Query {
+        /// The key, as `class.feature=value` (e.g. `transaction.id=42`).
+        #[arg(long = "in")]
+        input: String,
+        /// Features to read (e.g. `transaction.is_fraud`); repeatable.
+        #[arg(long = "out", required = true)]
+        outputs: Vec<String>,
+    },
+    /// Inspect or change incremental watermarks.
+    Incremental {
+        #[command(subcommand)]
+        action: IncrementalCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IncrementalCmd {
+    /// Show every watermark.
+    Status,
+    /// Set a resolver's watermark for a query (RFC 3339 time).
+    Set { query: String, resolver: String, #[arg(long)] to: String },
+    /// Forget a resolver's watermark, so the next run reads everything.
+    Drop { query: String, resolver: String },
+}
+
+/// A failure the CLI reports: a message, an optional hint and the exit code.
+struct Failure {
+    text: String,
+    code: u8,
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        let mut text = format!("error: {e}\n");
+        if let Some(h) = e.hint() {
+            text.push_str(&format!("  = hint: {h}\n"));
+        }
+        Failure { text, code: e.kind().exit_code() as u8 }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure { text: format!("error: {e:#}\n"), code: ErrorKind::User.exit_code() as u8 }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprint!("{}", f.text);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<Project, Failure> {
+    load_project(&cli.project).map_err(|d| Failure { text: d.render(&cli.project), code: 2 })
+}
+
+fn engine(cli: &Cli, project: Project) -> Result<Engine, Failure> {
+    Ok(Engine::new(EngineConfig {
+        project,
+        env: cli.env.clone(),
+        data_dir: cli.data_dir.clone(),
+        state_dir: cli.state_dir.clone(),
+        clock: Arc::new(SystemClock),
+    })?)
+}
+
+/// Problems only visible with the environment and the model files at hand.
+fn environment_diagnostics(cli: &Cli, project: &Project) -> Vec<Diagnostic> {
+    let mut out = validate_models(project);
+    let Some(env) = project.environment(&cli.env) else { return out };
+    for (name, SourceConfig::Embedded { path, span, .. }) in &env.sources {
+        let (dir, span) = match &cli.data_dir {
+            Some(d) => (d.clone(), Span::file("slate.yaml")),
+            None => (project.root.join(path), span.clone()),
+        };
+        if !dir.is_dir() {
+            let via = if cli.data_dir.is_some() { "--data-dir / SLATE_DATA_DIR" } else { "`path`" };
+            out.push(Diagnostic::new(span, format!("data directory {} of source `{name}` (from {via}) does not exist", dir.display()))
+                .hint("generate the example's data with `cargo run -p fraud-example --bin fraud-data`, or point SLATE_DATA_DIR / --data-dir at your files"));
+        }
+    }
+    out
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Apply => {
+            let project = load(&cli)?;
+            if project.environment(&cli.env).is_none() {
+                return Err(EngineError::UnknownEnvironment { name: cli.env.clone(), known: project.environments.keys().cloned().collect::<Vec<_>>().join(", ") }.into());
+            }
+            let problems = environment_diagnostics(&cli, &project);
+            if !problems.is_empty() {
+                let mut d = Diagnostics(problems);
+                d.sort();
+                return Err(Failure { text: d.render(&cli.project), code: 2 });
+            }
+            let plans = project.queries.iter().map(|q| plan_query(&project, &q.name)).collect::<Result<Vec<_>, _>>()?;
+            print!("{}", output::apply_report(&project, &plans));
+            Ok(())
+        }
+        Command::Run { query } => {
+            let project = load(&cli)?;
+            let plan = plan_query(&project, query)?;
+            let problems = environment_diagnostics(&cli, &project);
+            if !problems.is_empty() {
+                let mut d = Diagnostics(problems);
+                d.sort();
+                return Err(Failure { text: d.render(&cli.project), code: 2 });
+            }
+            let engine = engine(&cli, project)?;
+            let progress = output::CliProgress::new();
+            let summary = engine.run(&plan, &progress).await;
+            progress.finish();
+            print!("{}", output::summary(&summary?));
+            Ok(())
+        }
+        Command::Query { input, outputs } => {
+            let project = load(&cli)?;
+            let engine = engine(&cli, project)?;
+            let (feature, value) = input.split_once('=').context("--in takes `class.feature=value`, e.g. `transaction.id=42`")?;
+            let key: i64 = value.trim().parse().with_context(|| format!("key `{value}` of --in is not an integer"))?;
+            let online = engine.online()?;
+            let mut obj = serde_json::Map::new();
+            obj.insert(feature.trim().to_string(), serde_json::json!(key));
+            for out in outputs {
+                let r = slate_types::FeatureRef::parse(out).map_err(anyhow::Error::from)?;
+                let value = online.get(&r.column_name(), key).map_err(EngineError::from)?;
+                obj.insert(out.clone(), match value {
+                    Some(v) => serde_json::from_str(&v.json).unwrap_or(serde_json::Value::String(v.json)),
+                    None => serde_json::Value::Null,
+                });
+            }
+            println!("{}", serde_json::to_string_pretty(&serde_json::Value::Object(obj)).map_err(anyhow::Error::from)?);
+            Ok(())
+        }
+        Command::Incremental { action } => {
+            let project = load(&cli)?;
+            let engine = engine(&cli, project.clone())?;
+            let ledger = engine.ledger()?;
+            match action {
+                IncrementalCmd::Status => print!("{}", output::watermarks(&ledger.watermarks().map_err(EngineError::from)?)),
+                IncrementalCmd::Set { query, resolver, to } => {
+                    check_pair(&project, query, resolver)?;
+                    let micros = output::parse_time(to).with_context(|| format!("`{to}` is not an RFC 3339 time such as 2026-10-01T00:00:00Z"))?;
+                    ledger.set_watermark(query, resolver, Some(micros)).map_err(EngineError::from)?;
+                    println!("watermark of {query}/{resolver} set to {}", output::time(micros));
+                }
+                IncrementalCmd::Drop { query, resolver } => {
+                    check_pair(&project, query, resolver)?;
+                    ledger.set_watermark(query, resolver, None).map_err(EngineError::from)?;
+                    println!("watermark of {query}/{resolver} dropped; the next run reads everything");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_pair(project: &Project, query: &str, resolver: &str) -> Result<(), Failure> {
+    let q = project.query(query).ok_or_else(|| EngineError::UnknownQuery { name: query.into(), known: project.queries.iter().map(|q| q.name.clone()).collect::<Vec<_>>().join(", ") })?;
+    if !q.incremental_resolvers.iter().any(|r| r == resolver) {
+        return Err(anyhow::anyhow!("`{resolver}` is not an incremental resolver of `{query}` (it has: {})", q.incremental_resolvers.join(", ")).into());
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Engine errors: each names the object involved and says who must act.
+
+use slate_types::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no scheduled query named `{name}`; known queries: {known}")]
+    UnknownQuery { name: String, known: String },
+    #[error("no environment named `{name}` in slate.yaml; known environments: {known}")]
+    UnknownEnvironment { name: String, known: String },
+    #[error("cannot plan `{query}`: {reason}")]
+    Plan { query: String, reason: String },
+    #[error("resolver `{resolver}` returned a bad value: {reason}")]
+    BadValue { resolver: String, reason: String },
+    #[error(transparent)]
+    Source(#[from] slate_sources::SourceError),
+    #[error(transparent)]
+    Store(#[from] slate_stores::StoreError),
+    #[error(transparent)]
+    Model(#[from] slate_model::ModelError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::UnknownQuery { .. } | EngineError::UnknownEnvironment { .. } | EngineError::Plan { .. } | EngineError::BadValue { .. } => ErrorKind::User,
+            EngineError::Source(e) => e.kind(),
+            EngineError::Store(e) => e.kind(),
+            EngineError::Model(e) => e.kind(),
+            EngineError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            EngineError::Source(e) => e.hint().map(str::to_string),
+            EngineError::UnknownQuery { .. } => Some("run `slate apply` to list the project's scheduled queries".into()),
+            _ => None,
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for EngineError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        EngineError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,218 @@
+//! The validated project: what every downstream crate works from.
+
+use crate::diag::Span;
+use slate_types::{FeatureRef, ValueType, Window};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// Directory holding `slate.yaml`.
+    pub root: PathBuf,
+    pub name: String,
+    pub environments: BTreeMap<String, Environment>,
+    pub classes: Vec<FeatureClass>,
+    pub sql_resolvers: Vec<SqlResolver>,
+    pub model_resolvers: Vec<ModelResolver>,
+    pub queries: Vec<ScheduledQuery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Where embedded stores and the run ledger live, relative to the project root unless absolute.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// Local Parquet and CSV files queried through DataFusion; a file's stem names its table.
+    Embedded { path: PathBuf, dialect: String, span: Span },
+}
+
+#[derive(Debug, Clone)]
+pub struct FeatureClass {
+    pub name: String,
+    pub features: Vec<Feature>,
+    pub primary_key: String,
+    pub feature_time: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Feature {
+    pub name: String,
+    pub kind: FeatureKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureKind {
+    Scalar { ty: ValueType, default: Option<f64> },
+    HasOne { target: String, foreign_key: String },
+    HasMany { target: String, foreign_key: String },
+    Aggregate { ty: ValueType, agg: Aggregation, windows: Vec<Window> },
+}
+
+/// An aggregation over a has-many relation, evaluated at each row's `now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregation {
+    pub func: AggFunc,
+    pub relation: String,
+    /// The related class's feature aggregated; `None` for `count(relation)`.
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFunc {
+    Count,
+    CountDistinct,
+    Sum,
+    Mean,
+    Min,
+    Max,
+    Latest,
+    /// `now - latest(relation.ts)`, in seconds.
+    TimeSinceLatest,
+}
+
+impl AggFunc {
+    pub fn name(self) -> &'static str {
+        match self {
+            AggFunc::Count => "count",
+            AggFunc::CountDistinct => "count_distinct",
+            AggFunc::Sum => "sum",
+            AggFunc::Mean => "mean",
+            AggFunc::Min => "min",
+            AggFunc::Max => "max",
+            AggFunc::Latest => "latest",
+            AggFunc::TimeSinceLatest => "time since latest",
+        }
+    }
+}
+
+impl FeatureClass {
+    pub fn feature(&self, name: &str) -> Option<&Feature> {
+        self.features.iter().find(|f| f.name == name)
+    }
+
+    /// Scalar features with their types, in declaration order: the columns a resolver can return.
+    pub fn scalar_features(&self) -> impl Iterator<Item = (&str, ValueType)> {
+        self.features.iter().filter_map(|f| match f.kind {
+            FeatureKind::Scalar { ty, .. } => Some((f.name.as_str(), ty)),
+            _ => None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncrementalMode {
+    Row,
+    Group,
+    Parameter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncrementalTimestamp {
+    FeatureTime,
+    ResolverExecutionTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incremental {
+    pub mode: IncrementalMode,
+    pub lookback_secs: i64,
+    pub column: String,
+    pub timestamp: IncrementalTimestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqlResolver {
+    pub name: String,
+    /// Relative to the project root.
+    pub file: PathBuf,
+    pub description: String,
+    pub source: String,
+    pub resolves: String,
+    pub tags: Vec<String>,
+    pub environments: Vec<String>,
+    pub incremental: Option<Incremental>,
+    /// The query as written, after the header.
+    pub sql: String,
+    /// Output column names, in order, each naming a scalar feature of `resolves`.
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelResolver {
+    pub name: String,
+    pub file: PathBuf,
+    /// Absolute path of the ONNX file.
+    pub model_path: PathBuf,
+    pub model_span: Span,
+    /// Inputs in order; the first is the root class's primary key, which identifies rows and is not
+    /// passed to the model.
+    pub inputs: Vec<FeatureRef>,
+    pub input_spans: Vec<Span>,
+    /// Per model input (all but the key): the value used when the feature is null; NaN otherwise.
+    pub defaults: Vec<Option<f64>>,
+    /// The feature set from the model's predicted label.
+    pub output: FeatureRef,
+    /// Optionally, the feature set from the model's probability of the positive class.
+    pub score_output: Option<FeatureRef>,
+    pub tags: Vec<String>,
+}
+
+impl ModelResolver {
+    pub fn model_inputs(&self) -> &[FeatureRef] {
+        &self.inputs[1..]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduledQuery {
+    pub name: String,
+    pub span: Span,
+    pub schedule: Option<String>,
+    pub output: Vec<FeatureRef>,
+    pub store_online: bool,
+    pub store_offline: bool,
+    pub tags: Vec<String>,
+    pub incremental_resolvers: Vec<String>,
+    /// Earliest `incremental_column` value the first run reads, in microseconds.
+    pub lower_bound_micros: Option<i64>,
+}
+
+impl Project {
+    pub fn class(&self, name: &str) -> Option<&FeatureClass> {
+        self.classes.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    pub fn query(&self, name: &str) -> Option<&ScheduledQuery> {
+        self.queries.iter().find(|q| q.name == name)
+    }
+
+    pub fn sql_resolver(&self, name: &str) -> Option<&SqlResolver> {
+        self.sql_resolvers.iter().find(|r| r.name == name)
+    }
+
+    /// The model resolver that produces `feature`, if any.
+    pub fn model_resolver_for(&self, feature: &FeatureRef) -> Option<&ModelResolver> {
+        self.model_resolvers.iter().find(|m| {
+            same_feature(&m.output, feature)
+                || m.score_output.as_ref().is_some_and(|s| same_feature(s, feature))
+        })
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.get(name)
+    }
+}
+
+/// Two references name the same feature (class names compare case-insensitively).
+pub fn same_feature(a: &FeatureRef, b: &FeatureRef) -> bool {
+    a.class.eq_ignore_ascii_case(&b.class)
+        && a.path == b.path
+        && a.feature == b.feature
+        && a.window == b.window
+}

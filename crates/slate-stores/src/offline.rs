@@ -1,0 +1,119 @@
+//! The embedded offline store: one Delta Lake table per dataset under the state directory,
+//! readable by DuckDB, Polars, pandas and Spark. Writes replace a time range atomically
+//! (`replace_where column >= from`), so a rerun over the same range leaves no duplicate.
+
+use crate::StoreError;
+use arrow::record_batch::RecordBatch;
+use deltalake::DeltaTable;
+use deltalake::datafusion::common::ScalarValue;
+use deltalake::datafusion::prelude::{Expr, SessionContext, col, lit};
+use deltalake::protocol::SaveMode;
+use std::path::{Path, PathBuf};
+use url::Url;
+
+/// The rows a write supersedes: `column >= from_micros`. `None` in [`OfflineStore::write`]
+/// replaces the whole table.
+#[derive(Debug, Clone)]
+pub struct ReplaceRange {
+    pub column: String,
+    pub from_micros: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OfflineStore {
+    root: PathBuf,
+}
+
+fn ts_lit(micros: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
+}
+
+impl OfflineStore {
+    pub fn new(root: &Path) -> Self {
+        OfflineStore { root: root.to_path_buf() }
+    }
+
+    pub fn table_path(&self, table: &str) -> PathBuf {
+        self.root.join(table)
+    }
+
+    async fn open(&self, table: &str) -> Result<DeltaTable, StoreError> {
+        let path = self.table_path(table);
+        let err = |reason: String| StoreError::Offline { table: table.into(), reason };
+        std::fs::create_dir_all(&path).map_err(|e| err(e.to_string()))?;
+        let abs = std::fs::canonicalize(&path).map_err(|e| err(e.to_string()))?;
+        let url = Url::from_directory_path(&abs).map_err(|_| err(format!("bad path {}", abs.display())))?;
+        DeltaTable::try_from_url(url).await.map_err(|e| err(e.to_string()))
+    }
+
+    /// Whether the table has been written at least once.
+    pub async fn exists(&self, table: &str) -> Result<bool, StoreError> {
+        if !self.table_path(table).join("_delta_log").is_dir() {
+            return Ok(false);
+        }
+        Ok(self.open(table).await?.version().is_some())
+    }
+
+    /// Writes `batches`, replacing the rows in `replace` (or the whole table) in one commit.
+    pub async fn write(&self, table: &str, batches: Vec<RecordBatch>, replace: Option<&ReplaceRange>) -> Result<(), StoreError> {
+        let err = |e: deltalake::DeltaTableError| StoreError::Offline { table: table.into(), reason: e.to_string() };
+        let t = self.open(table).await?;
+        let exists = t.version().is_some();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 {
+            if let (true, Some(r)) = (exists, replace) {
+                t.delete().with_predicate(col(format!("\"{}\"", r.column)).gt_eq(ts_lit(r.from_micros))).await.map_err(err)?;
+            } else if exists {
+                t.delete().await.map_err(err)?;
+            }
+            return Ok(());
+        }
+        let mut w = t.write(batches).with_save_mode(SaveMode::Overwrite);
+        if let (true, Some(r)) = (exists, replace) {
+            w = w.with_replace_where(col(format!("\"{}\"", r.column)).gt_eq(ts_lit(r.from_micros)));
+        }
+        w.await.map_err(err)?;
+        Ok(())
+    }
+
+    /// A DataFusion session with `tables` registered under their names, for reads.
+    pub async fn session(&self, tables: &[&str]) -> Result<SessionContext, StoreError> {
+        let ctx = SessionContext::new();
+        for name in tables {
+            let err = |reason: String| StoreError::Offline { table: name.to_string(), reason };
+            let t = self.open(name).await?;
+            if t.version().is_none() {
+                continue;
+            }
+            t.update_datafusion_session(&ctx.state()).map_err(|e| err(e.to_string()))?;
+            let provider = t.table_provider().await.map_err(|e| err(e.to_string()))?;
+            ctx.register_table(*name, provider).map_err(|e| err(e.to_string()))?;
+        }
+        Ok(ctx)
+    }
+
+    /// Reads `columns` of `table` for rows whose `key` is in `keys` and whose `time` is at or
+    /// after `from` (when given).
+    pub async fn read_for_keys(&self, table: &str, columns: &[&str], key: &str, keys: &[i64], time: &str, from: Option<i64>) -> Result<Vec<RecordBatch>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Offline { table: table.into(), reason: e.to_string() };
+        let ctx = self.session(&[table]).await?;
+        let Ok(df) = ctx.table(table).await else { return Ok(vec![]) };
+        let quoted = |c: &str| col(format!("\"{c}\""));
+        let mut filter = quoted(key).in_list(keys.iter().map(|k| lit(*k)).collect(), false);
+        if let Some(f) = from {
+            filter = filter.and(quoted(time).gt_eq(ts_lit(f)));
+        }
+        let df = df
+            .filter(filter)
+            .and_then(|d| d.select(columns.iter().map(|c| quoted(c)).collect::<Vec<_>>()))
+            .map_err(|e| err(&e))?;
+        df.collect().await.map_err(|e| err(&e))
+    }
+
+    /// Every row of `table` (empty when the table was never written).
+    pub async fn read_all(&self, table: &str) -> Result<Vec<RecordBatch>, StoreError> {
+        let ctx = self.session(&[table]).await?;
+        let Ok(df) = ctx.table(table).await else { return Ok(vec![]) };
+        df.collect().await.map_err(|e| StoreError::Offline { table: table.into(), reason: e.to_string() })
+    }
+}

@@ -1,0 +1,94 @@
+//! The embedded online store: one redb table mapping (feature, key) to the value with the
+//! newest feature time. Writes are upserts; an older feature time never replaces a newer one.
+
+use crate::{StoreError, io};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use std::path::Path;
+
+const VALUES: TableDefinition<(&str, i64), (i64, &str)> = TableDefinition::new("values");
+
+/// A stored value: its feature time (microseconds) and the value as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineValue {
+    pub feature_time: i64,
+    pub json: String,
+}
+
+#[derive(Debug)]
+pub struct OnlineStore {
+    db: Database,
+}
+
+impl OnlineStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { what: "online store", path: path.into(), reason: e.to_string() })?;
+        }
+        let db = Database::create(path).map_err(|e| StoreError::Open { what: "online store", path: path.into(), reason: e.to_string() })?;
+        Ok(OnlineStore { db })
+    }
+
+    /// Upserts `(key, feature_time, json)` rows for `feature` in one transaction.
+    pub fn put(&self, feature: &str, rows: impl IntoIterator<Item = (i64, i64, String)>) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| io("online write")(&e))?;
+        let mut written = 0;
+        {
+            let mut t = tx.open_table(VALUES).map_err(|e| io("online write")(&e))?;
+            for (key, ft, json) in rows {
+                let newer = match t.get((feature, key)).map_err(|e| io("online read")(&e))? {
+                    Some(old) => old.value().0 <= ft,
+                    None => true,
+                };
+                if newer {
+                    t.insert((feature, key), (ft, json.as_str())).map_err(|e| io("online write")(&e))?;
+                    written += 1;
+                }
+            }
+        }
+        tx.commit().map_err(|e| io("online commit")(&e))?;
+        Ok(written)
+    }
+
+    pub fn get(&self, feature: &str, key: i64) -> Result<Option<OnlineValue>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
+        let t = match tx.open_table(VALUES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(io("online read")(&e)),
+        };
+        Ok(t.get((feature, key)).map_err(|e| io("online read")(&e))?.map(|v| {
+            let (feature_time, json) = v.value();
+            OnlineValue { feature_time, json: json.to_string() }
+        }))
+    }
+
+    /// Number of keys stored for `feature`.
+    pub fn count(&self, feature: &str) -> Result<usize, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
+        let t = match tx.open_table(VALUES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(io("online read")(&e)),
+        };
+        let range = t.range((feature, i64::MIN)..=(feature, i64::MAX)).map_err(|e| io("online read")(&e))?;
+        Ok(range.count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_feature_time_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = OnlineStore::open(&dir.path().join("online.redb")).expect("open");
+        s.put("transaction.is_fraud", [(1, 10, "true".to_string())]).expect("put");
+        s.put("transaction.is_fraud", [(1, 5, "false".to_string())]).expect("put");
+        assert_eq!(s.get("transaction.is_fraud", 1).expect("get"), Some(OnlineValue { feature_time: 10, json: "true".into() }));
+        s.put("transaction.is_fraud", [(1, 10, "false".to_string()), (2, 1, "true".to_string())]).expect("put");
+        assert_eq!(s.get("transaction.is_fraud", 1).expect("get").map(|v| v.json), Some("false".into()));
+        assert_eq!(s.count("transaction.is_fraud").expect("count"), 2);
+        assert_eq!(s.get("transaction.is_fraud", 3).expect("get"), None);
+    }
+}

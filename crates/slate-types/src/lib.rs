@@ -1,0 +1,14 @@
+//! Slate's shared vocabulary: feature references, durations and windows, value types, error
+//! kinds and the clock. Every other crate speaks in these terms.
+
+mod clock;
+mod duration;
+mod error;
+mod feature_ref;
+mod value_type;
+
+pub use clock::{Clock, FixedClock, SystemClock};
+pub use duration::{DurationError, Window, parse_duration_secs};
+pub use error::ErrorKind;
+pub use feature_ref::{FeatureRef, FeatureRefError};
+pub use value_type::ValueType;
