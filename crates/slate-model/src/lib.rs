@@ -75,7 +75,8 @@ impl OnnxModel {
         let n_features = typed
             .input_fact(0)
             .ok()
-            .and_then(|f| f.shape.as_concrete().and_then(|s| s.last().copied()).or_else(|| f.shape.iter().last().and_then(|d| d.to_usize().ok())));
+            .and_then(|f| f.shape.iter().last().and_then(|d| d.to_i64().ok()))
+            .and_then(|n| usize::try_from(n).ok());
         let plan = typed.into_optimized().map_err(load)?.into_runnable().map_err(load)?;
         Ok(OnnxModel { path: path.into(), plan, n_features, sha256 })
     }

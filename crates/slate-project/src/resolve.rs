@@ -522,7 +522,7 @@ impl Resolver {
                 ok = false;
             }
         }
-        let mut out = |this: &mut Self, key: &str| -> Option<FeatureRef> {
+        let out = |this: &mut Self, key: &str| -> Option<FeatureRef> {
             let n = node.get(key)?;
             let (r, kind) = this.feature_ref(n.as_str().unwrap_or_default(), &n.span)?;
             if !matches!(kind, FeatureKind::Scalar { .. }) || !r.path.is_empty() {
@@ -560,7 +560,7 @@ impl Resolver {
             };
             let schedule = q.get("schedule").and_then(|s| {
                 let text = s.as_str().unwrap_or_default();
-                match croner::Cron::new(text).parse() {
+                match text.parse::<croner::Cron>() {
                     Ok(_) => Some(text.to_string()),
                     Err(e) => {
                         self.err(&s.span, format!("bad cron schedule `{text}`: {e}"), "five fields: minute hour day-of-month month day-of-week, e.g. `0 0 * * *`");

@@ -6,7 +6,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::options::{CsvReadOptions, ParquetReadOptions};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::TableReference;
+use datafusion::common::TableReference;
 use slate_types::ErrorKind;
 use std::path::{Path, PathBuf};
 

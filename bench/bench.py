@@ -1,0 +1,75 @@
+"""Benchmark: Slate's fraud pipeline against DuckDB + onnxruntime and Polars + onnxruntime on
+the same generated data, in one run. Prints wall time and peak memory of each (each in its own
+process, measured by wait4), the ratios, and checks that all three agree on every prediction.
+
+    bash bench/run.sh            # builds, installs the reference tools in bench/.venv, runs this
+"""
+
+import argparse
+import glob
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def measure(cmd):
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    out, err = p.stdout.read(), p.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{out}\n{err}")
+    return wall, usage.ru_maxrss / 1024, out + err
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--warehouse", default=str(ROOT / "bench" / "data" / "warehouse"))
+    a = ap.parse_args()
+    work = ROOT / "bench" / "data"
+    state = work / "state"
+    shutil.rmtree(state, ignore_errors=True)
+    slate = ROOT / "target" / "release" / "slate"
+    model = ROOT / "examples" / "fraud" / "models" / "fraud_model.onnx"
+    rows = pq.ParquetFile(glob.glob(f"{a.warehouse}/ML.TRANSACTIONS/*.parquet")[0]).metadata.num_rows
+
+    results = {}
+    results["slate"] = measure([slate, "--project", ROOT / "examples" / "fraud", "--data-dir", a.warehouse, "--state-dir", state, "run", "run_fraud_model"])
+    for engine in ("duckdb", "polars"):
+        out = work / f"{engine}.parquet"
+        results[engine] = measure([sys.executable, ROOT / "bench" / "reference.py", "--engine", engine, a.warehouse, model, out])
+
+    # The three must agree on every prediction.
+    files = glob.glob(str(state / "offline" / "run_fraud_model" / "*.parquet"))
+    s = pq.read_table(files).sort_by("id")
+    for engine in ("duckdb", "polars"):
+        r = pq.read_table(work / f"{engine}.parquet").sort_by("id")
+        assert s.num_rows == r.num_rows, (engine, s.num_rows, r.num_rows)
+        assert (s.column("id").to_numpy() == r.column("id").to_numpy()).all()
+        mism = int((s.column("is_fraud").to_numpy(zero_copy_only=False) != r.column("is_fraud").to_numpy(zero_copy_only=False)).sum())
+        diff = float(np.abs(s.column("fraud_score").to_numpy() - r.column("fraud_score").to_numpy()).max())
+        assert mism == 0 and diff <= 1e-5, (engine, mism, diff)
+
+    print(f"{rows} source transactions, {s.num_rows} scored; all three agree on every label (scores within 1e-5)\n")
+    print(f"| pipeline | wall time (s) | peak RSS (MiB) | time vs Slate | memory vs Slate |")
+    print(f"|---|---|---|---|---|")
+    sw, sm, _ = results["slate"]
+    for name, label in (("slate", "Slate (`slate run`)"), ("duckdb", "DuckDB SQL + onnxruntime"), ("polars", "Polars + onnxruntime")):
+        w, m, _ = results[name]
+        print(f"| {label} | {w:.2f} | {m:.0f} | {w / sw:.2f}x | {m / sm:.2f}x |")
+    print()
+    for name, (_, _, out) in results.items():
+        print(f"--- {name}\n{out.strip()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The fraud pipeline's work done with the tools a team would otherwise pick: features with
+DuckDB SQL (or Polars), scores with onnxruntime. Run by bench.py in its own process so that its
+time and peak memory are measured the same way as Slate's.
+
+    python bench/reference.py --engine duckdb|polars WAREHOUSE MODEL OUT.parquet
+"""
+
+import argparse
+import pathlib
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FEATURES_SQL = ROOT / "examples" / "fraud" / "training" / "features.sql"
+DAY_US = 86_400_000_000
+
+
+def duckdb_features(warehouse):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    sql = FEATURES_SQL.read_text().replace("{warehouse}", str(warehouse))
+    return con.sql(sql).arrow()
+
+
+def polars_features(warehouse):
+    import polars as pl
+
+    t = (
+        pl.scan_parquet(f"{warehouse}/ML.TRANSACTIONS/*.parquet")
+        .filter(pl.col("category") != "pending")
+        .select(
+            pl.col("transaction_id").alias("id"),
+            "user_id",
+            "merchant_id",
+            "amount",
+            pl.col("ts").dt.epoch("us").alias("ts_us"),
+            "is_fraud",
+        )
+    )
+    h = t.select(pl.col("user_id"), pl.col("ts_us").alias("hts"), pl.col("merchant_id").alias("hm"))
+    pairs = t.select("id", "user_id", "ts_us").join(h, on="user_id").filter(
+        (pl.col("hts") < pl.col("ts_us")) & (pl.col("hts") >= pl.col("ts_us") - 30 * DAY_US)
+    )
+    aggs = []
+    for days in (1, 10, 30):
+        inside = pl.col("hts") >= pl.col("ts_us") - days * DAY_US
+        aggs.append(inside.sum().alias(f"n{days}"))
+        aggs.append(pl.col("hm").filter(inside).n_unique().alias(f"d{days}"))
+    feats = pairs.group_by("id").agg(aggs)
+    last = t.select("id", "user_id", "ts_us").join(h, on="user_id").filter(pl.col("hts") < pl.col("ts_us")).group_by("id").agg(
+        pl.col("hts").max().alias("last")
+    )
+    out = (
+        t.join(feats, on="id", how="left")
+        .join(last, on="id", how="left")
+        .with_columns(
+            ((pl.col("ts_us") - pl.col("last"))).alias("since_us"),
+            *[pl.col(c).fill_null(0) for c in ("n1", "n10", "n30", "d1", "d10", "d30")],
+        )
+        .sort("id")
+        .select("id", "amount", "since_us", "n1", "n10", "n30", "d1", "d10", "d30", "is_fraud", "ts_us")
+    )
+    return out.collect().to_arrow()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--engine", choices=["duckdb", "polars"], required=True)
+    ap.add_argument("warehouse")
+    ap.add_argument("model")
+    ap.add_argument("out")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    table = duckdb_features(a.warehouse) if a.engine == "duckdb" else polars_features(a.warehouse)
+    t1 = time.perf_counter()
+    since = table.column("since_us").to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
+    cols = [table.column("amount").to_numpy(zero_copy_only=False).astype(np.float64), since]
+    cols += [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("n1", "n10", "n30", "d1", "d10", "d30")]
+    x = np.column_stack(cols).astype(np.float32)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
+    labels, probs = sess.run(None, {sess.get_inputs()[0].name: x})
+    t2 = time.perf_counter()
+    out = pa.table({"id": table.column("id"), "is_fraud": pa.array(labels.astype(bool)), "fraud_score": pa.array(probs[:, 1].astype(np.float64))})
+    pq.write_table(out, a.out)
+    print(f"features {t1 - t0:.3f}s, scoring {t2 - t1:.3f}s, rows {len(x)}")
+
+
+if __name__ == "__main__":
+    main()
