@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -70,13 +71,22 @@ impl OnnxModel {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Read { path: path.into(), source })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let load = |reason: TractError| ModelError::Load { path: path.into(), reason: format!("{reason:#}") };
-        let model = slate_onnx().model_for_read(&mut bytes.as_slice()).map_err(load)?;
-        let typed = model.into_typed().map_err(load)?;
-        let n_features = typed
+        let mut model = slate_onnx().model_for_read(&mut bytes.as_slice()).map_err(load)?;
+        // Exports declare `[None, F]`: give the batch dimension a symbol so one plan serves
+        // every batch size.
+        let n_features = model
             .input_fact(0)
             .ok()
-            .and_then(|f| f.shape.iter().last().and_then(|d| d.to_i64().ok()))
+            .and_then(|f| f.shape.dims().last().and_then(|d| d.concretize()))
+            .and_then(|d| d.to_i64().ok())
             .and_then(|n| usize::try_from(n).ok());
+        if let Some(width) = n_features {
+            let batch = model.symbols.sym("N");
+            model
+                .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), [batch.to_dim(), width.to_dim()]))
+                .map_err(load)?;
+        }
+        let typed = model.into_typed().map_err(load)?;
         let plan = typed.into_optimized().map_err(load)?.into_runnable().map_err(load)?;
         Ok(OnnxModel { path: path.into(), plan, n_features, sha256 })
     }
