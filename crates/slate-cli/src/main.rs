@@ -6,7 +6,7 @@ mod output;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use slate_engine::{Engine, EngineConfig, EngineError, plan_query, validate_models};
-use slate_project::{Diagnostic, Diagnostics, Project, SourceConfig, Span, load_project};
+use slate_project::{Diagnostic, Diagnostics, Project, SourceConfig, load_project};
 use slate_types::{ErrorKind, SystemClock};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,13 +125,10 @@ fn environment_diagnostics(cli: &Cli, project: &Project) -> Vec<Diagnostic> {
     let mut out = validate_models(project);
     let Some(env) = project.environment(&cli.env) else { return out };
     for (name, SourceConfig::Embedded { path, span, .. }) in &env.sources {
-        let (dir, span) = match &cli.data_dir {
-            Some(d) => (d.clone(), Span::file("slate.yaml")),
-            None => (project.root.join(path), span.clone()),
-        };
+        let dir = cli.data_dir.clone().unwrap_or_else(|| project.root.join(path));
         if !dir.is_dir() {
             let via = if cli.data_dir.is_some() { "--data-dir / SLATE_DATA_DIR" } else { "`path`" };
-            out.push(Diagnostic::new(span, format!("data directory {} of source `{name}` (from {via}) does not exist", dir.display()))
+            out.push(Diagnostic::new(span.clone(), format!("data directory {} of source `{name}` (from {via}) does not exist", dir.display()))
                 .hint("generate the example's data with `cargo run -p fraud-example --bin fraud-data`, or point SLATE_DATA_DIR / --data-dir at your files"));
         }
     }

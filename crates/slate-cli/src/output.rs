@@ -17,13 +17,14 @@ pub fn parse_time(text: &str) -> Option<i64> {
 }
 
 pub fn apply_report(project: &Project, plans: &[QueryPlan]) -> String {
+    let n = |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
     let mut s = format!(
-        "project `{}` is valid: {} feature classes, {} SQL resolvers, {} model resolvers, {} scheduled queries\n",
+        "project `{}` is valid: {}, {}, {}, {}\n",
         project.name,
-        project.classes.len(),
-        project.sql_resolvers.len(),
-        project.model_resolvers.len(),
-        project.queries.len()
+        n(project.classes.len(), "feature class", "feature classes"),
+        n(project.sql_resolvers.len(), "SQL resolver", "SQL resolvers"),
+        n(project.model_resolvers.len(), "model resolver", "model resolvers"),
+        n(project.queries.len(), "scheduled query", "scheduled queries")
     );
     for p in plans {
         s.push('\n');

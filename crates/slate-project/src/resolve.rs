@@ -23,6 +23,9 @@ pub(crate) struct Resolver {
     sql_resolvers: Vec<SqlResolver>,
     model_nodes: Vec<(PathBuf, Node)>,
     query_nodes: Option<Node>,
+    /// Resolvers whose own files have problems: references to them are not reported again.
+    failed: Vec<String>,
+    model_nodes_total: usize,
 }
 
 fn str_list(node: &Node) -> Option<Vec<String>> {
@@ -54,6 +57,8 @@ impl Resolver {
             sql_resolvers: Vec::new(),
             model_nodes: Vec::new(),
             query_nodes: None,
+            failed: Vec::new(),
+            model_nodes_total: 0,
         }
     }
 
@@ -315,6 +320,14 @@ impl Resolver {
     }
 
     pub fn sql_resolver(&mut self, name: &str, file: &Path, parsed: SqlFile) {
+        let before = self.diags.len();
+        self.sql_resolver_inner(name, file, parsed);
+        if self.diags.len() > before || self.diags.iter().any(|d| d.span.file == file) {
+            self.failed.push(name.to_string());
+        }
+    }
+
+    fn sql_resolver_inner(&mut self, name: &str, file: &Path, parsed: SqlFile) {
         let Some(header) = parsed.header else {
             if !self.diags.iter().any(|d| d.span.file == file) {
                 self.err(&Span::file(file), "SQL resolver has no header", "start the file with `-- source: NAME` and `-- resolves: Class` comment lines");
@@ -571,7 +584,8 @@ impl Resolver {
             let mut output = Vec::new();
             for o in q.get("output").and_then(|n| match &n.kind { NodeKind::Seq(i) => Some(i.clone()), _ => Some(vec![n.clone()]) }).unwrap_or_default() {
                 if let Some((r, _)) = self.feature_ref(o.as_str().unwrap_or_default(), &o.span) {
-                    if !models.iter().any(|m| same_feature(&m.output, &r) || m.score_output.as_ref().is_some_and(|s| same_feature(s, &r))) {
+                    let produced = models.iter().any(|m| same_feature(&m.output, &r) || m.score_output.as_ref().is_some_and(|s| same_feature(s, &r)));
+                    if !produced && models.len() == self.model_nodes_total {
                         self.err(&o.span, format!("no resolver computes `{r}`"), "scheduled query outputs must be produced by a model resolver");
                     }
                     output.push(r);
@@ -581,6 +595,7 @@ impl Resolver {
             for r in &incremental_resolvers {
                 match self.sql_resolvers.iter().find(|s| &s.name == r) {
                     Some(s) if s.incremental.is_some() => {}
+                    _ if self.failed.contains(r) => {}
                     found => {
                         let span = q.get("incremental_resolvers").map(|n| n.span.clone()).unwrap_or(q.span.clone());
                         let why = if found.is_some() { "has no `incremental:` header" } else { "is not a SQL resolver of this project" };
@@ -626,6 +641,7 @@ impl Resolver {
         self.check_relations();
         self.check_sources();
         let mut models = Vec::new();
+        self.model_nodes_total = self.model_nodes.len();
         for (file, node) in std::mem::take(&mut self.model_nodes) {
             if let Some(m) = self.resolve_model(&file, &node) {
                 models.push(m);

@@ -106,7 +106,8 @@ async fn fraud_pipeline_end_to_end() {
     let p1 = predictions(&state).await;
     assert_eq!(p1.num_rows(), all30.len());
     check_features_against_reference(&p1, &all30);
-    let sha = p1.column_by_name("model_sha256").expect("sha").as_any().downcast_ref::<StringArray>().expect("str").value(0).to_string();
+    let sha = arrow::compute::cast(p1.column_by_name("model_sha256").expect("sha"), &arrow::datatypes::DataType::Utf8).expect("cast");
+    let sha = sha.as_any().downcast_ref::<StringArray>().expect("str").value(0).to_string();
     assert_eq!(sha.len(), 64);
 
     // Immediate rerun: only the lookback window is read; the stores hold the same content.
@@ -125,8 +126,10 @@ async fn fraud_pipeline_end_to_end() {
         i64s(b, "id").into_iter().enumerate().map(|(i, id)| (id, f.value(i))).collect()
     };
     assert_eq!(by_id(&p1), by_id(&p2), "a rerun changes no prediction");
-    let online = engine(&data, &state, now).online().expect("online");
-    assert_eq!(online.count("transaction.is_fraud").expect("count"), all30.len());
+    {
+        let online = engine(&data, &state, now).online().expect("online");
+        assert_eq!(online.count("transaction.is_fraud").expect("count"), all30.len());
+    }
 
     // A later day arrives: the next run scores exactly the new rows plus the lookback.
     write_warehouse(&data, &cfg, 30, 31).expect("day 30");
@@ -139,6 +142,7 @@ async fn fraud_pipeline_end_to_end() {
     assert_eq!(p3.num_rows(), all31.len());
     check_features_against_reference(&p3, &all31);
     let last = all31.last().expect("rows");
+    let online = engine(&data, &state, now).online().expect("online");
     let v = online.get("transaction.is_fraud", last.0).expect("get").expect("stored online");
     assert_eq!(v.feature_time, last.3);
 
