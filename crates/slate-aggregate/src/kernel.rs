@@ -52,7 +52,16 @@ impl Prepared {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn entity_pass(&self, s: usize, e: usize, idx: &[usize], queries: &[Query], agg: Agg, window: Option<i64>, out: &mut Output) {
+    fn entity_pass(
+        &self,
+        s: usize,
+        e: usize,
+        idx: &[usize],
+        queries: &[Query],
+        agg: Agg,
+        window: Option<i64>,
+        out: &mut Output,
+    ) {
         let ts = &self.ts[s..e];
         let val = &self.value[s..e];
         let (mut lo, mut hi) = (0usize, 0usize);
@@ -61,23 +70,21 @@ impl Prepared {
             let now = queries[qi].now;
             let lower = window.map_or(i64::MIN, |w| now.saturating_sub(w));
             while hi < ts.len() && ts[hi] < now {
-                if agg == Agg::CountDistinct {
-                    if let Some(v) = val[hi] {
-                        *distinct.entry(v.to_bits()).or_default() += 1;
-                    }
+                if agg == Agg::CountDistinct
+                    && let Some(v) = val[hi]
+                {
+                    *distinct.entry(v.to_bits()).or_default() += 1;
                 }
                 hi += 1;
             }
             while lo < hi && ts[lo] < lower {
-                if agg == Agg::CountDistinct {
-                    if let Some(v) = val[lo] {
-                        let bits = v.to_bits();
-                        if let Some(c) = distinct.get_mut(&bits) {
-                            *c -= 1;
-                            if *c == 0 {
-                                distinct.remove(&bits);
-                            }
-                        }
+                if agg == Agg::CountDistinct
+                    && let Some(v) = val[lo]
+                    && let Some(c) = distinct.get_mut(&v.to_bits())
+                {
+                    *c -= 1;
+                    if *c == 0 {
+                        distinct.remove(&v.to_bits());
                     }
                 }
                 lo += 1;
@@ -87,14 +94,23 @@ impl Prepared {
     }
 }
 
-fn window_value(ts: &[i64], val: &[Option<f64>], now: i64, agg: Agg, distinct: usize) -> Option<f64> {
+fn window_value(
+    ts: &[i64],
+    val: &[Option<f64>],
+    now: i64,
+    agg: Agg,
+    distinct: usize,
+) -> Option<f64> {
     let mut vals = val.iter().filter_map(|v| *v);
     match agg {
         Agg::Count => Some(ts.len() as f64),
         Agg::CountDistinct => Some(distinct as f64),
         Agg::Sum => vals.next().map(|first| vals.fold(first, |a, b| a + b)),
         Agg::Mean => {
-            let (n, s) = val.iter().filter_map(|v| *v).fold((0usize, 0.0), |(n, s), v| (n + 1, s + v));
+            let (n, s) = val
+                .iter()
+                .filter_map(|v| *v)
+                .fold((0usize, 0.0), |(n, s), v| (n + 1, s + v));
             (n > 0).then(|| s / n as f64)
         }
         Agg::Min => vals.reduce(f64::min),
@@ -102,7 +118,11 @@ fn window_value(ts: &[i64], val: &[Option<f64>], now: i64, agg: Agg, distinct: u
         Agg::Latest => {
             let last = (0..ts.len()).rev().find(|&i| val[i].is_some())?;
             let t = ts[last];
-            (0..=last).rev().take_while(|&i| ts[i] == t).filter_map(|i| val[i]).reduce(f64::max)
+            (0..=last)
+                .rev()
+                .take_while(|&i| ts[i] == t)
+                .filter_map(|i| val[i])
+                .reduce(f64::max)
         }
         Agg::TimeSinceLatest => ts.last().map(|t| (now - t) as f64 / 1e6),
     }

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "slate", version, about = "Slate: point-in-time features, batch models and stores, from one project directory")]
+#[command(
+    name = "slate",
+    version,
+    about = "Slate: point-in-time features, batch models and stores, from one project directory"
+)]
 struct Cli {
     /// The project directory (holding slate.yaml).
     #[arg(long, global = true, default_value = ".")]
@@ -61,7 +65,12 @@ enum IncrementalCmd {
     /// Show every watermark.
     Status,
     /// Set a resolver's watermark for a query (RFC 3339 time).
-    Set { query: String, resolver: String, #[arg(long)] to: String },
+    Set {
+        query: String,
+        resolver: String,
+        #[arg(long)]
+        to: String,
+    },
     /// Forget a resolver's watermark, so the next run reads everything.
     Drop { query: String, resolver: String },
 }
@@ -78,19 +87,29 @@ impl From<EngineError> for Failure {
         if let Some(h) = e.hint() {
             text.push_str(&format!("  = hint: {h}\n"));
         }
-        Failure { text, code: e.kind().exit_code() as u8 }
+        Failure {
+            text,
+            code: e.kind().exit_code() as u8,
+        }
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Failure { text: format!("error: {e:#}\n"), code: ErrorKind::User.exit_code() as u8 }
+        Failure {
+            text: format!("error: {e:#}\n"),
+            code: ErrorKind::User.exit_code() as u8,
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -107,7 +126,10 @@ fn main() -> ExitCode {
 }
 
 fn load(cli: &Cli) -> Result<Project, Failure> {
-    load_project(&cli.project).map_err(|d| Failure { text: d.render(&cli.project), code: 2 })
+    load_project(&cli.project).map_err(|d| Failure {
+        text: d.render(&cli.project),
+        code: 2,
+    })
 }
 
 fn engine(cli: &Cli, project: Project) -> Result<Engine, Failure> {
@@ -123,11 +145,20 @@ fn engine(cli: &Cli, project: Project) -> Result<Engine, Failure> {
 /// Problems only visible with the environment and the model files at hand.
 fn environment_diagnostics(cli: &Cli, project: &Project) -> Vec<Diagnostic> {
     let mut out = validate_models(project);
-    let Some(env) = project.environment(&cli.env) else { return out };
+    let Some(env) = project.environment(&cli.env) else {
+        return out;
+    };
     for (name, SourceConfig::Embedded { path, span, .. }) in &env.sources {
-        let dir = cli.data_dir.clone().unwrap_or_else(|| project.root.join(path));
+        let dir = cli
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| project.root.join(path));
         if !dir.is_dir() {
-            let via = if cli.data_dir.is_some() { "--data-dir / SLATE_DATA_DIR" } else { "`path`" };
+            let via = if cli.data_dir.is_some() {
+                "--data-dir / SLATE_DATA_DIR"
+            } else {
+                "`path`"
+            };
             out.push(Diagnostic::new(span.clone(), format!("data directory {} of source `{name}` (from {via}) does not exist", dir.display()))
                 .hint("generate the example's data with `cargo run -p fraud-example --bin fraud-data`, or point SLATE_DATA_DIR / --data-dir at your files"));
         }
@@ -140,15 +171,31 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Apply => {
             let project = load(&cli)?;
             if project.environment(&cli.env).is_none() {
-                return Err(EngineError::UnknownEnvironment { name: cli.env.clone(), known: project.environments.keys().cloned().collect::<Vec<_>>().join(", ") }.into());
+                return Err(EngineError::UnknownEnvironment {
+                    name: cli.env.clone(),
+                    known: project
+                        .environments
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+                .into());
             }
             let problems = environment_diagnostics(&cli, &project);
             if !problems.is_empty() {
                 let mut d = Diagnostics(problems);
                 d.sort();
-                return Err(Failure { text: d.render(&cli.project), code: 2 });
+                return Err(Failure {
+                    text: d.render(&cli.project),
+                    code: 2,
+                });
             }
-            let plans = project.queries.iter().map(|q| plan_query(&project, &q.name)).collect::<Result<Vec<_>, _>>()?;
+            let plans = project
+                .queries
+                .iter()
+                .map(|q| plan_query(&project, &q.name))
+                .collect::<Result<Vec<_>, _>>()?;
             print!("{}", output::apply_report(&project, &plans));
             Ok(())
         }
@@ -159,7 +206,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if !problems.is_empty() {
                 let mut d = Diagnostics(problems);
                 d.sort();
-                return Err(Failure { text: d.render(&cli.project), code: 2 });
+                return Err(Failure {
+                    text: d.render(&cli.project),
+                    code: 2,
+                });
             }
             let engine = engine(&cli, project)?;
             let progress = output::CliProgress::new();
@@ -170,21 +220,68 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Query { input, outputs } => {
             let project = load(&cli)?;
-            let engine = engine(&cli, project)?;
-            let (feature, value) = input.split_once('=').context("--in takes `class.feature=value`, e.g. `transaction.id=42`")?;
-            let key: i64 = value.trim().parse().with_context(|| format!("key `{value}` of --in is not an integer"))?;
+            let (feature, value) = input
+                .split_once('=')
+                .context("--in takes `class.feature=value`, e.g. `transaction.id=42`")?;
+            let key_ref = slate_types::FeatureRef::parse(feature).map_err(anyhow::Error::from)?;
+            let class = project
+                .class(&key_ref.class)
+                .with_context(|| format!("--in {feature}: no feature class `{}`", key_ref.class))?;
+            if key_ref.feature != class.primary_key || !key_ref.path.is_empty() {
+                return Err(anyhow::anyhow!(
+                    "--in {feature}: the online store is keyed by `{}.{}`, the primary key",
+                    key_ref.class,
+                    class.primary_key
+                )
+                .into());
+            }
+            let key: i64 = value
+                .trim()
+                .parse()
+                .with_context(|| format!("key `{value}` of --in is not an integer"))?;
+            let mut refs = Vec::new();
+            for out in outputs {
+                let r = slate_types::FeatureRef::parse(out).map_err(anyhow::Error::from)?;
+                if !r.class.eq_ignore_ascii_case(&class.name)
+                    || !r.path.is_empty()
+                    || class.feature(&r.feature).is_none()
+                {
+                    return Err(anyhow::anyhow!(
+                        "--out {out}: not a feature of `{}` (features: {})",
+                        class.name,
+                        class
+                            .features
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                    .into());
+                }
+                refs.push((out, r));
+            }
+            let engine = engine(&cli, project.clone())?;
             let online = engine.online()?;
             let mut obj = serde_json::Map::new();
             obj.insert(feature.trim().to_string(), serde_json::json!(key));
-            for out in outputs {
-                let r = slate_types::FeatureRef::parse(out).map_err(anyhow::Error::from)?;
-                let value = online.get(&r.column_name(), key).map_err(EngineError::from)?;
-                obj.insert(out.clone(), match value {
-                    Some(v) => serde_json::from_str(&v.json).unwrap_or(serde_json::Value::String(v.json)),
-                    None => serde_json::Value::Null,
-                });
+            for (out, r) in refs {
+                let value = online
+                    .get(&r.column_name(), key)
+                    .map_err(EngineError::from)?;
+                obj.insert(
+                    out.clone(),
+                    match value {
+                        Some(v) => serde_json::from_str(&v.json)
+                            .unwrap_or(serde_json::Value::String(v.json)),
+                        None => serde_json::Value::Null,
+                    },
+                );
             }
-            println!("{}", serde_json::to_string_pretty(&serde_json::Value::Object(obj)).map_err(anyhow::Error::from)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::Value::Object(obj))
+                    .map_err(anyhow::Error::from)?
+            );
             Ok(())
         }
         Command::Incremental { action } => {
@@ -192,17 +289,35 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let engine = engine(&cli, project.clone())?;
             let ledger = engine.ledger()?;
             match action {
-                IncrementalCmd::Status => print!("{}", output::watermarks(&ledger.watermarks().map_err(EngineError::from)?)),
-                IncrementalCmd::Set { query, resolver, to } => {
+                IncrementalCmd::Status => print!(
+                    "{}",
+                    output::watermarks(&ledger.watermarks().map_err(EngineError::from)?)
+                ),
+                IncrementalCmd::Set {
+                    query,
+                    resolver,
+                    to,
+                } => {
                     check_pair(&project, query, resolver)?;
-                    let micros = output::parse_time(to).with_context(|| format!("`{to}` is not an RFC 3339 time such as 2026-10-01T00:00:00Z"))?;
-                    ledger.set_watermark(query, resolver, Some(micros)).map_err(EngineError::from)?;
-                    println!("watermark of {query}/{resolver} set to {}", output::time(micros));
+                    let micros = output::parse_time(to).with_context(|| {
+                        format!("`{to}` is not an RFC 3339 time such as 2026-10-01T00:00:00Z")
+                    })?;
+                    ledger
+                        .set_watermark(query, resolver, Some(micros))
+                        .map_err(EngineError::from)?;
+                    println!(
+                        "watermark of {query}/{resolver} set to {}",
+                        output::time(micros)
+                    );
                 }
                 IncrementalCmd::Drop { query, resolver } => {
                     check_pair(&project, query, resolver)?;
-                    ledger.set_watermark(query, resolver, None).map_err(EngineError::from)?;
-                    println!("watermark of {query}/{resolver} dropped; the next run reads everything");
+                    ledger
+                        .set_watermark(query, resolver, None)
+                        .map_err(EngineError::from)?;
+                    println!(
+                        "watermark of {query}/{resolver} dropped; the next run reads everything"
+                    );
                 }
             }
             Ok(())
@@ -211,9 +326,23 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 }
 
 fn check_pair(project: &Project, query: &str, resolver: &str) -> Result<(), Failure> {
-    let q = project.query(query).ok_or_else(|| EngineError::UnknownQuery { name: query.into(), known: project.queries.iter().map(|q| q.name.clone()).collect::<Vec<_>>().join(", ") })?;
+    let q = project
+        .query(query)
+        .ok_or_else(|| EngineError::UnknownQuery {
+            name: query.into(),
+            known: project
+                .queries
+                .iter()
+                .map(|q| q.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
     if !q.incremental_resolvers.iter().any(|r| r == resolver) {
-        return Err(anyhow::anyhow!("`{resolver}` is not an incremental resolver of `{query}` (it has: {})", q.incremental_resolvers.join(", ")).into());
+        return Err(anyhow::anyhow!(
+            "`{resolver}` is not an incremental resolver of `{query}` (it has: {})",
+            q.incremental_resolvers.join(", ")
+        )
+        .into());
     }
     Ok(())
 }

@@ -9,22 +9,37 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 pub fn time(micros: i64) -> String {
-    DateTime::<Utc>::from_timestamp_micros(micros).map_or_else(|| micros.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    DateTime::<Utc>::from_timestamp_micros(micros).map_or_else(
+        || micros.to_string(),
+        |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    )
 }
 
 pub fn parse_time(text: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| t.with_timezone(&Utc).timestamp_micros())
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc).timestamp_micros())
 }
 
 pub fn apply_report(project: &Project, plans: &[QueryPlan]) -> String {
-    let n = |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
+    let n = |count: usize, one: &str, many: &str| {
+        format!("{count} {}", if count == 1 { one } else { many })
+    };
     let mut s = format!(
         "project `{}` is valid: {}, {}, {}, {}\n",
         project.name,
         n(project.classes.len(), "feature class", "feature classes"),
         n(project.sql_resolvers.len(), "SQL resolver", "SQL resolvers"),
-        n(project.model_resolvers.len(), "model resolver", "model resolvers"),
-        n(project.queries.len(), "scheduled query", "scheduled queries")
+        n(
+            project.model_resolvers.len(),
+            "model resolver",
+            "model resolvers"
+        ),
+        n(
+            project.queries.len(),
+            "scheduled query",
+            "scheduled queries"
+        )
     );
     for p in plans {
         s.push('\n');
@@ -37,7 +52,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -47,7 +62,11 @@ fn thousands(n: usize) -> String {
 
 pub fn summary(s: &RunSummary) -> String {
     let wm = |w: Option<i64>| w.map_or("(none)".to_string(), time);
-    let stages: Vec<String> = s.stages.iter().map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64())).collect();
+    let stages: Vec<String> = s
+        .stages
+        .iter()
+        .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
+        .collect();
     format!(
         "run {} committed\n  rows ingested  {}\n  rows scored    {}\n  fraud rate     {:.2}% ({} flagged)\n  watermark      {} -> {}\n  time           {}\n",
         s.run_id,
@@ -67,7 +86,12 @@ pub fn watermarks(w: &[Watermark]) -> String {
     }
     let mut s = format!("{:<24} {:<28} {}\n", "QUERY", "RESOLVER", "WATERMARK");
     for m in w {
-        s.push_str(&format!("{:<24} {:<28} {}\n", m.query, m.resolver, time(m.micros)));
+        s.push_str(&format!(
+            "{:<24} {:<28} {}\n",
+            m.query,
+            m.resolver,
+            time(m.micros)
+        ));
     }
     s
 }
@@ -81,7 +105,10 @@ impl CliProgress {
     pub fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = ProgressBar::new_spinner();
-            b.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             b.enable_steady_tick(Duration::from_millis(100));
             b
         });

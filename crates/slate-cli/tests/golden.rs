@@ -47,7 +47,12 @@ fn run_case(dir: &Path) -> (String, String) {
                 let f = file.as_ref().expect("`file` before `with`");
                 let old = pending.take().expect("`replace` before `with`");
                 let text = std::fs::read_to_string(f).expect("read");
-                assert!(text.contains(&old), "{}: `{old}` not found in {}", dir.display(), f.display());
+                assert!(
+                    text.contains(&old),
+                    "{}: `{old}` not found in {}",
+                    dir.display(),
+                    f.display()
+                );
                 std::fs::write(f, text.replacen(&old, &rest, 1)).expect("write");
             }
             "remove" => std::fs::remove_file(project.join(rest)).expect("remove"),
@@ -68,7 +73,8 @@ fn run_case(dir: &Path) -> (String, String) {
         .env_remove("SLATE_STATE_DIR")
         .output()
         .expect("run slate");
-    let scrub = |b: &[u8]| String::from_utf8_lossy(b).replace(&tmp.path().display().to_string(), "$TMP");
+    let scrub =
+        |b: &[u8]| String::from_utf8_lossy(b).replace(&tmp.path().display().to_string(), "$TMP");
     let got = format!(
         "exit: {}\n--- stdout\n{}--- stderr\n{}",
         out.status.code().map_or("signal".into(), |c| c.to_string()),
@@ -76,20 +82,38 @@ fn run_case(dir: &Path) -> (String, String) {
         scrub(&out.stderr)
     );
     let nothing_written = !tmp.path().join("state").exists();
-    (got, if nothing_written { String::new() } else { "state directory was written".into() })
+    (
+        got,
+        if nothing_written {
+            String::new()
+        } else {
+            "state directory was written".into()
+        },
+    )
 }
 
 #[test]
 fn golden_cases() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root).expect("cases").flatten().map(|e| e.path()).collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("cases")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     cases.sort();
-    assert!(cases.len() >= 10, "expected the golden cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 10,
+        "expected the golden cases, found {}",
+        cases.len()
+    );
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
     for case in &cases {
         let (got, written) = run_case(case);
-        let name = case.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = case
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         if !written.is_empty() && !name.starts_with("ok_") {
             failures.push(format!("{name}: {written}"));
         }

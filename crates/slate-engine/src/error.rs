@@ -25,7 +25,10 @@ pub enum EngineError {
 impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::UnknownQuery { .. } | EngineError::UnknownEnvironment { .. } | EngineError::Plan { .. } | EngineError::BadValue { .. } => ErrorKind::User,
+            EngineError::UnknownQuery { .. }
+            | EngineError::UnknownEnvironment { .. }
+            | EngineError::Plan { .. }
+            | EngineError::BadValue { .. } => ErrorKind::User,
             EngineError::Source(e) => e.kind(),
             EngineError::Store(e) => e.kind(),
             EngineError::Model(e) => e.kind(),
@@ -36,7 +39,9 @@ impl EngineError {
     pub fn hint(&self) -> Option<String> {
         match self {
             EngineError::Source(e) => e.hint().map(str::to_string),
-            EngineError::UnknownQuery { .. } => Some("run `slate apply` to list the project's scheduled queries".into()),
+            EngineError::UnknownQuery { .. } => {
+                Some("run `slate apply` to list the project's scheduled queries".into())
+            }
             _ => None,
         }
     }

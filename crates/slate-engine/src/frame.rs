@@ -11,11 +11,24 @@ use std::sync::Arc;
 
 /// Casts the resolver's columns to the class's declared types and concatenates the batches.
 /// Columns not named after a feature were already rejected by `slate apply`.
-pub(crate) fn to_class_batch(resolver: &str, class: &FeatureClass, columns: &[String], batches: &[RecordBatch]) -> Result<RecordBatch, EngineError> {
+pub(crate) fn to_class_batch(
+    resolver: &str,
+    class: &FeatureClass,
+    columns: &[String],
+    batches: &[RecordBatch],
+) -> Result<RecordBatch, EngineError> {
     let types: HashMap<&str, slate_types::ValueType> = class.scalar_features().collect();
     let fields: Vec<Field> = columns
         .iter()
-        .map(|c| Field::new(c, types.get(c.as_str()).map_or(arrow::datatypes::DataType::Utf8, |t| t.arrow()), true))
+        .map(|c| {
+            Field::new(
+                c,
+                types
+                    .get(c.as_str())
+                    .map_or(arrow::datatypes::DataType::Utf8, |t| t.arrow()),
+                true,
+            )
+        })
         .collect();
     let schema = Arc::new(Schema::new(fields));
     let mut out = Vec::with_capacity(batches.len());
@@ -25,10 +38,22 @@ pub(crate) fn to_class_batch(resolver: &str, class: &FeatureClass, columns: &[St
             let src = b.column(i);
             let casted = cast(src, f.data_type()).map_err(|e| EngineError::BadValue {
                 resolver: resolver.into(),
-                reason: format!("column `{}` has type {} and cannot be read as {}: {e}", f.name(), src.data_type(), f.data_type()),
+                reason: format!(
+                    "column `{}` has type {} and cannot be read as {}: {e}",
+                    f.name(),
+                    src.data_type(),
+                    f.data_type()
+                ),
             })?;
             if casted.null_count() > src.null_count() {
-                return Err(EngineError::BadValue { resolver: resolver.into(), reason: format!("column `{}` holds values that are not {}", f.name(), f.data_type()) });
+                return Err(EngineError::BadValue {
+                    resolver: resolver.into(),
+                    reason: format!(
+                        "column `{}` holds values that are not {}",
+                        f.name(),
+                        f.data_type()
+                    ),
+                });
             }
             arrays.push(casted);
         }
@@ -38,38 +63,66 @@ pub(crate) fn to_class_batch(resolver: &str, class: &FeatureClass, columns: &[St
 }
 
 pub(crate) fn i64_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, EngineError> {
-    let c = b.column_by_name(name).ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
+    let c = b
+        .column_by_name(name)
+        .ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
     let c = cast(c, &arrow::datatypes::DataType::Int64)?;
     Ok(c.as_primitive::<Int64Type>().iter().collect())
 }
 
 pub(crate) fn ts_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, EngineError> {
-    let c = b.column_by_name(name).ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
-    let c = cast(c, &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())))?;
-    Ok(c.as_primitive::<TimestampMicrosecondType>().iter().collect())
+    let c = b
+        .column_by_name(name)
+        .ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
+    let c = cast(
+        c,
+        &arrow::datatypes::DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        ),
+    )?;
+    Ok(c.as_primitive::<TimestampMicrosecondType>()
+        .iter()
+        .collect())
 }
 
 pub(crate) fn f64_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>, EngineError> {
-    let c = b.column_by_name(name).ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
+    let c = b
+        .column_by_name(name)
+        .ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
     let c = cast(c, &arrow::datatypes::DataType::Float64)?;
-    Ok(c.as_primitive::<arrow::datatypes::Float64Type>().iter().collect())
+    Ok(c.as_primitive::<arrow::datatypes::Float64Type>()
+        .iter()
+        .collect())
 }
 
 /// Keeps one row per key (the one with the latest time; the first such among equals), sorted
 /// by key: the same input in any order gives the same rows.
-pub(crate) fn dedupe_sorted(b: &RecordBatch, key: &str, time: &str, resolver: &str) -> Result<RecordBatch, EngineError> {
+pub(crate) fn dedupe_sorted(
+    b: &RecordBatch,
+    key: &str,
+    time: &str,
+    resolver: &str,
+) -> Result<RecordBatch, EngineError> {
     let keys = i64_column(b, key)?;
     let times = ts_column(b, time)?;
     for (i, (k, t)) in keys.iter().zip(&times).enumerate() {
         if k.is_none() || t.is_none() {
             let col = if k.is_none() { key } else { time };
-            return Err(EngineError::BadValue { resolver: resolver.into(), reason: format!("row {i} has a null `{col}`; keys and feature times must be set") });
+            return Err(EngineError::BadValue {
+                resolver: resolver.into(),
+                reason: format!("row {i} has a null `{col}`; keys and feature times must be set"),
+            });
         }
     }
     let mut order: Vec<u32> = (0..b.num_rows() as u32).collect();
     order.sort_by_key(|&i| (keys[i as usize], std::cmp::Reverse(times[i as usize]), i));
     order.dedup_by_key(|i| keys[*i as usize]);
     let idx = UInt32Array::from(order);
-    let cols = b.columns().iter().map(|c| take(c, &idx, None)).collect::<Result<Vec<_>, _>>()?;
+    let cols = b
+        .columns()
+        .iter()
+        .map(|c| take(c, &idx, None))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(b.schema(), cols)?)
 }

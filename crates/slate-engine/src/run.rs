@@ -1,9 +1,12 @@
 //! Running a planned query once: ingest, compute, predict, write, commit.
 
+use crate::EngineError;
 use crate::frame::{dedupe_sorted, f64_column, i64_column, to_class_batch, ts_column};
 use crate::plan::{InputPlan, QueryPlan};
-use crate::EngineError;
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use slate_aggregate::{Agg, Events, Query, kernel::Prepared};
 use slate_model::OnnxModel;
@@ -55,7 +58,11 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn fraud_rate(&self) -> f64 {
-        if self.rows_scored == 0 { 0.0 } else { self.positives as f64 / self.rows_scored as f64 }
+        if self.rows_scored == 0 {
+            0.0
+        } else {
+            self.positives as f64 / self.rows_scored as f64
+        }
     }
 }
 
@@ -70,10 +77,19 @@ fn ts_type() -> DataType {
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Result<Self, EngineError> {
-        let env = cfg.project.environment(&cfg.env).ok_or_else(|| EngineError::UnknownEnvironment {
-            name: cfg.env.clone(),
-            known: cfg.project.environments.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
+        let env =
+            cfg.project
+                .environment(&cfg.env)
+                .ok_or_else(|| EngineError::UnknownEnvironment {
+                    name: cfg.env.clone(),
+                    known: cfg
+                        .project
+                        .environments
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
         let state_dir = match &cfg.state_dir {
             Some(d) => d.clone(),
             None => cfg.project.root.join(&env.state_dir).join(&cfg.env),
@@ -99,16 +115,34 @@ impl Engine {
 
     /// The directory an embedded source reads, after overrides.
     pub fn source_dir(&self, source: &str) -> Result<(PathBuf, String), EngineError> {
-        let env = self.cfg.project.environment(&self.cfg.env).ok_or_else(|| EngineError::Internal("environment vanished".into()))?;
+        let env = self
+            .cfg
+            .project
+            .environment(&self.cfg.env)
+            .ok_or_else(|| EngineError::Internal("environment vanished".into()))?;
         let Some(SourceConfig::Embedded { path, dialect, .. }) = env.sources.get(source) else {
-            return Err(EngineError::Plan { query: String::new(), reason: format!("source `{source}` is not configured in environment `{}`", self.cfg.env) });
+            return Err(EngineError::Plan {
+                query: String::new(),
+                reason: format!(
+                    "source `{source}` is not configured in environment `{}`",
+                    self.cfg.env
+                ),
+            });
         };
-        let dir = self.cfg.data_dir.clone().unwrap_or_else(|| self.cfg.project.root.join(path));
+        let dir = self
+            .cfg
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.cfg.project.root.join(path));
         Ok((dir, dialect.clone()))
     }
 
     /// One run of `plan` now.
-    pub async fn run(&self, plan: &QueryPlan, progress: &dyn Progress) -> Result<RunSummary, EngineError> {
+    pub async fn run(
+        &self,
+        plan: &QueryPlan,
+        progress: &dyn Progress,
+    ) -> Result<RunSummary, EngineError> {
         let started = self.cfg.clock.now_micros();
         let tick = started - started.rem_euclid(1_000_000);
         let run_id = format!("{}@{}", plan.query.name, tick);
@@ -127,8 +161,14 @@ impl Engine {
         let inc = r.incremental.as_ref();
         let before = ledger.watermark(&plan.query.name, &r.name)?;
         let bound = match (inc, before) {
-            (Some(i), Some(w)) => Some(IncrementalBound { column: i.column.clone(), micros: w - i.lookback_secs * 1_000_000 }),
-            (Some(i), None) => plan.query.lower_bound_micros.map(|m| IncrementalBound { column: i.column.clone(), micros: m }),
+            (Some(i), Some(w)) => Some(IncrementalBound {
+                column: i.column.clone(),
+                micros: w - i.lookback_secs * 1_000_000,
+            }),
+            (Some(i), None) => plan.query.lower_bound_micros.map(|m| IncrementalBound {
+                column: i.column.clone(),
+                micros: m,
+            }),
             (None, _) => None,
         };
         let (dir, dialect) = self.source_dir(&r.source)?;
@@ -137,8 +177,13 @@ impl Engine {
         let rows = to_class_batch(&r.name, &plan.root, &r.columns, &batches)?;
         let rows = dedupe_sorted(&rows, &plan.root.primary_key, &plan.root_time, &r.name)?;
         let offline = self.offline();
-        let replace = bound.as_ref().map(|b| ReplaceRange { column: b.column.clone(), from_micros: b.micros });
-        offline.write(&plan.root_table(), vec![rows.clone()], replace.as_ref()).await?;
+        let replace = bound.as_ref().map(|b| ReplaceRange {
+            column: b.column.clone(),
+            from_micros: b.micros,
+        });
+        offline
+            .write(&plan.root_table(), vec![rows.clone()], replace.as_ref())
+            .await?;
         let after = match inc {
             Some(i) if i.timestamp == IncrementalTimestamp::ResolverExecutionTime => Some(started),
             Some(i) => {
@@ -147,13 +192,21 @@ impl Engine {
             }
             None => None,
         };
-        timed("ingest", format!("{} rows from {}", rows.num_rows(), r.name), t);
+        timed(
+            "ingest",
+            format!("{} rows from {}", rows.num_rows(), r.name),
+            t,
+        );
 
         // 2. Compute point-in-time features.
         progress.stage("compute");
         let t = Instant::now();
         let features = self.compute(plan, &rows).await?;
-        timed("compute", format!("{} features for {} rows", features.len(), rows.num_rows()), t);
+        timed(
+            "compute",
+            format!("{} features for {} rows", features.len(), rows.num_rows()),
+            t,
+        );
 
         // 3. Predict.
         progress.stage("predict");
@@ -161,28 +214,56 @@ impl Engine {
         let model = OnnxModel::load(&plan.model.model_path)?;
         let prediction = model.predict(&features, &plan.model.defaults)?;
         let positives = prediction.labels.iter().filter(|l| **l != 0).count();
-        timed("predict", format!("{} rows scored", prediction.labels.len()), t);
+        timed(
+            "predict",
+            format!("{} rows scored", prediction.labels.len()),
+            t,
+        );
 
         // 4. Write.
         progress.stage("write");
         let t = Instant::now();
         let ids = i64_column(&rows, &plan.root.primary_key)?;
         let times = ts_column(&rows, &plan.root_time)?;
-        let label_ty = match plan.root.feature(&plan.model.output.feature).map(|f| &f.kind) {
+        let label_ty = match plan
+            .root
+            .feature(&plan.model.output.feature)
+            .map(|f| &f.kind)
+        {
             Some(slate_project::FeatureKind::Scalar { ty, .. }) => *ty,
             _ => ValueType::Int,
         };
         let label_array: ArrayRef = match label_ty {
-            ValueType::Bool => Arc::new(BooleanArray::from_iter(prediction.labels.iter().map(|l| Some(*l != 0)))),
+            ValueType::Bool => Arc::new(BooleanArray::from_iter(
+                prediction.labels.iter().map(|l| Some(*l != 0)),
+            )),
             _ => Arc::new(Int64Array::from(prediction.labels.clone())),
         };
-        let scores: Vec<f64> = prediction.positive_scores().into_iter().map(f64::from).collect();
+        let scores: Vec<f64> = prediction
+            .positive_scores()
+            .into_iter()
+            .map(f64::from)
+            .collect();
         if plan.query.store_online {
             let online = self.online()?;
             let keyed = |json: &dyn Fn(usize) -> String| -> Vec<(i64, i64, String)> {
-                (0..ids.len()).map(|i| (ids[i].unwrap_or_default(), times[i].unwrap_or_default(), json(i))).collect()
+                (0..ids.len())
+                    .map(|i| {
+                        (
+                            ids[i].unwrap_or_default(),
+                            times[i].unwrap_or_default(),
+                            json(i),
+                        )
+                    })
+                    .collect()
             };
-            let label_json = |i: usize| if label_ty == ValueType::Bool { (prediction.labels[i] != 0).to_string() } else { prediction.labels[i].to_string() };
+            let label_json = |i: usize| {
+                if label_ty == ValueType::Bool {
+                    (prediction.labels[i] != 0).to_string()
+                } else {
+                    prediction.labels[i].to_string()
+                }
+            };
             online.put(&plan.model.output.column_name(), keyed(&label_json))?;
             if let Some(s) = &plan.model.score_output {
                 online.put(&s.column_name(), keyed(&|i| format!("{}", scores[i])))?;
@@ -195,7 +276,10 @@ impl Engine {
                 Field::new("feature_time", ts_type(), false),
             ];
             let mut cols: Vec<ArrayRef> = vec![
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(run_id.as_str(), ids.len()))),
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    run_id.as_str(),
+                    ids.len(),
+                ))),
                 Arc::new(Int64Array::from(ids.clone())),
                 Arc::new(TimestampMicrosecondArray::from(times.clone()).with_timezone("UTC")),
             ];
@@ -204,16 +288,27 @@ impl Engine {
                 cols.push(c.clone());
             }
             fields.push(Field::new("model_sha256", DataType::Utf8, false));
-            cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(model.sha256(), ids.len()))));
-            fields.push(Field::new(&plan.model.output.feature, label_array.data_type().clone(), false));
+            cols.push(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(model.sha256(), ids.len()),
+            )));
+            fields.push(Field::new(
+                &plan.model.output.feature,
+                label_array.data_type().clone(),
+                false,
+            ));
             cols.push(label_array.clone());
             if let Some(s) = &plan.model.score_output {
                 fields.push(Field::new(&s.feature, DataType::Float64, false));
                 cols.push(Arc::new(Float64Array::from(scores.clone())));
             }
             let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
-            let replace = bound.as_ref().map(|b| ReplaceRange { column: "feature_time".into(), from_micros: b.micros });
-            offline.write(&plan.model.name, vec![batch], replace.as_ref()).await?;
+            let replace = bound.as_ref().map(|b| ReplaceRange {
+                column: "feature_time".into(),
+                from_micros: b.micros,
+            });
+            offline
+                .write(&plan.model.name, vec![batch], replace.as_ref())
+                .await?;
         }
         timed("write", format!("{} predictions", ids.len()), t);
 
@@ -230,7 +325,14 @@ impl Engine {
         };
         let marks: Vec<(String, i64)> = after.map(|a| (r.name.clone(), a)).into_iter().collect();
         ledger.commit_run(&record, &marks)?;
-        timed("commit", format!("watermark {}", after.map_or("unset".into(), |a| a.to_string())), t);
+        timed(
+            "commit",
+            format!(
+                "watermark {}",
+                after.map_or("unset".into(), |a| a.to_string())
+            ),
+            t,
+        );
 
         Ok(RunSummary {
             run_id,
@@ -244,7 +346,11 @@ impl Engine {
     }
 
     /// Model inputs for `rows`, one array per input, as of each row's feature time.
-    pub async fn compute(&self, plan: &QueryPlan, rows: &RecordBatch) -> Result<Vec<ArrayRef>, EngineError> {
+    pub async fn compute(
+        &self,
+        plan: &QueryPlan,
+        rows: &RecordBatch,
+    ) -> Result<Vec<ArrayRef>, EngineError> {
         let now = ts_column(rows, &plan.root_time)?;
         // History is read once per query, with every field any aggregation needs.
         let mut prepared: HashMap<Option<String>, Prepared> = HashMap::new();
@@ -252,18 +358,37 @@ impl Engine {
         for input in &plan.inputs {
             match input {
                 InputPlan::RootColumn { column, .. } => {
-                    out.push(rows.column_by_name(column).cloned().ok_or_else(|| EngineError::Internal(format!("missing column {column}")))?);
+                    out.push(rows.column_by_name(column).cloned().ok_or_else(|| {
+                        EngineError::Internal(format!("missing column {column}"))
+                    })?);
                 }
-                InputPlan::Aggregate { entity_column, field, agg, window, .. } => {
+                InputPlan::Aggregate {
+                    entity_column,
+                    field,
+                    agg,
+                    window,
+                    ..
+                } => {
                     let entities = i64_column(rows, entity_column)?;
-                    let queries: Vec<Query> = entities.iter().zip(&now).map(|(e, n)| Query { entity: e.unwrap_or(i64::MIN), now: n.unwrap_or(i64::MIN) }).collect();
+                    let queries: Vec<Query> = entities
+                        .iter()
+                        .zip(&now)
+                        .map(|(e, n)| Query {
+                            entity: e.unwrap_or(i64::MIN),
+                            now: n.unwrap_or(i64::MIN),
+                        })
+                        .collect();
                     if prepared.is_empty() {
                         prepared = self.history(plan, &queries).await?;
                     }
-                    let p = prepared.get(field).ok_or_else(|| EngineError::Internal(format!("history lacks field {field:?}")))?;
+                    let p = prepared.get(field).ok_or_else(|| {
+                        EngineError::Internal(format!("history lacks field {field:?}"))
+                    })?;
                     let values = p.aggregate(&queries, *agg, *window);
                     let array: ArrayRef = match agg {
-                        Agg::Count | Agg::CountDistinct => Arc::new(Int64Array::from_iter(values.iter().map(|v| v.map(|x| x as i64)))),
+                        Agg::Count | Agg::CountDistinct => Arc::new(Int64Array::from_iter(
+                            values.iter().map(|v| v.map(|x| x as i64)),
+                        )),
                         _ => Arc::new(Float64Array::from(values)),
                     };
                     out.push(array);
@@ -275,39 +400,89 @@ impl Engine {
 
     /// Reads the related rows of the entities `queries` touch, back to the widest window, and
     /// prepares them once per aggregated field.
-    async fn history(&self, plan: &QueryPlan, queries: &[Query]) -> Result<HashMap<Option<String>, Prepared>, EngineError> {
-        let aggs: Vec<_> = plan.inputs.iter().filter_map(|i| match i {
-            InputPlan::Aggregate { history_table, history_key, history_time, field, window, .. } => Some((history_table, history_key, history_time, field, window)),
-            InputPlan::RootColumn { .. } => None,
-        }).collect();
-        let Some((table, key, time, _, _)) = aggs.first().copied() else { return Ok(HashMap::new()) };
-        if aggs.iter().any(|a| a.0 != table || a.1 != key || a.2 != time) {
-            return Err(EngineError::Plan { query: plan.query.name.clone(), reason: "aggregations over more than one relation are not supported yet".into() });
+    async fn history(
+        &self,
+        plan: &QueryPlan,
+        queries: &[Query],
+    ) -> Result<HashMap<Option<String>, Prepared>, EngineError> {
+        let aggs: Vec<_> = plan
+            .inputs
+            .iter()
+            .filter_map(|i| match i {
+                InputPlan::Aggregate {
+                    history_table,
+                    history_key,
+                    history_time,
+                    field,
+                    window,
+                    ..
+                } => Some((history_table, history_key, history_time, field, window)),
+                InputPlan::RootColumn { .. } => None,
+            })
+            .collect();
+        let Some((table, key, time, _, _)) = aggs.first().copied() else {
+            return Ok(HashMap::new());
+        };
+        if aggs
+            .iter()
+            .any(|a| a.0 != table || a.1 != key || a.2 != time)
+        {
+            return Err(EngineError::Plan {
+                query: plan.query.name.clone(),
+                reason: "aggregations over more than one relation are not supported yet".into(),
+            });
         }
-        let keys: Vec<i64> = queries.iter().map(|q| q.entity).collect::<BTreeSet<_>>().into_iter().collect();
+        let keys: Vec<i64> = queries
+            .iter()
+            .map(|q| q.entity)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let widest = aggs.iter().try_fold(0i64, |acc, a| a.4.map(|w| acc.max(w)));
         let from = widest.and_then(|w| queries.iter().map(|q| q.now).min().map(|m| m - w));
         let fields: BTreeSet<&String> = aggs.iter().filter_map(|a| a.3.as_ref()).collect();
         let mut columns: Vec<&str> = vec![key, time];
-        columns.extend(fields.iter().map(|f| f.as_str()).filter(|f| f != key && f != time));
-        let batches = self.offline().read_for_keys(table, &columns, key, &keys, time, from).await?;
+        columns.extend(
+            fields
+                .iter()
+                .map(|f| f.as_str())
+                .filter(|f| f != key && f != time),
+        );
+        let batches = self
+            .offline()
+            .read_for_keys(table, &columns, key, &keys, time, from)
+            .await?;
         let mut entity = Vec::new();
         let mut ts = Vec::new();
         for b in &batches {
-            entity.extend(i64_column(b, key)?.into_iter().map(|v| v.unwrap_or(i64::MIN)));
-            ts.extend(ts_column(b, time)?.into_iter().map(|v| v.unwrap_or(i64::MIN)));
+            entity.extend(
+                i64_column(b, key)?
+                    .into_iter()
+                    .map(|v| v.unwrap_or(i64::MIN)),
+            );
+            ts.extend(
+                ts_column(b, time)?
+                    .into_iter()
+                    .map(|v| v.unwrap_or(i64::MIN)),
+            );
         }
         let mut out = HashMap::new();
         for field in aggs.iter().map(|a| a.3.clone()).collect::<BTreeSet<_>>() {
             let mut value = Vec::with_capacity(ts.len());
             for b in &batches {
                 match &field {
-                    Some(f) if f == time => value.extend(ts_column(b, f)?.into_iter().map(|v| v.map(|x| x as f64))),
+                    Some(f) if f == time => {
+                        value.extend(ts_column(b, f)?.into_iter().map(|v| v.map(|x| x as f64)))
+                    }
                     Some(f) => value.extend(f64_column(b, f)?),
                     None => value.extend(std::iter::repeat_n(None, b.num_rows())),
                 }
             }
-            let events = Events { entity: entity.clone(), ts: ts.clone(), value };
+            let events = Events {
+                entity: entity.clone(),
+                ts: ts.clone(),
+                value,
+            };
             out.insert(field, Prepared::new(&events));
         }
         Ok(out)

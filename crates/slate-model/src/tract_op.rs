@@ -19,13 +19,27 @@ fn floats(node: &NodeProto, name: &str) -> TractResult<Vec<f32>> {
     Ok(node.get_attr_opt_vec::<f32>(name)?.unwrap_or_default())
 }
 
-fn tree_classifier(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    if node.get_attr_opt_vec::<String>("classlabels_strings")?.is_some_and(|v| !v.is_empty()) {
-        bail!("TreeEnsembleClassifier with string class labels is not supported yet; export integer labels");
+fn tree_classifier(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    if node
+        .get_attr_opt_vec::<String>("classlabels_strings")?
+        .is_some_and(|v| !v.is_empty())
+    {
+        bail!(
+            "TreeEnsembleClassifier with string class labels is not supported yet; export integer labels"
+        );
     }
-    for unsupported in ["nodes_values_as_tensor", "class_weights_as_tensor", "base_values_as_tensor"] {
+    for unsupported in [
+        "nodes_values_as_tensor",
+        "class_weights_as_tensor",
+        "base_values_as_tensor",
+    ] {
         if node.attribute.iter().any(|a| a.name == unsupported) {
-            bail!("TreeEnsembleClassifier attribute {unsupported} (double precision) is not supported yet");
+            bail!(
+                "TreeEnsembleClassifier attribute {unsupported} (double precision) is not supported yet"
+            );
         }
     }
     let attrs = Attributes {
@@ -33,7 +47,9 @@ fn tree_classifier(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<
         nodes_nodeids: ints(node, "nodes_nodeids")?,
         nodes_featureids: ints(node, "nodes_featureids")?,
         nodes_values: floats(node, "nodes_values")?,
-        nodes_modes: node.get_attr_opt_vec::<String>("nodes_modes")?.unwrap_or_default(),
+        nodes_modes: node
+            .get_attr_opt_vec::<String>("nodes_modes")?
+            .unwrap_or_default(),
         nodes_truenodeids: ints(node, "nodes_truenodeids")?,
         nodes_falsenodeids: ints(node, "nodes_falsenodeids")?,
         nodes_missing_value_tracks_true: ints(node, "nodes_missing_value_tracks_true")?,
@@ -43,9 +59,12 @@ fn tree_classifier(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<
         class_weights: floats(node, "class_weights")?,
         classlabels_int64s: ints(node, "classlabels_int64s")?,
         base_values: floats(node, "base_values")?,
-        post_transform: node.get_attr_opt::<String>("post_transform")?.unwrap_or_else(|| "NONE".into()),
+        post_transform: node
+            .get_attr_opt::<String>("post_transform")?
+            .unwrap_or_else(|| "NONE".into()),
     };
-    let ensemble = TreeEnsemble::build(attrs).map_err(|e| format_err!("TreeEnsembleClassifier: {e}"))?;
+    let ensemble =
+        TreeEnsemble::build(attrs).map_err(|e| format_err!("TreeEnsembleClassifier: {e}"))?;
     Ok((expand(TreeClassifier(ensemble)), vec![]))
 }
 
@@ -81,7 +100,12 @@ impl Expansion for TreeClassifier {
         Ok(())
     }
 
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
         model.wire_node(prefix, TreeClassifierOp(self.0.clone()), inputs)
     }
 }
@@ -111,7 +135,10 @@ impl EvalOp for TreeClassifierOp {
             _ => bail!("TreeEnsembleClassifier expects a [N, F] input, got {shape:?}"),
         };
         if f < self.0.n_features {
-            bail!("TreeEnsembleClassifier needs {} features, input has {f}", self.0.n_features);
+            bail!(
+                "TreeEnsembleClassifier needs {} features, input has {f}",
+                self.0.n_features
+            );
         }
         let c = self.0.n_classes();
         let data: Vec<f32> = view.iter().copied().collect();
@@ -129,7 +156,10 @@ impl EvalOp for TreeClassifierOp {
 impl TypedOp for TreeClassifierOp {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let n = inputs[0].shape[0].clone();
-        Ok(tvec!(i64::fact([n.clone()]), f32::fact([n, self.0.n_classes().to_dim()])))
+        Ok(tvec!(
+            i64::fact([n.clone()]),
+            f32::fact([n, self.0.n_classes().to_dim()])
+        ))
     }
 
     as_op!();

@@ -116,12 +116,16 @@ impl TreeEnsemble {
                 return Err(format!("{name} has {len} entries, nodes_nodeids has {n}"));
             }
         }
-        if !a.nodes_missing_value_tracks_true.is_empty() && a.nodes_missing_value_tracks_true.len() != n {
+        if !a.nodes_missing_value_tracks_true.is_empty()
+            && a.nodes_missing_value_tracks_true.len() != n
+        {
             return Err("nodes_missing_value_tracks_true does not match the node count".into());
         }
         let m = a.class_ids.len();
         if a.class_treeids.len() != m || a.class_nodeids.len() != m || a.class_weights.len() != m {
-            return Err("class_treeids, class_nodeids, class_ids and class_weights differ in length".into());
+            return Err(
+                "class_treeids, class_nodeids, class_ids and class_weights differ in length".into(),
+            );
         }
         let n_classes = a.classlabels_int64s.len();
         if n_classes < 2 {
@@ -132,28 +136,48 @@ impl TreeEnsemble {
         if post_transform == PostTransform::Probit {
             return Err("post_transform PROBIT is not supported yet".into());
         }
-        let index: HashMap<(i64, i64), usize> =
-            (0..n).map(|i| ((a.nodes_treeids[i], a.nodes_nodeids[i]), i)).collect();
+        let index: HashMap<(i64, i64), usize> = (0..n)
+            .map(|i| ((a.nodes_treeids[i], a.nodes_nodeids[i]), i))
+            .collect();
         let mut votes: HashMap<(i64, i64), Vec<(usize, f32)>> = HashMap::new();
         for k in 0..m {
-            let class = usize::try_from(a.class_ids[k]).ok().filter(|c| *c < n_classes)
+            let class = usize::try_from(a.class_ids[k])
+                .ok()
+                .filter(|c| *c < n_classes)
                 .ok_or_else(|| format!("class id {} out of range", a.class_ids[k]))?;
-            votes.entry((a.class_treeids[k], a.class_nodeids[k])).or_default().push((class, a.class_weights[k]));
+            votes
+                .entry((a.class_treeids[k], a.class_nodeids[k]))
+                .or_default()
+                .push((class, a.class_weights[k]));
         }
         let mut nodes = Vec::with_capacity(n);
         let mut weights = Vec::with_capacity(m);
         let mut is_child = vec![false; n];
         let mut n_features = 0;
         for i in 0..n {
-            let mode = Mode::parse(&a.nodes_modes[i]).ok_or_else(|| format!("unsupported node mode `{}`", a.nodes_modes[i]))?;
+            let mode = Mode::parse(&a.nodes_modes[i])
+                .ok_or_else(|| format!("unsupported node mode `{}`", a.nodes_modes[i]))?;
             let tree = a.nodes_treeids[i];
-            let child = |id: i64| index.get(&(tree, id)).copied().ok_or_else(|| format!("tree {tree} has no node {id}"));
+            let child = |id: i64| {
+                index
+                    .get(&(tree, id))
+                    .copied()
+                    .ok_or_else(|| format!("tree {tree} has no node {id}"))
+            };
             let (true_child, false_child, span) = if mode == Mode::Leaf {
                 let start = weights.len();
-                weights.extend(votes.get(&(tree, a.nodes_nodeids[i])).cloned().unwrap_or_default());
+                weights.extend(
+                    votes
+                        .get(&(tree, a.nodes_nodeids[i]))
+                        .cloned()
+                        .unwrap_or_default(),
+                );
                 (0, 0, (start, weights.len()))
             } else {
-                let (t, f) = (child(a.nodes_truenodeids[i])?, child(a.nodes_falsenodeids[i])?);
+                let (t, f) = (
+                    child(a.nodes_truenodeids[i])?,
+                    child(a.nodes_falsenodeids[i])?,
+                );
                 is_child[t] = true;
                 is_child[f] = true;
                 n_features = n_features.max(a.nodes_featureids[i] as usize + 1);
@@ -161,16 +185,21 @@ impl TreeEnsemble {
             };
             nodes.push(Node {
                 mode,
-                feature: usize::try_from(a.nodes_featureids[i]).map_err(|_| "negative feature id".to_string())?,
+                feature: usize::try_from(a.nodes_featureids[i])
+                    .map_err(|_| "negative feature id".to_string())?,
                 threshold: a.nodes_values[i],
-                missing_true: a.nodes_missing_value_tracks_true.get(i).is_some_and(|v| *v != 0),
+                missing_true: a
+                    .nodes_missing_value_tracks_true
+                    .get(i)
+                    .is_some_and(|v| *v != 0),
                 true_child,
                 false_child,
                 weights: span,
             });
         }
         let roots: Vec<usize> = (0..n).filter(|&i| !is_child[i]).collect();
-        let classes_voted: std::collections::BTreeSet<usize> = weights.iter().map(|w| w.0).collect();
+        let classes_voted: std::collections::BTreeSet<usize> =
+            weights.iter().map(|w| w.0).collect();
         Ok(TreeEnsemble {
             binary_case: n_classes == 2 && classes_voted.len() == 1,
             weights_all_positive: a.class_weights.iter().all(|w| *w >= 0.0),
@@ -206,7 +235,11 @@ impl TreeEnsemble {
                     Mode::Leaf => unreachable!("loop exits on leaves"),
                 }
             };
-            node = &self.nodes[if go_true { node.true_child } else { node.false_child }];
+            node = &self.nodes[if go_true {
+                node.true_child
+            } else {
+                node.false_child
+            }];
         }
         node
     }
@@ -255,9 +288,19 @@ impl TreeEnsemble {
             if single {
                 score.truncate(1);
             }
-            let pos = if score.len() == 2 && has[1] { score[1] } else if has[0] { score[0] } else { 0.0 };
+            let pos = if score.len() == 2 && has[1] {
+                score[1]
+            } else if has[0] {
+                score[0]
+            } else {
+                0.0
+            };
             label = if self.binary_case {
-                let (positive, code) = if self.weights_all_positive { (pos > 0.5, 0) } else { (pos > 0.0, 2) };
+                let (positive, code) = if self.weights_all_positive {
+                    (pos > 0.5, 0)
+                } else {
+                    (pos > 0.0, 2)
+                };
                 add_second = Some(if positive { code } else { code + 1 });
                 self.class_labels[usize::from(positive)]
             } else {
@@ -278,14 +321,21 @@ fn write_scores(score: &[f32], t: PostTransform, add_second: Option<u8>, out: &m
     if score.len() >= 2 {
         match t {
             PostTransform::None => out[..score.len()].copy_from_slice(score),
-            PostTransform::Logistic => score.iter().zip(out.iter_mut()).for_each(|(s, o)| *o = logistic(*s)),
+            PostTransform::Logistic => score
+                .iter()
+                .zip(out.iter_mut())
+                .for_each(|(s, o)| *o = logistic(*s)),
             PostTransform::Probit => out[..score.len()].copy_from_slice(score),
             PostTransform::Softmax | PostTransform::SoftmaxZero => {
                 let zero = t == PostTransform::SoftmaxZero;
                 let max = score.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;
                 for (s, o) in score.iter().zip(out.iter_mut()) {
-                    *o = if zero && *s == 0.0 { 0.0 } else { (s - max).exp() };
+                    *o = if zero && *s == 0.0 {
+                        0.0
+                    } else {
+                        (s - max).exp()
+                    };
                     sum += *o;
                 }
                 out[..score.len()].iter_mut().for_each(|o| *o /= sum);

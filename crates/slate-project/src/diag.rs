@@ -13,12 +13,20 @@ pub struct Span {
 
 impl Span {
     pub fn new(file: impl Into<PathBuf>, line: usize, col: usize) -> Self {
-        Span { file: file.into(), line, col }
+        Span {
+            file: file.into(),
+            line,
+            col,
+        }
     }
 
     /// The whole file, for problems that have no better position.
     pub fn file(file: impl Into<PathBuf>) -> Self {
-        Span { file: file.into(), line: 1, col: 1 }
+        Span {
+            file: file.into(),
+            line: 1,
+            col: 1,
+        }
     }
 }
 
@@ -37,7 +45,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { span, message: message.into(), hint: None }
+        Diagnostic {
+            span,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -49,7 +61,10 @@ impl Diagnostic {
     pub fn render(&self, root: &Path) -> String {
         let mut out = format!("error: {}\n  --> {}\n", self.message, self.span);
         let source = std::fs::read_to_string(root.join(&self.span.file)).ok();
-        if let Some(line) = source.as_deref().and_then(|s| s.lines().nth(self.span.line - 1)) {
+        if let Some(line) = source
+            .as_deref()
+            .and_then(|s| s.lines().nth(self.span.line - 1))
+        {
             let n = self.span.line.to_string();
             let pad = " ".repeat(n.len());
             out.push_str(&format!("{pad} |\n{n} | {line}\n{pad} | "));

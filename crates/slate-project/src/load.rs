@@ -29,12 +29,15 @@ pub fn load_project(root: &Path) -> Result<Project, Diagnostics> {
                     let parsed = sql_file::parse(rel, &text, &mut r.diags);
                     r.sql_resolver(stem, rel, parsed);
                 }
-                Err(e) => r.diags.push(Diagnostic::new(Span::file(rel), format!("cannot read: {e}"))),
+                Err(e) => r.diags.push(Diagnostic::new(
+                    Span::file(rel),
+                    format!("cannot read: {e}"),
+                )),
             }
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            if let Some(n) = read_yaml(root, rel, &mut r.diags, true) {
-                r.model_resolver(rel, &n);
-            }
+        } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
+            && let Some(n) = read_yaml(root, rel, &mut r.diags, true)
+        {
+            r.model_resolver(rel, &n);
         }
     }
     if let Some(n) = &queries {
@@ -43,7 +46,12 @@ pub fn load_project(root: &Path) -> Result<Project, Diagnostics> {
     r.finish()
 }
 
-fn read_yaml(root: &Path, rel: &Path, diags: &mut Vec<Diagnostic>, required: bool) -> Option<yaml::Node> {
+fn read_yaml(
+    root: &Path,
+    rel: &Path,
+    diags: &mut Vec<Diagnostic>,
+    required: bool,
+) -> Option<yaml::Node> {
     let text = match std::fs::read_to_string(root.join(rel)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return None,
@@ -51,9 +59,18 @@ fn read_yaml(root: &Path, rel: &Path, diags: &mut Vec<Diagnostic>, required: boo
             let hint = if root.join("slate.yaml").exists() {
                 "create it; see the project format in the README".to_string()
             } else {
-                format!("{} is not a Slate project: pass --project DIR", root.display())
+                format!(
+                    "{} is not a Slate project: pass --project DIR",
+                    root.display()
+                )
             };
-            diags.push(Diagnostic::new(Span::file(rel), format!("cannot read {}: {e}", rel.display())).hint(hint));
+            diags.push(
+                Diagnostic::new(
+                    Span::file(rel),
+                    format!("cannot read {}: {e}", rel.display()),
+                )
+                .hint(hint),
+            );
             return None;
         }
     };
@@ -67,7 +84,9 @@ fn read_yaml(root: &Path, rel: &Path, diags: &mut Vec<Diagnostic>, required: boo
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {

@@ -28,7 +28,11 @@ pub struct Environment {
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     /// Local Parquet and CSV files queried through DataFusion; a file's stem names its table.
-    Embedded { path: PathBuf, dialect: String, span: Span },
+    Embedded {
+        path: PathBuf,
+        dialect: String,
+        span: Span,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -48,10 +52,23 @@ pub struct Feature {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeatureKind {
-    Scalar { ty: ValueType, default: Option<f64> },
-    HasOne { target: String, foreign_key: String },
-    HasMany { target: String, foreign_key: String },
-    Aggregate { ty: ValueType, agg: Aggregation, windows: Vec<Window> },
+    Scalar {
+        ty: ValueType,
+        default: Option<f64>,
+    },
+    HasOne {
+        target: String,
+        foreign_key: String,
+    },
+    HasMany {
+        target: String,
+        foreign_key: String,
+    },
+    Aggregate {
+        ty: ValueType,
+        agg: Aggregation,
+        windows: Vec<Window>,
+    },
 }
 
 /// An aggregation over a has-many relation, evaluated at each row's `now`.
@@ -185,7 +202,9 @@ pub struct ScheduledQuery {
 
 impl Project {
     pub fn class(&self, name: &str) -> Option<&FeatureClass> {
-        self.classes.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+        self.classes
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
     }
 
     pub fn query(&self, name: &str) -> Option<&ScheduledQuery> {
@@ -200,7 +219,9 @@ impl Project {
     pub fn model_resolver_for(&self, feature: &FeatureRef) -> Option<&ModelResolver> {
         self.model_resolvers.iter().find(|m| {
             same_feature(&m.output, feature)
-                || m.score_output.as_ref().is_some_and(|s| same_feature(s, feature))
+                || m.score_output
+                    .as_ref()
+                    .is_some_and(|s| same_feature(s, feature))
         })
     }
 

@@ -67,11 +67,18 @@ pub(crate) fn parse(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Sql
         }
     };
     let columns = output_columns(file, text, diags);
-    SqlFile { header, description: description.join(" "), sql, columns }
+    SqlFile {
+        header,
+        description: description.join(" "),
+        sql,
+        columns,
+    }
 }
 
 fn is_key_line(content: &str) -> bool {
-    let Some((key, rest)) = content.split_once(':') else { return false };
+    let Some((key, rest)) = content.split_once(':') else {
+        return false;
+    };
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -123,7 +130,10 @@ fn output_columns(
         }
     };
     let [Statement::Query(query)] = statements.as_slice() else {
-        diags.push(Diagnostic::new(Span::file(file), "a SQL resolver must hold exactly one SELECT query"));
+        diags.push(Diagnostic::new(
+            Span::file(file),
+            "a SQL resolver must hold exactly one SELECT query",
+        ));
         return None;
     };
     let SetExpr::Select(select) = query.body.as_ref() else {
@@ -137,8 +147,11 @@ fn output_columns(
             SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts.last()?.clone(),
             SelectItem::UnnamedExpr(_) => {
                 diags.push(
-                    Diagnostic::new(Span::file(file), format!("output column `{item}` has no name"))
-                        .hint("name it after the feature it resolves: `<expression> AS feature_name`"),
+                    Diagnostic::new(
+                        Span::file(file),
+                        format!("output column `{item}` has no name"),
+                    )
+                    .hint("name it after the feature it resolves: `<expression> AS feature_name`"),
                 );
                 continue;
             }
@@ -156,9 +169,17 @@ fn output_columns(
 
 fn position_in_message(msg: &str) -> Option<(usize, usize)> {
     let after = &msg[msg.find("Line: ")? + 6..];
-    let line: usize = after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    let line: usize = after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
     let after = &after[after.find("Column: ")? + 8..];
-    let col: usize = after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    let col: usize = after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
     Some((line, col))
 }
 
@@ -176,7 +197,10 @@ mod tests {
         assert_eq!(f.description, "get transactions from snowflake");
         let header = f.header.expect("header");
         assert_eq!(header.get("source").and_then(|n| n.as_str()), Some("sf"));
-        let lookback = header.get("incremental").and_then(|i| i.get("lookback_period")).expect("lb");
+        let lookback = header
+            .get("incremental")
+            .and_then(|i| i.get("lookback_period"))
+            .expect("lb");
         assert_eq!((lookback.span.line, lookback.span.col), (6, 23));
         let cols = f.columns.expect("columns");
         assert_eq!(cols[0].0, "id");
@@ -188,7 +212,10 @@ mod tests {
     fn placeholders_keep_positions() {
         let (sql, refs) = bind_placeholders("SELECT a FROM t WHERE id = ${User.id} AND x = 1");
         assert_eq!(refs, vec!["User.id".to_string()]);
-        assert_eq!(sql.len(), "SELECT a FROM t WHERE id = ${User.id} AND x = 1".len());
+        assert_eq!(
+            sql.len(),
+            "SELECT a FROM t WHERE id = ${User.id} AND x = 1".len()
+        );
         assert!(sql.contains("$1"));
     }
 }

@@ -21,13 +21,20 @@ pub(crate) enum NodeKind {
 
 /// Parses `text` (the contents of `file`). `offsets[i]` is added to the column of nodes on line
 /// `i + 1`, for YAML embedded in SQL comments.
-pub(crate) fn parse(file: &Path, text: &str, offsets: &[usize]) -> Result<Option<Node>, Diagnostic> {
+pub(crate) fn parse(
+    file: &Path,
+    text: &str,
+    offsets: &[usize],
+) -> Result<Option<Node>, Diagnostic> {
     let docs = MarkedYamlOwned::load_from_str(text).map_err(|e| {
         let m = e.marker();
         let line = m.line().max(1);
         let col = m.col() + 1 + offsets.get(line - 1).copied().unwrap_or(0);
-        Diagnostic::new(Span::new(file, line, col), format!("malformed YAML: {}", e.info()))
-            .hint("check indentation and that every `key: value` pair has a space after the colon")
+        Diagnostic::new(
+            Span::new(file, line, col),
+            format!("malformed YAML: {}", e.info()),
+        )
+        .hint("check indentation and that every `key: value` pair has a space after the colon")
     })?;
     Ok(docs.into_iter().next().map(|d| convert(file, &d, offsets)))
 }
@@ -49,7 +56,9 @@ fn convert(file: &Path, n: &MarkedYamlOwned, offsets: &[usize]) -> Node {
             NodeKind::Seq(items.iter().map(|i| convert(file, i, offsets)).collect())
         }
         YamlDataOwned::Mapping(m) => NodeKind::Map(
-            m.iter().map(|(k, v)| (convert(file, k, offsets), convert(file, v, offsets))).collect(),
+            m.iter()
+                .map(|(k, v)| (convert(file, k, offsets), convert(file, v, offsets)))
+                .collect(),
         ),
         YamlDataOwned::Tagged(_, inner) => convert(file, inner, offsets).kind,
         YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => NodeKind::Null,
@@ -73,7 +82,10 @@ impl Node {
     }
 
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.entries()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+        self.entries()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
     }
 
     pub fn describe(&self) -> &'static str {

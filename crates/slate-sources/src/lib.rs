@@ -4,9 +4,9 @@
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
+use datafusion::common::TableReference;
 use datafusion::datasource::file_format::options::{CsvReadOptions, ParquetReadOptions};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::common::TableReference;
 use slate_types::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -15,9 +15,17 @@ pub enum SourceError {
     #[error("data directory {path} of source `{source_name}` does not exist")]
     MissingDataDir { source_name: String, path: PathBuf },
     #[error("source `{source_name}`: cannot register {path}: {reason}")]
-    Register { source_name: String, path: PathBuf, reason: String },
+    Register {
+        source_name: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("resolver `{resolver}` failed on source `{source_name}`: {reason}")]
-    Query { resolver: String, source_name: String, reason: String },
+    Query {
+        resolver: String,
+        source_name: String,
+        reason: String,
+    },
 }
 
 impl SourceError {
@@ -30,7 +38,9 @@ impl SourceError {
 
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            SourceError::MissingDataDir { .. } => Some("create it, fix `path` in slate.yaml, or point SLATE_DATA_DIR / --data-dir at the data"),
+            SourceError::MissingDataDir { .. } => Some(
+                "create it, fix `path` in slate.yaml, or point SLATE_DATA_DIR / --data-dir at the data",
+            ),
             _ => None,
         }
     }
@@ -54,14 +64,20 @@ pub struct EmbeddedSource {
 
 impl std::fmt::Debug for EmbeddedSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedSource").field("name", &self.name).field("tables", &self.tables).finish()
+        f.debug_struct("EmbeddedSource")
+            .field("name", &self.name)
+            .field("tables", &self.tables)
+            .finish()
     }
 }
 
 impl EmbeddedSource {
     pub async fn open(name: &str, dir: &Path, dialect: &str) -> Result<Self, SourceError> {
         if !dir.is_dir() {
-            return Err(SourceError::MissingDataDir { source_name: name.into(), path: dir.into() });
+            return Err(SourceError::MissingDataDir {
+                source_name: name.into(),
+                path: dir.into(),
+            });
         }
         let config = SessionConfig::new()
             .set_str("datafusion.sql_parser.dialect", dialect)
@@ -69,28 +85,64 @@ impl EmbeddedSource {
         let ctx = SessionContext::new_with_config(config);
         let mut tables = Vec::new();
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| SourceError::Register { source_name: name.into(), path: dir.into(), reason: e.to_string() })?
+            .map_err(|e| SourceError::Register {
+                source_name: name.into(),
+                path: dir.into(),
+                reason: e.to_string(),
+            })?
             .flatten()
             .map(|e| e.path())
             .collect();
         entries.sort();
         for path in entries {
-            let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
-            let reg = |reason: String| SourceError::Register { source_name: name.into(), path: path.clone(), reason };
+            let file = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let reg = |reason: String| SourceError::Register {
+                source_name: name.into(),
+                path: path.clone(),
+                reason,
+            };
             let url = path.to_string_lossy().to_string();
             let (table, result) = if path.is_dir() {
-                (file.clone(), ctx.register_parquet(TableReference::bare(file.as_str()), format!("{url}/"), ParquetReadOptions::default()).await)
+                (
+                    file.clone(),
+                    ctx.register_parquet(
+                        TableReference::bare(file.as_str()),
+                        format!("{url}/"),
+                        ParquetReadOptions::default(),
+                    )
+                    .await,
+                )
             } else if let Some(t) = file.strip_suffix(".parquet") {
-                (t.to_string(), ctx.register_parquet(TableReference::bare(t), &url, ParquetReadOptions::default()).await)
+                (
+                    t.to_string(),
+                    ctx.register_parquet(
+                        TableReference::bare(t),
+                        &url,
+                        ParquetReadOptions::default(),
+                    )
+                    .await,
+                )
             } else if let Some(t) = file.strip_suffix(".csv") {
-                (t.to_string(), ctx.register_csv(TableReference::bare(t), &url, CsvReadOptions::new()).await)
+                (
+                    t.to_string(),
+                    ctx.register_csv(TableReference::bare(t), &url, CsvReadOptions::new())
+                        .await,
+                )
             } else {
                 continue;
             };
             result.map_err(|e| reg(e.to_string()))?;
             tables.push(table);
         }
-        Ok(EmbeddedSource { name: name.into(), ctx, tables })
+        Ok(EmbeddedSource {
+            name: name.into(),
+            ctx,
+            tables,
+        })
     }
 
     pub fn tables(&self) -> &[String] {
@@ -98,13 +150,25 @@ impl EmbeddedSource {
     }
 
     /// Runs a resolver's query, keeping rows with `column >= bound` when a bound is given.
-    pub async fn query(&self, resolver: &str, sql: &str, bound: Option<&IncrementalBound>) -> Result<Vec<RecordBatch>, SourceError> {
-        let err = |reason: String| SourceError::Query { resolver: resolver.into(), source_name: self.name.clone(), reason };
+    pub async fn query(
+        &self,
+        resolver: &str,
+        sql: &str,
+        bound: Option<&IncrementalBound>,
+    ) -> Result<Vec<RecordBatch>, SourceError> {
+        let err = |reason: String| SourceError::Query {
+            resolver: resolver.into(),
+            source_name: self.name.clone(),
+            reason,
+        };
         let sql = sql.trim().trim_end_matches(';');
         let df = match bound {
             None => self.ctx.sql(sql).await.map_err(|e| err(e.to_string()))?,
             Some(b) => {
-                let wrapped = format!("SELECT * FROM ({sql}) AS slate_incremental WHERE \"{}\" >= $1", b.column.replace('"', ""));
+                let wrapped = format!(
+                    "SELECT * FROM ({sql}) AS slate_incremental WHERE \"{}\" >= $1",
+                    b.column.replace('"', "")
+                );
                 let value = ScalarValue::TimestampMicrosecond(Some(b.micros), Some("UTC".into()));
                 self.ctx
                     .sql(&wrapped)

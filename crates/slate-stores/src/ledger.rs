@@ -36,17 +36,26 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open = |e: &dyn std::fmt::Display| StoreError::Open { what: "run ledger", path: path.into(), reason: e.to_string() };
+        let open = |e: &dyn std::fmt::Display| StoreError::Open {
+            what: "run ledger",
+            path: path.into(),
+            reason: e.to_string(),
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open(&e))?;
         }
-        Ok(Ledger { db: Database::create(path).map_err(|e| open(&e))? })
+        Ok(Ledger {
+            db: Database::create(path).map_err(|e| open(&e))?,
+        })
     }
 
     pub fn watermark(&self, query: &str, resolver: &str) -> Result<Option<i64>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("ledger read")(&e))?;
         match tx.open_table(WATERMARKS) {
-            Ok(t) => Ok(t.get((query, resolver)).map_err(|e| io("ledger read")(&e))?.map(|v| v.value())),
+            Ok(t) => Ok(t
+                .get((query, resolver))
+                .map_err(|e| io("ledger read")(&e))?
+                .map(|v| v.value())),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(io("ledger read")(&e)),
         }
@@ -63,16 +72,27 @@ impl Ledger {
         for item in t.iter().map_err(|e| io("ledger read")(&e))? {
             let (k, v) = item.map_err(|e| io("ledger read")(&e))?;
             let (q, r) = k.value();
-            out.push(Watermark { query: q.into(), resolver: r.into(), micros: v.value() });
+            out.push(Watermark {
+                query: q.into(),
+                resolver: r.into(),
+                micros: v.value(),
+            });
         }
         Ok(out)
     }
 
     /// Sets (`Some`) or drops (`None`) a watermark by hand.
-    pub fn set_watermark(&self, query: &str, resolver: &str, micros: Option<i64>) -> Result<(), StoreError> {
+    pub fn set_watermark(
+        &self,
+        query: &str,
+        resolver: &str,
+        micros: Option<i64>,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| io("ledger write")(&e))?;
         {
-            let mut t = tx.open_table(WATERMARKS).map_err(|e| io("ledger write")(&e))?;
+            let mut t = tx
+                .open_table(WATERMARKS)
+                .map_err(|e| io("ledger write")(&e))?;
             match micros {
                 Some(m) => t.insert((query, resolver), m).map(|_| ()),
                 None => t.remove((query, resolver)).map(|_| ()),
@@ -83,16 +103,24 @@ impl Ledger {
     }
 
     /// Records a finished run and moves the watermarks, atomically.
-    pub fn commit_run(&self, record: &RunRecord, watermarks: &[(String, i64)]) -> Result<(), StoreError> {
+    pub fn commit_run(
+        &self,
+        record: &RunRecord,
+        watermarks: &[(String, i64)],
+    ) -> Result<(), StoreError> {
         let json = serde_json::to_string(record).map_err(|e| io("ledger encode")(&e))?;
         let tx = self.db.begin_write().map_err(|e| io("ledger write")(&e))?;
         {
-            let mut w = tx.open_table(WATERMARKS).map_err(|e| io("ledger write")(&e))?;
+            let mut w = tx
+                .open_table(WATERMARKS)
+                .map_err(|e| io("ledger write")(&e))?;
             for (resolver, m) in watermarks {
-                w.insert((record.query.as_str(), resolver.as_str()), *m).map_err(|e| io("ledger write")(&e))?;
+                w.insert((record.query.as_str(), resolver.as_str()), *m)
+                    .map_err(|e| io("ledger write")(&e))?;
             }
             let mut r = tx.open_table(RUNS).map_err(|e| io("ledger write")(&e))?;
-            r.insert(record.run_id.as_str(), json.as_str()).map_err(|e| io("ledger write")(&e))?;
+            r.insert(record.run_id.as_str(), json.as_str())
+                .map_err(|e| io("ledger write")(&e))?;
         }
         tx.commit().map_err(|e| io("ledger commit")(&e))
     }

@@ -16,7 +16,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open {what} at {path}: {reason}")]
-    Open { what: &'static str, path: PathBuf, reason: String },
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{what} failed: {reason}")]
     Io { what: &'static str, reason: String },
     #[error("offline table {table}: {reason}")]
@@ -30,5 +34,8 @@ impl StoreError {
 }
 
 fn io(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
-    move |e| StoreError::Io { what, reason: e.to_string() }
+    move |e| StoreError::Io {
+        what,
+        reason: e.to_string(),
+    }
 }

@@ -25,12 +25,17 @@ pub struct OfflineStore {
 }
 
 fn ts_lit(micros: i64) -> Expr {
-    lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
+    lit(ScalarValue::TimestampMicrosecond(
+        Some(micros),
+        Some("UTC".into()),
+    ))
 }
 
 impl OfflineStore {
     pub fn new(root: &Path) -> Self {
-        OfflineStore { root: root.to_path_buf() }
+        OfflineStore {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn table_path(&self, table: &str) -> PathBuf {
@@ -39,11 +44,17 @@ impl OfflineStore {
 
     async fn open(&self, table: &str) -> Result<DeltaTable, StoreError> {
         let path = self.table_path(table);
-        let err = |reason: String| StoreError::Offline { table: table.into(), reason };
+        let err = |reason: String| StoreError::Offline {
+            table: table.into(),
+            reason,
+        };
         std::fs::create_dir_all(&path).map_err(|e| err(e.to_string()))?;
         let abs = std::fs::canonicalize(&path).map_err(|e| err(e.to_string()))?;
-        let url = Url::from_directory_path(&abs).map_err(|_| err(format!("bad path {}", abs.display())))?;
-        DeltaTable::try_from_url(url).await.map_err(|e| err(e.to_string()))
+        let url = Url::from_directory_path(&abs)
+            .map_err(|_| err(format!("bad path {}", abs.display())))?;
+        DeltaTable::try_from_url(url)
+            .await
+            .map_err(|e| err(e.to_string()))
     }
 
     /// Whether the table has been written at least once.
@@ -55,14 +66,25 @@ impl OfflineStore {
     }
 
     /// Writes `batches`, replacing the rows in `replace` (or the whole table) in one commit.
-    pub async fn write(&self, table: &str, batches: Vec<RecordBatch>, replace: Option<&ReplaceRange>) -> Result<(), StoreError> {
-        let err = |e: deltalake::DeltaTableError| StoreError::Offline { table: table.into(), reason: e.to_string() };
+    pub async fn write(
+        &self,
+        table: &str,
+        batches: Vec<RecordBatch>,
+        replace: Option<&ReplaceRange>,
+    ) -> Result<(), StoreError> {
+        let err = |e: deltalake::DeltaTableError| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        };
         let t = self.open(table).await?;
         let exists = t.version().is_some();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         if rows == 0 {
             if let (true, Some(r)) = (exists, replace) {
-                t.delete().with_predicate(col(format!("\"{}\"", r.column)).gt_eq(ts_lit(r.from_micros))).await.map_err(err)?;
+                t.delete()
+                    .with_predicate(col(format!("\"{}\"", r.column)).gt_eq(ts_lit(r.from_micros)))
+                    .await
+                    .map_err(err)?;
             } else if exists {
                 t.delete().await.map_err(err)?;
             }
@@ -80,24 +102,42 @@ impl OfflineStore {
     pub async fn session(&self, tables: &[&str]) -> Result<SessionContext, StoreError> {
         let ctx = SessionContext::new();
         for name in tables {
-            let err = |reason: String| StoreError::Offline { table: name.to_string(), reason };
+            let err = |reason: String| StoreError::Offline {
+                table: name.to_string(),
+                reason,
+            };
             let t = self.open(name).await?;
             if t.version().is_none() {
                 continue;
             }
-            t.update_datafusion_session(&ctx.state()).map_err(|e| err(e.to_string()))?;
+            t.update_datafusion_session(&ctx.state())
+                .map_err(|e| err(e.to_string()))?;
             let provider = t.table_provider().await.map_err(|e| err(e.to_string()))?;
-            ctx.register_table(*name, provider).map_err(|e| err(e.to_string()))?;
+            ctx.register_table(*name, provider)
+                .map_err(|e| err(e.to_string()))?;
         }
         Ok(ctx)
     }
 
     /// Reads `columns` of `table` for rows whose `key` is in `keys` and whose `time` is at or
     /// after `from` (when given).
-    pub async fn read_for_keys(&self, table: &str, columns: &[&str], key: &str, keys: &[i64], time: &str, from: Option<i64>) -> Result<Vec<RecordBatch>, StoreError> {
-        let err = |e: &dyn std::fmt::Display| StoreError::Offline { table: table.into(), reason: e.to_string() };
+    pub async fn read_for_keys(
+        &self,
+        table: &str,
+        columns: &[&str],
+        key: &str,
+        keys: &[i64],
+        time: &str,
+        from: Option<i64>,
+    ) -> Result<Vec<RecordBatch>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        };
         let ctx = self.session(&[table]).await?;
-        let Ok(df) = ctx.table(table).await else { return Ok(vec![]) };
+        let Ok(df) = ctx.table(table).await else {
+            return Ok(vec![]);
+        };
         let quoted = |c: &str| col(format!("\"{c}\""));
         let mut filter = quoted(key).in_list(keys.iter().map(|k| lit(*k)).collect(), false);
         if let Some(f) = from {
@@ -113,7 +153,12 @@ impl OfflineStore {
     /// Every row of `table` (empty when the table was never written).
     pub async fn read_all(&self, table: &str) -> Result<Vec<RecordBatch>, StoreError> {
         let ctx = self.session(&[table]).await?;
-        let Ok(df) = ctx.table(table).await else { return Ok(vec![]) };
-        df.collect().await.map_err(|e| StoreError::Offline { table: table.into(), reason: e.to_string() })
+        let Ok(df) = ctx.table(table).await else {
+            return Ok(vec![]);
+        };
+        df.collect().await.map_err(|e| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        })
     }
 }

@@ -22,14 +22,26 @@ pub struct OnlineStore {
 impl OnlineStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { what: "online store", path: path.into(), reason: e.to_string() })?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                what: "online store",
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
         }
-        let db = Database::create(path).map_err(|e| StoreError::Open { what: "online store", path: path.into(), reason: e.to_string() })?;
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            what: "online store",
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         Ok(OnlineStore { db })
     }
 
     /// Upserts `(key, feature_time, json)` rows for `feature` in one transaction.
-    pub fn put(&self, feature: &str, rows: impl IntoIterator<Item = (i64, i64, String)>) -> Result<usize, StoreError> {
+    pub fn put(
+        &self,
+        feature: &str,
+        rows: impl IntoIterator<Item = (i64, i64, String)>,
+    ) -> Result<usize, StoreError> {
         let tx = self.db.begin_write().map_err(|e| io("online write")(&e))?;
         let mut written = 0;
         {
@@ -40,7 +52,8 @@ impl OnlineStore {
                     None => true,
                 };
                 if newer {
-                    t.insert((feature, key), (ft, json.as_str())).map_err(|e| io("online write")(&e))?;
+                    t.insert((feature, key), (ft, json.as_str()))
+                        .map_err(|e| io("online write")(&e))?;
                     written += 1;
                 }
             }
@@ -56,10 +69,15 @@ impl OnlineStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(io("online read")(&e)),
         };
-        Ok(t.get((feature, key)).map_err(|e| io("online read")(&e))?.map(|v| {
-            let (feature_time, json) = v.value();
-            OnlineValue { feature_time, json: json.to_string() }
-        }))
+        Ok(t.get((feature, key))
+            .map_err(|e| io("online read")(&e))?
+            .map(|v| {
+                let (feature_time, json) = v.value();
+                OnlineValue {
+                    feature_time,
+                    json: json.to_string(),
+                }
+            }))
     }
 
     /// Number of keys stored for `feature`.
@@ -70,7 +88,9 @@ impl OnlineStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(io("online read")(&e)),
         };
-        let range = t.range((feature, i64::MIN)..=(feature, i64::MAX)).map_err(|e| io("online read")(&e))?;
+        let range = t
+            .range((feature, i64::MIN)..=(feature, i64::MAX))
+            .map_err(|e| io("online read")(&e))?;
         Ok(range.count())
     }
 }
@@ -83,11 +103,28 @@ mod tests {
     fn newest_feature_time_wins() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = OnlineStore::open(&dir.path().join("online.redb")).expect("open");
-        s.put("transaction.is_fraud", [(1, 10, "true".to_string())]).expect("put");
-        s.put("transaction.is_fraud", [(1, 5, "false".to_string())]).expect("put");
-        assert_eq!(s.get("transaction.is_fraud", 1).expect("get"), Some(OnlineValue { feature_time: 10, json: "true".into() }));
-        s.put("transaction.is_fraud", [(1, 10, "false".to_string()), (2, 1, "true".to_string())]).expect("put");
-        assert_eq!(s.get("transaction.is_fraud", 1).expect("get").map(|v| v.json), Some("false".into()));
+        s.put("transaction.is_fraud", [(1, 10, "true".to_string())])
+            .expect("put");
+        s.put("transaction.is_fraud", [(1, 5, "false".to_string())])
+            .expect("put");
+        assert_eq!(
+            s.get("transaction.is_fraud", 1).expect("get"),
+            Some(OnlineValue {
+                feature_time: 10,
+                json: "true".into()
+            })
+        );
+        s.put(
+            "transaction.is_fraud",
+            [(1, 10, "false".to_string()), (2, 1, "true".to_string())],
+        )
+        .expect("put");
+        assert_eq!(
+            s.get("transaction.is_fraud", 1)
+                .expect("get")
+                .map(|v| v.json),
+            Some("false".into())
+        );
         assert_eq!(s.count("transaction.is_fraud").expect("count"), 2);
         assert_eq!(s.get("transaction.is_fraud", 3).expect("get"), None);
     }

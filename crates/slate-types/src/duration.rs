@@ -6,7 +6,9 @@ use std::fmt;
 pub enum DurationError {
     #[error("empty duration")]
     Empty,
-    #[error("`{text}` is not a duration: expected a number followed by a unit (s, m, h, d, w), e.g. `60m` or `1d`")]
+    #[error(
+        "`{text}` is not a duration: expected a number followed by a unit (s, m, h, d, w), e.g. `60m` or `1d`"
+    )]
     Malformed { text: String },
     #[error("duration `{text}` is zero; a window or lookback must be positive")]
     Zero { text: String },
@@ -20,8 +22,12 @@ pub fn parse_duration_secs(text: &str) -> Result<i64, DurationError> {
     if t.is_empty() {
         return Err(DurationError::Empty);
     }
-    let malformed = || DurationError::Malformed { text: text.to_string() };
-    let overflow = || DurationError::Overflow { text: text.to_string() };
+    let malformed = || DurationError::Malformed {
+        text: text.to_string(),
+    };
+    let overflow = || DurationError::Overflow {
+        text: text.to_string(),
+    };
     let mut total: i64 = 0;
     let mut digits = String::new();
     for c in t.chars() {
@@ -51,7 +57,9 @@ pub fn parse_duration_secs(text: &str) -> Result<i64, DurationError> {
         return Err(malformed());
     }
     if total == 0 {
-        return Err(DurationError::Zero { text: text.to_string() });
+        return Err(DurationError::Zero {
+            text: text.to_string(),
+        });
     }
     Ok(total)
 }
@@ -60,7 +68,10 @@ pub fn parse_duration_secs(text: &str) -> Result<i64, DurationError> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Window {
     /// A bounded window; `label` is the name used in references (`"1d"`).
-    Bounded { label: String, secs: i64 },
+    Bounded {
+        label: String,
+        secs: i64,
+    },
     All,
 }
 
@@ -69,7 +80,10 @@ impl Window {
         if text.trim() == "all" {
             return Ok(Window::All);
         }
-        Ok(Window::Bounded { label: text.trim().to_string(), secs: parse_duration_secs(text)? })
+        Ok(Window::Bounded {
+            label: text.trim().to_string(),
+            secs: parse_duration_secs(text)?,
+        })
     }
 
     pub fn label(&self) -> &str {
@@ -108,16 +122,31 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations() {
-        assert!(matches!(parse_duration_secs("10x"), Err(DurationError::Malformed { .. })));
-        assert!(matches!(parse_duration_secs("d"), Err(DurationError::Malformed { .. })));
-        assert!(matches!(parse_duration_secs("10"), Err(DurationError::Malformed { .. })));
-        assert!(matches!(parse_duration_secs("0m"), Err(DurationError::Zero { .. })));
+        assert!(matches!(
+            parse_duration_secs("10x"),
+            Err(DurationError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_duration_secs("d"),
+            Err(DurationError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_duration_secs("10"),
+            Err(DurationError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_duration_secs("0m"),
+            Err(DurationError::Zero { .. })
+        ));
         assert!(matches!(parse_duration_secs(""), Err(DurationError::Empty)));
     }
 
     #[test]
     fn windows() {
         assert_eq!(Window::parse("all"), Ok(Window::All));
-        assert_eq!(Window::parse("1d").map(|w| w.micros()), Ok(Some(86_400_000_000)));
+        assert_eq!(
+            Window::parse("1d").map(|w| w.micros()),
+            Ok(Some(86_400_000_000))
+        );
     }
 }

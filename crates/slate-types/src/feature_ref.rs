@@ -4,7 +4,9 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FeatureRefError {
-    #[error("`{text}` is not a feature reference: expected `Class.feature`, `Class.relation.feature` or `Class.feature[\"window\"]`")]
+    #[error(
+        "`{text}` is not a feature reference: expected `Class.feature`, `Class.relation.feature` or `Class.feature[\"window\"]`"
+    )]
     Malformed { text: String },
 }
 
@@ -20,7 +22,9 @@ pub struct FeatureRef {
 
 impl FeatureRef {
     pub fn parse(text: &str) -> Result<Self, FeatureRefError> {
-        let malformed = || FeatureRefError::Malformed { text: text.to_string() };
+        let malformed = || FeatureRefError::Malformed {
+            text: text.to_string(),
+        };
         let t = text.trim();
         let (body, window) = match t.find('[') {
             Some(open) => {
@@ -48,7 +52,10 @@ impl FeatureRef {
         }
         Ok(FeatureRef {
             class: parts[0].to_string(),
-            path: parts[1..parts.len() - 1].iter().map(|s| s.to_string()).collect(),
+            path: parts[1..parts.len() - 1]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             feature: parts[parts.len() - 1].to_string(),
             window,
         })
@@ -111,7 +118,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["Transaction", "Transaction.", "a..b", "T.x[1d]", "T.x[\"\"]", "T.x[\"1d\""] {
+        for bad in [
+            "Transaction",
+            "Transaction.",
+            "a..b",
+            "T.x[1d]",
+            "T.x[\"\"]",
+            "T.x[\"1d\"",
+        ] {
             assert!(FeatureRef::parse(bad).is_err(), "{bad}");
         }
     }

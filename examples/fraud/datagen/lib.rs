@@ -28,7 +28,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { users: 2_000, merchants: 500, seed: 42 }
+        Config {
+            users: 2_000,
+            merchants: 500,
+            seed: 42,
+        }
     }
 }
 
@@ -83,9 +87,12 @@ pub fn transactions(cfg: &Config, days: i64) -> Vec<Txn> {
     let end = START_MICROS + days * DAY;
     let mut all = Vec::new();
     for user in 0..cfg.users {
-        let mut rng = StdRng::seed_from_u64(cfg.seed ^ (user as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            StdRng::seed_from_u64(cfg.seed ^ (user as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let per_day = lognormal(&mut rng, -0.45, 0.8).min(12.0);
-        let favourites: Vec<i64> = (0..rng.random_range(3..9)).map(|_| rng.random_range(0..cfg.merchants as i64)).collect();
+        let favourites: Vec<i64> = (0..rng.random_range(3..9))
+            .map(|_| rng.random_range(0..cfg.merchants as i64))
+            .collect();
         // Users join over the first weeks, so early windows are short and some users are new.
         let mut t = START_MICROS + rng.random_range(0..20 * DAY);
         while t < end {
@@ -107,18 +114,38 @@ pub fn transactions(cfg: &Config, days: i64) -> Vec<Txn> {
                         break;
                     }
                     let merchant = rng.random_range(0..cfg.merchants as i64);
-                    all.push(Txn { id: 0, user_id: user as i64, merchant_id: merchant, amount, ts: bt, category: CATEGORIES[c].0, is_fraud: true });
+                    all.push(Txn {
+                        id: 0,
+                        user_id: user as i64,
+                        merchant_id: merchant,
+                        amount,
+                        ts: bt,
+                        category: CATEGORIES[c].0,
+                        is_fraud: true,
+                    });
                 }
                 t = bt;
                 continue;
             }
             let c = pick_category(&mut rng);
             let familiar = rng.random::<f64>() < 0.8;
-            let merchant = if familiar { favourites[rng.random_range(0..favourites.len())] } else { rng.random_range(0..cfg.merchants as i64) };
+            let merchant = if familiar {
+                favourites[rng.random_range(0..favourites.len())]
+            } else {
+                rng.random_range(0..cfg.merchants as i64)
+            };
             let amount = lognormal(&mut rng, CATEGORIES[c].1, 0.6);
             // Rare large one-off purchases are sometimes fraud too.
             let is_fraud = amount > 900.0 && !familiar && rng.random::<f64>() < 0.35;
-            all.push(Txn { id: 0, user_id: user as i64, merchant_id: merchant, amount, ts: t, category: CATEGORIES[c].0, is_fraud });
+            all.push(Txn {
+                id: 0,
+                user_id: user as i64,
+                merchant_id: merchant,
+                amount,
+                ts: t,
+                category: CATEGORIES[c].0,
+                is_fraud,
+            });
         }
     }
     all.sort_by_key(|t| (t.ts, t.user_id));
@@ -135,7 +162,11 @@ pub fn transactions_schema() -> Arc<Schema> {
         Field::new("user_id", DataType::Int64, false),
         Field::new("merchant_id", DataType::Int64, false),
         Field::new("amount", DataType::Float64, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("category", DataType::Utf8, false),
         Field::new("is_fraud", DataType::Boolean, false),
     ]))
@@ -147,11 +178,22 @@ pub fn to_batch(rows: &[Txn]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         vec![
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|t| t.id))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|t| t.user_id))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|t| t.merchant_id))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|t| t.amount))),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|t| t.ts)).with_timezone("UTC")),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|t| t.category))),
-            Arc::new(BooleanArray::from_iter(rows.iter().map(|t| Some(t.is_fraud)))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|t| t.merchant_id),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|t| t.amount),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|t| t.ts))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|t| t.category),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|t| Some(t.is_fraud)),
+            )),
         ],
     )
 }
@@ -165,7 +207,9 @@ pub fn users_batch(cfg: &Config) -> Result<RecordBatch, arrow_schema::ArrowError
         schema,
         vec![
             Arc::new(Int64Array::from_iter_values(0..cfg.users as i64)),
-            Arc::new(StringArray::from_iter_values((0..cfg.users).map(|u| format!("user-{u:05}")))),
+            Arc::new(StringArray::from_iter_values(
+                (0..cfg.users).map(|u| format!("user-{u:05}")),
+            )),
         ],
     )
 }
@@ -184,12 +228,20 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
 
 /// Writes days `[from_day, to_day)` as `ML.TRANSACTIONS/part-DDDD.parquet` under `dir`, plus
 /// `ML.USERS.parquet`. Returns the number of transactions written.
-pub fn write_warehouse(dir: &Path, cfg: &Config, from_day: i64, to_day: i64) -> anyhow::Result<usize> {
+pub fn write_warehouse(
+    dir: &Path,
+    cfg: &Config,
+    from_day: i64,
+    to_day: i64,
+) -> anyhow::Result<usize> {
     let rows: Vec<Txn> = transactions(cfg, to_day)
         .into_iter()
         .filter(|t| t.ts >= START_MICROS + from_day * DAY)
         .collect();
-    write_parquet(&dir.join(format!("ML.TRANSACTIONS/part-{from_day:04}.parquet")), &to_batch(&rows)?)?;
+    write_parquet(
+        &dir.join(format!("ML.TRANSACTIONS/part-{from_day:04}.parquet")),
+        &to_batch(&rows)?,
+    )?;
     write_parquet(&dir.join("ML.USERS.parquet"), &users_batch(cfg)?)?;
     Ok(rows.len())
 }

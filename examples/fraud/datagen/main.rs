@@ -26,8 +26,18 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let cfg = Config { users: a.users, merchants: a.merchants, seed: a.seed };
+    let cfg = Config {
+        users: a.users,
+        merchants: a.merchants,
+        seed: a.seed,
+    };
     let n = write_warehouse(&a.out, &cfg, a.from_day, a.to_day)?;
-    println!("wrote {n} transactions for {} users (days {}..{}) to {}", a.users, a.from_day, a.to_day, a.out.display());
+    println!(
+        "wrote {n} transactions for {} users (days {}..{}) to {}",
+        a.users,
+        a.from_day,
+        a.to_day,
+        a.out.display()
+    );
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! The fraud pipeline end to end on generated data: first run, rerun, an appended day; every
 //! scored transaction's features against the brute-force reference; determinism.
 
-use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_array::{
+    Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use fraud_example::{Config, START_MICROS, write_warehouse};
 use slate_aggregate::{Agg, Events, Query, reference};
 use slate_engine::{Engine, EngineConfig, RunSummary, SilentProgress, plan_query};
@@ -13,7 +16,8 @@ use std::sync::Arc;
 const DAY: i64 = 86_400_000_000;
 
 fn engine(data: &Path, state: &Path, now: i64) -> Engine {
-    let project = slate_project::load_project(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("valid project");
+    let project =
+        slate_project::load_project(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("valid project");
     Engine::new(EngineConfig {
         project,
         env: "default".into(),
@@ -39,57 +43,117 @@ fn concat(batches: &[RecordBatch]) -> RecordBatch {
 }
 
 fn i64s(b: &RecordBatch, c: &str) -> Vec<i64> {
-    b.column_by_name(c).expect(c).as_any().downcast_ref::<Int64Array>().expect("i64").values().to_vec()
+    b.column_by_name(c)
+        .expect(c)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("i64")
+        .values()
+        .to_vec()
 }
 
 fn tss(b: &RecordBatch, c: &str) -> Vec<i64> {
-    b.column_by_name(c).expect(c).as_any().downcast_ref::<TimestampMicrosecondArray>().expect("ts").values().to_vec()
+    b.column_by_name(c)
+        .expect(c)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("ts")
+        .values()
+        .to_vec()
 }
 
 /// The ingested (non-pending) transactions of the generated warehouse, straight from the
 /// generator: (id, user, merchant, ts).
 fn source_rows(cfg: &Config, days: i64) -> Vec<(i64, i64, i64, i64)> {
-    fraud_example::transactions(cfg, days).into_iter().filter(|t| t.category != "pending").map(|t| (t.id, t.user_id, t.merchant_id, t.ts)).collect()
+    fraud_example::transactions(cfg, days)
+        .into_iter()
+        .filter(|t| t.category != "pending")
+        .map(|t| (t.id, t.user_id, t.merchant_id, t.ts))
+        .collect()
 }
 
 /// Predictions in the offline store, by transaction id.
 async fn predictions(state: &Path) -> RecordBatch {
     let store = slate_stores::OfflineStore::new(&state.join("offline"));
-    concat(&store.read_all("run_fraud_model").await.expect("read predictions"))
+    concat(
+        &store
+            .read_all("run_fraud_model")
+            .await
+            .expect("read predictions"),
+    )
 }
 
 fn check_features_against_reference(p: &RecordBatch, rows: &[(i64, i64, i64, i64)]) {
     let ev = |with_merchant: bool| Events {
         entity: rows.iter().map(|r| r.1).collect(),
         ts: rows.iter().map(|r| r.3).collect(),
-        value: rows.iter().map(|r| with_merchant.then_some(r.2 as f64)).collect(),
+        value: rows
+            .iter()
+            .map(|r| with_merchant.then_some(r.2 as f64))
+            .collect(),
     };
     let (plain, merchants) = (ev(false), ev(true));
     let by_id: HashMap<i64, (i64, i64)> = rows.iter().map(|r| (r.0, (r.1, r.3))).collect();
     let ids = i64s(p, "id");
-    let queries: Vec<Query> = ids.iter().map(|id| { let (u, t) = by_id[id]; Query { entity: u, now: t } }).collect();
-    assert_eq!(tss(p, "feature_time"), queries.iter().map(|q| q.now).collect::<Vec<_>>());
+    let queries: Vec<Query> = ids
+        .iter()
+        .map(|id| {
+            let (u, t) = by_id[id];
+            Query { entity: u, now: t }
+        })
+        .collect();
+    assert_eq!(
+        tss(p, "feature_time"),
+        queries.iter().map(|q| q.now).collect::<Vec<_>>()
+    );
     for (w, label) in [(DAY, "1d"), (10 * DAY, "10d"), (30 * DAY, "30d")] {
         let n = reference::aggregate(&plain, &queries, Agg::Count, Some(w));
         let d = reference::aggregate(&merchants, &queries, Agg::CountDistinct, Some(w));
         let got_n = i64s(p, &format!("user__num_transactions__{label}"));
-        let got_d = i64s(p, &format!("user__num_distinct_merchants_transacted__{label}"));
+        let got_d = i64s(
+            p,
+            &format!("user__num_distinct_merchants_transacted__{label}"),
+        );
         for i in 0..ids.len() {
-            assert_eq!(Some(got_n[i] as f64), n[i], "num_transactions[{label}] of transaction {}", ids[i]);
-            assert_eq!(Some(got_d[i] as f64), d[i], "num_distinct_merchants[{label}] of transaction {}", ids[i]);
+            assert_eq!(
+                Some(got_n[i] as f64),
+                n[i],
+                "num_transactions[{label}] of transaction {}",
+                ids[i]
+            );
+            assert_eq!(
+                Some(got_d[i] as f64),
+                d[i],
+                "num_distinct_merchants[{label}] of transaction {}",
+                ids[i]
+            );
         }
     }
     let since = reference::aggregate(&plain, &queries, Agg::TimeSinceLatest, None);
-    let got = p.column_by_name("user__time_since_last_transaction").expect("since").as_any().downcast_ref::<Float64Array>().expect("f64").clone();
+    let got = p
+        .column_by_name("user__time_since_last_transaction")
+        .expect("since")
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("f64")
+        .clone();
     for i in 0..ids.len() {
         let g = (!got.is_null(i)).then(|| got.value(i));
-        assert_eq!(g, since[i], "time_since_last_transaction of transaction {}", ids[i]);
+        assert_eq!(
+            g, since[i],
+            "time_since_last_transaction of transaction {}",
+            ids[i]
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fraud_pipeline_end_to_end() {
-    let cfg = Config { users: 150, merchants: 60, seed: 11 };
+    let cfg = Config {
+        users: 150,
+        merchants: 60,
+        seed: 11,
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, state) = (tmp.path().join("warehouse"), tmp.path().join("state"));
     write_warehouse(&data, &cfg, 0, 30).expect("data");
@@ -106,36 +170,71 @@ async fn fraud_pipeline_end_to_end() {
     let p1 = predictions(&state).await;
     assert_eq!(p1.num_rows(), all30.len());
     check_features_against_reference(&p1, &all30);
-    let sha = arrow::compute::cast(p1.column_by_name("model_sha256").expect("sha"), &arrow::datatypes::DataType::Utf8).expect("cast");
-    let sha = sha.as_any().downcast_ref::<StringArray>().expect("str").value(0).to_string();
+    let sha = arrow::compute::cast(
+        p1.column_by_name("model_sha256").expect("sha"),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .expect("cast");
+    let sha = sha
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("str")
+        .value(0)
+        .to_string();
     assert_eq!(sha.len(), 64);
 
     // Immediate rerun: only the lookback window is read; the stores hold the same content.
     let second = run(&data, &state, now + 1_000_000).await;
-    let lookback = all30.iter().filter(|r| r.3 >= max_ts - 3_600_000_000).count();
+    let lookback = all30
+        .iter()
+        .filter(|r| r.3 >= max_ts - 3_600_000_000)
+        .count();
     assert_eq!(second.rows_ingested, lookback);
     assert_eq!(second.watermark_before, Some(max_ts));
     let p2 = predictions(&state).await;
-    assert_eq!(p2.num_rows(), all30.len(), "no duplicate prediction records");
-    let mut keys: Vec<(i64, i64)> = i64s(&p2, "id").into_iter().zip(tss(&p2, "feature_time")).collect();
+    assert_eq!(
+        p2.num_rows(),
+        all30.len(),
+        "no duplicate prediction records"
+    );
+    let mut keys: Vec<(i64, i64)> = i64s(&p2, "id")
+        .into_iter()
+        .zip(tss(&p2, "feature_time"))
+        .collect();
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), all30.len());
     let by_id = |b: &RecordBatch| -> BTreeMap<i64, bool> {
-        let f = b.column_by_name("is_fraud").expect("is_fraud").as_any().downcast_ref::<BooleanArray>().expect("bool").clone();
-        i64s(b, "id").into_iter().enumerate().map(|(i, id)| (id, f.value(i))).collect()
+        let f = b
+            .column_by_name("is_fraud")
+            .expect("is_fraud")
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .expect("bool")
+            .clone();
+        i64s(b, "id")
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, f.value(i)))
+            .collect()
     };
     assert_eq!(by_id(&p1), by_id(&p2), "a rerun changes no prediction");
     {
         let online = engine(&data, &state, now).online().expect("online");
-        assert_eq!(online.count("transaction.is_fraud").expect("count"), all30.len());
+        assert_eq!(
+            online.count("transaction.is_fraud").expect("count"),
+            all30.len()
+        );
     }
 
     // A later day arrives: the next run scores exactly the new rows plus the lookback.
     write_warehouse(&data, &cfg, 30, 31).expect("day 30");
     let all31 = source_rows(&cfg, 31);
     let third = run(&data, &state, now + 2_000_000).await;
-    let expected = all31.iter().filter(|r| r.3 >= max_ts - 3_600_000_000).count();
+    let expected = all31
+        .iter()
+        .filter(|r| r.3 >= max_ts - 3_600_000_000)
+        .count();
     assert_eq!(third.rows_scored, expected);
     assert!(third.rows_scored > lookback, "the new day was scored");
     let p3 = predictions(&state).await;
@@ -143,18 +242,51 @@ async fn fraud_pipeline_end_to_end() {
     check_features_against_reference(&p3, &all31);
     let last = all31.last().expect("rows");
     let online = engine(&data, &state, now).online().expect("online");
-    let v = online.get("transaction.is_fraud", last.0).expect("get").expect("stored online");
+    let v = online
+        .get("transaction.is_fraud", last.0)
+        .expect("get")
+        .expect("stored online");
     assert_eq!(v.feature_time, last.3);
+    drop(online);
+
+    // A run that crashed after writing its stores but before committing is, to the ledger, a run
+    // that never happened: the watermark is still the one before it. Rerunning it leaves the
+    // stores as they were: no duplicate, no gap.
+    let ledger = engine(&data, &state, now).ledger().expect("ledger");
+    ledger
+        .set_watermark("run_fraud_model", "get_transactions_offline", Some(max_ts))
+        .expect("rewind");
+    drop(ledger);
+    let rerun = run(&data, &state, now + 3_000_000).await;
+    assert_eq!(rerun.rows_scored, third.rows_scored);
+    let p4 = predictions(&state).await;
+    assert_eq!(p4.num_rows(), all31.len());
+    assert_eq!(by_id(&p4), by_id(&p3));
 
     // Determinism: a fresh state directory, another run time, the same bytes of features and outputs.
     let state2 = tmp.path().join("state2");
     run(&data, &state2, now + 99 * DAY).await;
     let q = predictions(&state2).await;
     let drop_run = |b: &RecordBatch| {
-        let idx: Vec<usize> = (0..b.num_columns()).filter(|&i| b.schema().field(i).name() != "run_id").collect();
+        let idx: Vec<usize> = (0..b.num_columns())
+            .filter(|&i| b.schema().field(i).name() != "run_id")
+            .collect();
         let b = b.project(&idx).expect("project");
-        let order = arrow::compute::sort_to_indices(b.column_by_name("id").expect("id"), None, None).expect("sort");
-        RecordBatch::try_new(b.schema(), b.columns().iter().map(|c| arrow::compute::take(c, &order, None).expect("take")).collect()).expect("batch")
+        let order =
+            arrow::compute::sort_to_indices(b.column_by_name("id").expect("id"), None, None)
+                .expect("sort");
+        RecordBatch::try_new(
+            b.schema(),
+            b.columns()
+                .iter()
+                .map(|c| arrow::compute::take(c, &order, None).expect("take"))
+                .collect(),
+        )
+        .expect("batch")
     };
-    assert_eq!(drop_run(&q), drop_run(&p3), "same data, same features and predictions");
+    assert_eq!(
+        drop_run(&q),
+        drop_run(&p3),
+        "same data, same features and predictions"
+    );
 }
