@@ -1,0 +1,224 @@
+//! `slate.yaml` and `src/queries.yaml`: environments, sources and scheduled queries.
+
+use super::*;
+
+impl Resolver {
+    pub fn project_file(&mut self, node: &Node) {
+        let Some(entries) = self.expect_map(node, "slate.yaml") else {
+            return;
+        };
+        self.unknown_keys(node, "slate.yaml", &["name", "environments"]);
+        self.name = node
+            .get("name")
+            .and_then(Node::as_str)
+            .unwrap_or("slate")
+            .to_string();
+        let Some(envs) = node.get("environments") else {
+            self.err(
+                &entries
+                    .first()
+                    .map(|e| e.0.span.clone())
+                    .unwrap_or(node.span.clone()),
+                "slate.yaml has no `environments`",
+                "add `environments: {default: {sources: ...}}`",
+            );
+            return;
+        };
+        let Some(envs) = self.expect_map(envs, "environments") else {
+            return;
+        };
+        for (k, v) in envs {
+            let name = k.as_str().unwrap_or_default().to_string();
+            if let Some(env) = self.environment(&name, v) {
+                self.environments.insert(name, env);
+            }
+        }
+        if !self.environments.contains_key("default") && self.diags.is_empty() {
+            self.err(
+                &node.span,
+                "no `default` environment",
+                "every project needs an environment named `default`",
+            );
+        }
+    }
+
+    pub(super) fn environment(&mut self, name: &str, node: &Node) -> Option<Environment> {
+        self.expect_map(node, "an environment")?;
+        self.unknown_keys(node, "an environment", &["state_dir", "sources"]);
+        let state_dir = node
+            .get("state_dir")
+            .and_then(Node::as_str)
+            .unwrap_or(".slate");
+        let mut sources = BTreeMap::new();
+        if let Some(srcs) = node
+            .get("sources")
+            .and_then(|s| self.expect_map(s, "sources"))
+        {
+            for (k, v) in srcs {
+                let sname = k.as_str().unwrap_or_default().to_string();
+                self.unknown_keys(v, "a source", &["kind", "path", "dialect"]);
+                let kind = v.get("kind").and_then(Node::as_str).unwrap_or("embedded");
+                if kind != "embedded" {
+                    self.err(
+                        &v.span,
+                        format!("source kind `{kind}` is not available"),
+                        "use `kind: embedded` (local Parquet and CSV files)",
+                    );
+                    continue;
+                }
+                let path = v.get("path").and_then(Node::as_str).unwrap_or("data");
+                let dialect = v
+                    .get("dialect")
+                    .and_then(Node::as_str)
+                    .unwrap_or("snowflake")
+                    .to_string();
+                let span = v
+                    .get("path")
+                    .map(|p| p.span.clone())
+                    .unwrap_or(v.span.clone());
+                sources.insert(
+                    sname,
+                    SourceConfig::Embedded {
+                        path: PathBuf::from(path),
+                        dialect,
+                        span,
+                    },
+                );
+            }
+        }
+        Some(Environment {
+            name: name.to_string(),
+            sources,
+            state_dir: PathBuf::from(state_dir),
+        })
+    }
+
+    pub(super) fn resolve_queries(
+        &mut self,
+        node: &Node,
+        models: &[ModelResolver],
+    ) -> Vec<ScheduledQuery> {
+        let items = match &node.kind {
+            NodeKind::Seq(items) => items.clone(),
+            _ => {
+                self.err(
+                    &node.span,
+                    "src/queries.yaml must be a list of scheduled queries",
+                    "start each query with `- name: ...`",
+                );
+                return vec![];
+            }
+        };
+        let mut out = Vec::new();
+        for q in &items {
+            if self.expect_map(q, "a scheduled query").is_none() {
+                continue;
+            }
+            self.unknown_keys(
+                q,
+                "a scheduled query",
+                &[
+                    "name",
+                    "schedule",
+                    "output",
+                    "store_online",
+                    "store_offline",
+                    "tags",
+                    "incremental_resolvers",
+                    "lower_bound",
+                    "description",
+                ],
+            );
+            let Some(name) = q.get("name").and_then(Node::as_str).map(str::to_string) else {
+                self.err(&q.span, "scheduled query has no `name`", "add `name: ...`");
+                continue;
+            };
+            let schedule = q.get("schedule").and_then(|s| {
+                let text = s.as_str().unwrap_or_default();
+                match text.parse::<croner::Cron>() {
+                    Ok(_) => Some(text.to_string()),
+                    Err(e) => {
+                        self.err(&s.span, format!("bad cron schedule `{text}`: {e}"), "five fields: minute hour day-of-month month day-of-week, e.g. `0 0 * * *`");
+                        None
+                    }
+                }
+            });
+            let mut output = Vec::new();
+            for o in q
+                .get("output")
+                .map(|n| match &n.kind {
+                    NodeKind::Seq(i) => i.clone(),
+                    _ => vec![n.clone()],
+                })
+                .unwrap_or_default()
+            {
+                if let Some((r, _)) = self.feature_ref(o.as_str().unwrap_or_default(), &o.span) {
+                    let produced = models.iter().any(|m| {
+                        same_feature(&m.output, &r)
+                            || m.score_output.as_ref().is_some_and(|s| same_feature(s, &r))
+                    });
+                    if !produced && models.len() == self.model_nodes_total {
+                        self.err(
+                            &o.span,
+                            format!("no resolver computes `{r}`"),
+                            "scheduled query outputs must be produced by a model resolver",
+                        );
+                    }
+                    output.push(r);
+                }
+            }
+            let incremental_resolvers = q
+                .get("incremental_resolvers")
+                .and_then(str_list)
+                .unwrap_or_default();
+            for r in &incremental_resolvers {
+                match self.sql_resolvers.iter().find(|s| &s.name == r) {
+                    Some(s) if s.incremental.is_some() => {}
+                    _ if self.failed.contains(r) => {}
+                    found => {
+                        let span = q
+                            .get("incremental_resolvers")
+                            .map(|n| n.span.clone())
+                            .unwrap_or(q.span.clone());
+                        let why = if found.is_some() {
+                            "has no `incremental:` header"
+                        } else {
+                            "is not a SQL resolver of this project"
+                        };
+                        self.err(
+                            &span,
+                            format!("incremental resolver `{r}` {why}"),
+                            "name a `.chalk.sql` resolver with an `incremental:` header",
+                        );
+                    }
+                }
+            }
+            let lower_bound_micros = q.get("lower_bound").and_then(|n| {
+                let t = n.as_str().unwrap_or_default();
+                match parse_rfc3339_micros(t) {
+                    Some(v) => Some(v),
+                    None => {
+                        self.err(
+                            &n.span,
+                            format!("bad lower_bound `{t}`"),
+                            "write an RFC 3339 time, e.g. `2026-01-01T00:00:00Z`",
+                        );
+                        None
+                    }
+                }
+            });
+            out.push(ScheduledQuery {
+                name,
+                span: q.span.clone(),
+                schedule,
+                output,
+                store_online: q.get("store_online").and_then(as_bool).unwrap_or(false),
+                store_offline: q.get("store_offline").and_then(as_bool).unwrap_or(false),
+                tags: q.get("tags").and_then(str_list).unwrap_or_default(),
+                incremental_resolvers,
+                lower_bound_micros,
+            });
+        }
+        out
+    }
+}
