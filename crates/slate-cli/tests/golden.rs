@@ -3,7 +3,7 @@
 //! `UPDATE_GOLDEN=1 cargo test -p slate-cli --test golden` rewrites the expectations.
 //!
 //! case.txt lines: `args ARGS...`, `file PATH`, `replace TEXT`, `with TEXT` (`\n` for newlines),
-//! `remove PATH`, `data missing`.
+//! `remove PATH`, `data missing`, `datafile NAME CONTENT` (a file in the data directory).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,6 +57,10 @@ fn run_case(dir: &Path) -> (String, String) {
             }
             "remove" => std::fs::remove_file(project.join(rest)).expect("remove"),
             "data" => data = tmp.path().join("no-such-dir"),
+            "datafile" => {
+                let (name, content) = rest.split_once(' ').expect("datafile NAME CONTENT");
+                std::fs::write(data.join(name), content).expect("write data file");
+            }
             "" => {}
             other => panic!("{}: unknown case command {other}", dir.display()),
         }

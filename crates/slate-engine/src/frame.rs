@@ -6,54 +6,71 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{cast, concat_batches, take};
 use arrow::datatypes::{Field, Int64Type, Schema, TimestampMicrosecondType};
 use slate_project::FeatureClass;
-use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Casts the resolver's columns to the class's declared types and concatenates the batches.
-/// Columns not named after a feature were already rejected by `slate apply`.
+/// Casts the resolver's output columns to the class's declared types and concatenates the
+/// batches. Columns are matched to features by name, case-insensitively.
 pub(crate) fn to_class_batch(
     resolver: &str,
     class: &FeatureClass,
-    columns: &[String],
     batches: &[RecordBatch],
+    required: &[&str],
 ) -> Result<RecordBatch, EngineError> {
-    let types: HashMap<&str, slate_types::ValueType> = class.scalar_features().collect();
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|c| {
-            Field::new(
-                c,
-                types
-                    .get(c.as_str())
-                    .map_or(arrow::datatypes::DataType::Utf8, |t| t.arrow()),
-                true,
-            )
-        })
-        .collect();
+    let bad = |reason: String| EngineError::BadValue {
+        resolver: resolver.into(),
+        reason,
+    };
+    let Some(first) = batches.first() else {
+        let fields: Vec<Field> = class
+            .scalar_features()
+            .filter(|(n, _)| required.contains(n))
+            .map(|(n, t)| Field::new(n, t.arrow(), true))
+            .collect();
+        return Ok(RecordBatch::new_empty(Arc::new(Schema::new(fields))));
+    };
+    let types: Vec<(&str, slate_types::ValueType)> = class.scalar_features().collect();
+    let mut fields = Vec::new();
+    for f in first.schema().fields() {
+        let Some((name, ty)) = types.iter().find(|(n, _)| n.eq_ignore_ascii_case(f.name())) else {
+            return Err(bad(format!(
+                "output column `{}` is not a feature of `{}`",
+                f.name(),
+                class.name
+            )));
+        };
+        fields.push(Field::new(*name, ty.arrow(), true));
+    }
+    for r in required {
+        if !fields.iter().any(|f| f.name() == r) {
+            return Err(bad(format!("the query returns no `{r}` column")));
+        }
+    }
     let schema = Arc::new(Schema::new(fields));
     let mut out = Vec::with_capacity(batches.len());
     for b in batches {
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         for (i, f) in schema.fields().iter().enumerate() {
             let src = b.column(i);
-            let casted = cast(src, f.data_type()).map_err(|e| EngineError::BadValue {
-                resolver: resolver.into(),
-                reason: format!(
+            let casted = cast(src, f.data_type()).map_err(|e| {
+                bad(format!(
                     "column `{}` has type {} and cannot be read as {}: {e}",
                     f.name(),
                     src.data_type(),
                     f.data_type()
-                ),
+                ))
             })?;
             if casted.null_count() > src.null_count() {
-                return Err(EngineError::BadValue {
-                    resolver: resolver.into(),
-                    reason: format!(
-                        "column `{}` holds values that are not {}",
-                        f.name(),
-                        f.data_type()
-                    ),
-                });
+                let row = (0..src.len())
+                    .find(|&k| casted.is_null(k) && !src.is_null(k))
+                    .unwrap_or(0);
+                let value =
+                    arrow::util::display::array_value_to_string(src, row).unwrap_or_default();
+                return Err(bad(format!(
+                    "column `{}` holds `{value}` (row {} of the result), which is not a valid {}",
+                    f.name(),
+                    row + 1,
+                    f.data_type()
+                )));
             }
             arrays.push(casted);
         }

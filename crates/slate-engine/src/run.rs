@@ -156,10 +156,13 @@ impl Engine {
         // 1. Ingest.
         progress.stage("ingest");
         let t = Instant::now();
-        let ledger = self.ledger()?;
         let r = &plan.ingest;
         let inc = r.incremental.as_ref();
-        let before = ledger.watermark(&plan.query.name, &r.name)?;
+        // The ledger is created at the first commit, so a run that fails early leaves no state.
+        let before = match self.state_dir.join("ledger.redb").exists() {
+            true => self.ledger()?.watermark(&plan.query.name, &r.name)?,
+            false => None,
+        };
         let bound = match (inc, before) {
             (Some(i), Some(w)) => Some(IncrementalBound {
                 column: i.column.clone(),
@@ -174,7 +177,8 @@ impl Engine {
         let (dir, dialect) = self.source_dir(&r.source)?;
         let source = EmbeddedSource::open(&r.source, &dir, &dialect).await?;
         let batches = source.query(&r.name, &r.sql, bound.as_ref()).await?;
-        let rows = to_class_batch(&r.name, &plan.root, &r.columns, &batches)?;
+        let required = [plan.root.primary_key.as_str(), plan.root_time.as_str()];
+        let rows = to_class_batch(&r.name, &plan.root, &batches, &required)?;
         let rows = dedupe_sorted(&rows, &plan.root.primary_key, &plan.root_time, &r.name)?;
         let offline = self.offline();
         let replace = bound.as_ref().map(|b| ReplaceRange {
@@ -324,7 +328,7 @@ impl Engine {
             watermark_after: after,
         };
         let marks: Vec<(String, i64)> = after.map(|a| (r.name.clone(), a)).into_iter().collect();
-        ledger.commit_run(&record, &marks)?;
+        self.ledger()?.commit_run(&record, &marks)?;
         timed(
             "commit",
             format!(
@@ -352,6 +356,25 @@ impl Engine {
         rows: &RecordBatch,
     ) -> Result<Vec<ArrayRef>, EngineError> {
         let now = ts_column(rows, &plan.root_time)?;
+        if rows.num_rows() == 0 {
+            return Ok(plan
+                .inputs
+                .iter()
+                .map(|i| match i {
+                    InputPlan::Aggregate {
+                        agg: Agg::Count | Agg::CountDistinct,
+                        ..
+                    } => arrow::array::new_empty_array(&DataType::Int64),
+                    InputPlan::Aggregate { .. } => {
+                        arrow::array::new_empty_array(&DataType::Float64)
+                    }
+                    InputPlan::RootColumn { column, .. } => rows
+                        .column_by_name(column)
+                        .cloned()
+                        .unwrap_or_else(|| arrow::array::new_empty_array(&DataType::Float64)),
+                })
+                .collect());
+        }
         // History is read once per query, with every field any aggregation needs.
         let mut prepared: HashMap<Option<String>, Prepared> = HashMap::new();
         let mut out = Vec::with_capacity(plan.inputs.len());

@@ -156,10 +156,22 @@ impl EmbeddedSource {
         sql: &str,
         bound: Option<&IncrementalBound>,
     ) -> Result<Vec<RecordBatch>, SourceError> {
-        let err = |reason: String| SourceError::Query {
-            resolver: resolver.into(),
-            source_name: self.name.clone(),
-            reason,
+        let err = |reason: String| {
+            let reason = if reason.contains("not found") {
+                let tables = if self.tables.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.tables.join(", ")
+                };
+                format!("{reason} (tables of this source: {tables})")
+            } else {
+                reason
+            };
+            SourceError::Query {
+                resolver: resolver.into(),
+                source_name: self.name.clone(),
+                reason,
+            }
         };
         let sql = sql.trim().trim_end_matches(';');
         let df = match bound {

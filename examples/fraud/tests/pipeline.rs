@@ -263,6 +263,18 @@ async fn fraud_pipeline_end_to_end() {
     assert_eq!(p4.num_rows(), all31.len());
     assert_eq!(by_id(&p4), by_id(&p3));
 
+    // Nothing new past the watermark: the run ingests and scores nothing and changes nothing.
+    let future = last.3 + 10 * DAY;
+    let ledger = engine(&data, &state, now).ledger().expect("ledger");
+    ledger
+        .set_watermark("run_fraud_model", "get_transactions_offline", Some(future))
+        .expect("set");
+    drop(ledger);
+    let idle = run(&data, &state, now + 4_000_000).await;
+    assert_eq!((idle.rows_ingested, idle.rows_scored), (0, 0));
+    assert_eq!(idle.watermark_after, Some(future));
+    assert_eq!(by_id(&predictions(&state).await), by_id(&p3));
+
     // Determinism: a fresh state directory, another run time, the same bytes of features and outputs.
     let state2 = tmp.path().join("state2");
     run(&data, &state2, now + 99 * DAY).await;
