@@ -299,7 +299,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     to,
                 } => {
                     check_pair(&project, query, resolver)?;
-                    let micros = output::parse_time(to).with_context(|| {
+                    let micros = slate_types::parse_rfc3339_micros(to).with_context(|| {
                         format!("`{to}` is not an RFC 3339 time such as 2026-10-01T00:00:00Z")
                     })?;
                     ledger
@@ -307,7 +307,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                         .map_err(EngineError::from)?;
                     println!(
                         "watermark of {query}/{resolver} set to {}",
-                        output::time(micros)
+                        slate_types::format_rfc3339(micros)
                     );
                 }
                 IncrementalCmd::Drop { query, resolver } => {

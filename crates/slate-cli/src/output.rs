@@ -1,25 +1,12 @@
 //! What the CLI prints: the apply report, progress, run summaries, watermarks.
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use slate_engine::{Progress, QueryPlan, RunSummary};
 use slate_project::Project;
 use slate_stores::Watermark;
+use slate_types::format_rfc3339 as time;
 use std::io::IsTerminal;
 use std::time::Duration;
-
-pub fn time(micros: i64) -> String {
-    DateTime::<Utc>::from_timestamp_micros(micros).map_or_else(
-        || micros.to_string(),
-        |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-    )
-}
-
-pub fn parse_time(text: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(text.trim())
-        .ok()
-        .map(|t| t.with_timezone(&Utc).timestamp_micros())
-}
 
 pub fn apply_report(project: &Project, plans: &[QueryPlan]) -> String {
     let n = |count: usize, one: &str, many: &str| {

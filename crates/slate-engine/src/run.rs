@@ -145,7 +145,7 @@ impl Engine {
     ) -> Result<RunSummary, EngineError> {
         let started = self.cfg.clock.now_micros();
         let tick = started - started.rem_euclid(1_000_000);
-        let run_id = format!("{}@{}", plan.query.name, tick);
+        let run_id = format!("{}@{}", plan.query.name, slate_types::format_rfc3339(tick));
         let mut stages = Vec::new();
         let mut timed = |name: &str, detail: String, t: Instant| {
             let took = t.elapsed();
@@ -333,7 +333,7 @@ impl Engine {
             "commit",
             format!(
                 "watermark {}",
-                after.map_or("unset".into(), |a| a.to_string())
+                after.map_or("unset".into(), slate_types::format_rfc3339)
             ),
             t,
         );

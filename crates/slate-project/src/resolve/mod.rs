@@ -179,34 +179,3 @@ impl Resolver {
         })
     }
 }
-
-/// `2026-01-01T00:00:00Z` (or a date alone) to microseconds since the epoch, UTC.
-pub fn parse_rfc3339_micros(t: &str) -> Option<i64> {
-    let (date, time) = t.trim().split_once('T').unwrap_or((t.trim(), "00:00:00Z"));
-    let time = time.strip_suffix('Z').unwrap_or(time);
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let tm: Vec<i64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let ([y, mo, da], [h, mi, s]) = (d.as_slice(), tm.as_slice()) else {
-        return None;
-    };
-    if !(1..=12).contains(mo) || !(1..=31).contains(da) || *h > 23 || *mi > 59 || *s > 60 {
-        return None;
-    }
-    let (y, m) = if *mo <= 2 {
-        (y - 1, mo + 9)
-    } else {
-        (*y, mo - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400) + h * 3600 + mi * 60 + s) * 1_000_000)
-}

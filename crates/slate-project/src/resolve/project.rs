@@ -195,7 +195,7 @@ impl Resolver {
             }
             let lower_bound_micros = q.get("lower_bound").and_then(|n| {
                 let t = n.as_str().unwrap_or_default();
-                match parse_rfc3339_micros(t) {
+                match slate_types::parse_rfc3339_micros(t) {
                     Some(v) => Some(v),
                     None => {
                         self.err(
