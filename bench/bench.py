@@ -15,6 +15,7 @@ import sys
 import time
 
 import numpy as np
+import polars as pl
 import pyarrow.parquet as pq
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -49,8 +50,7 @@ def main():
         results[engine] = measure([sys.executable, ROOT / "bench" / "reference.py", "--engine", engine, a.warehouse, model, out])
 
     # The three must agree on every prediction.
-    files = glob.glob(str(state / "offline" / "run_fraud_model" / "*.parquet"))
-    s = pq.read_table(files).sort_by("id")
+    s = pl.read_delta(str(state / "offline" / "run_fraud_model")).to_arrow().sort_by("id")
     for engine in ("duckdb", "polars"):
         r = pq.read_table(work / f"{engine}.parquet").sort_by("id")
         assert s.num_rows == r.num_rows, (engine, s.num_rows, r.num_rows)

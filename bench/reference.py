@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FEATURES_SQL = ROOT / "examples" / "fraud" / "training" / "features.sql"
-DAY_US = 86_400_000_000
 
 
 def duckdb_features(warehouse):
@@ -25,7 +24,7 @@ def duckdb_features(warehouse):
     con = duckdb.connect()
     con.execute("SET threads TO 2")
     sql = FEATURES_SQL.read_text().replace("{warehouse}", str(warehouse))
-    return con.sql(sql).arrow()
+    return con.sql(sql).to_arrow_table()
 
 
 def polars_features(warehouse):
@@ -34,39 +33,22 @@ def polars_features(warehouse):
     t = (
         pl.scan_parquet(f"{warehouse}/ML.TRANSACTIONS/*.parquet")
         .filter(pl.col("category") != "pending")
-        .select(
-            pl.col("transaction_id").alias("id"),
-            "user_id",
-            "merchant_id",
-            "amount",
-            pl.col("ts").dt.epoch("us").alias("ts_us"),
-            "is_fraud",
-        )
+        .select(pl.col("transaction_id").alias("id"), "user_id", "merchant_id", "amount", "ts", "is_fraud")
+        .sort("user_id", "ts")
     )
-    h = t.select(pl.col("user_id"), pl.col("ts_us").alias("hts"), pl.col("merchant_id").alias("hm"))
-    pairs = t.select("id", "user_id", "ts_us").join(h, on="user_id").filter(
-        (pl.col("hts") < pl.col("ts_us")) & (pl.col("hts") >= pl.col("ts_us") - 30 * DAY_US)
-    )
-    aggs = []
+    # closed="left": the window of a row at `now` is [now - period, now), so the row itself and
+    # rows at the same instant are out.
+    def rolling(period, *aggs):
+        return t.rolling(index_column="ts", period=period, closed="left", group_by="user_id").agg(*aggs)
+
+    cols = [t.select("id", "amount", "is_fraud", pl.col("ts").dt.epoch("us").alias("ts_us"))]
+    cols.append(rolling("100000d", pl.col("ts").max().alias("last")).select(
+        (pl.col("ts").dt.epoch("us") - pl.col("last").dt.epoch("us")).alias("since_us")))
     for days in (1, 10, 30):
-        inside = pl.col("hts") >= pl.col("ts_us") - days * DAY_US
-        aggs.append(inside.sum().alias(f"n{days}"))
-        aggs.append(pl.col("hm").filter(inside).n_unique().alias(f"d{days}"))
-    feats = pairs.group_by("id").agg(aggs)
-    last = t.select("id", "user_id", "ts_us").join(h, on="user_id").filter(pl.col("hts") < pl.col("ts_us")).group_by("id").agg(
-        pl.col("hts").max().alias("last")
-    )
-    out = (
-        t.join(feats, on="id", how="left")
-        .join(last, on="id", how="left")
-        .with_columns(
-            ((pl.col("ts_us") - pl.col("last"))).alias("since_us"),
-            *[pl.col(c).fill_null(0) for c in ("n1", "n10", "n30", "d1", "d10", "d30")],
-        )
-        .sort("id")
-        .select("id", "amount", "since_us", "n1", "n10", "n30", "d1", "d10", "d30", "is_fraud", "ts_us")
-    )
-    return out.collect().to_arrow()
+        cols.append(rolling(f"{days}d", pl.len().alias(f"n{days}"), pl.col("merchant_id").n_unique().alias(f"d{days}"))
+                    .select(f"n{days}", f"d{days}"))
+    out = pl.concat(cols, how="horizontal").sort("id")
+    return out.select("id", "amount", "since_us", "n1", "n10", "n30", "d1", "d10", "d30", "is_fraud", "ts_us").collect().to_arrow()
 
 
 def main():

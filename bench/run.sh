@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds Slate, installs the reference tools (bench/requirements.txt) in bench/.venv, generates
-# about 1M transactions (USERS=20000 by default) and runs bench.py.
+# about 1M transactions (USERS=22500 by default) and runs bench.py.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -11,6 +11,6 @@ if [ ! -x bench/.venv/bin/python ]; then
 fi
 data=bench/data/warehouse
 if [ ! -d "$data/ML.TRANSACTIONS" ]; then
-  target/release/fraud-data --out "$data" --users "${USERS:-20000}" --merchants 5000
+  target/release/fraud-data --out "$data" --users "${USERS:-22500}" --merchants 5000
 fi
 bench/.venv/bin/python bench/bench.py --warehouse "$data"

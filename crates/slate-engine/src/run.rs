@@ -144,7 +144,8 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<RunSummary, EngineError> {
         let started = self.cfg.clock.now_micros();
-        let tick = started - started.rem_euclid(1_000_000);
+        // An on-demand run's tick is its start time; a scheduled run's would be its cron tick.
+        let tick = started;
         let run_id = format!("{}@{}", plan.query.name, slate_types::format_rfc3339(tick));
         let mut stages = Vec::new();
         let mut timed = |name: &str, detail: String, t: Instant| {

@@ -3,12 +3,16 @@
 //! (`replace_where column >= from`), so a rerun over the same range leaves no duplicate.
 
 use crate::StoreError;
+use arrow::array::Int64Array;
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
+use deltalake::datafusion::common::JoinType;
 use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::prelude::{Expr, SessionContext, col, lit};
 use deltalake::protocol::SaveMode;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use url::Url;
 
 /// The rows a write supersedes: `column >= from_micros`. `None` in [`OfflineStore::write`]
@@ -139,12 +143,25 @@ impl OfflineStore {
             return Ok(vec![]);
         };
         let quoted = |c: &str| col(format!("\"{c}\""));
-        let mut filter = quoted(key).in_list(keys.iter().map(|k| lit(*k)).collect(), false);
+        // The touched keys join as a table (a hash semi-join), not as an IN list, so that any
+        // number of keys plans in constant stack and time.
+        let key_schema = Arc::new(Schema::new(vec![Field::new(
+            "slate_key",
+            DataType::Int64,
+            false,
+        )]));
+        let key_batch =
+            RecordBatch::try_new(key_schema, vec![Arc::new(Int64Array::from(keys.to_vec()))])
+                .map_err(|e| err(&e))?;
+        let keys_df = ctx.read_batch(key_batch).map_err(|e| err(&e))?;
+        let mut df = df;
         if let Some(f) = from {
-            filter = filter.and(quoted(time).gt_eq(ts_lit(f)));
+            df = df
+                .filter(quoted(time).gt_eq(ts_lit(f)))
+                .map_err(|e| err(&e))?;
         }
         let df = df
-            .filter(filter)
+            .join(keys_df, JoinType::LeftSemi, &[key], &["slate_key"], None)
             .and_then(|d| d.select(columns.iter().map(|c| quoted(c)).collect::<Vec<_>>()))
             .map_err(|e| err(&e))?;
         df.collect().await.map_err(|e| err(&e))
