@@ -3,13 +3,34 @@
 
 use crate::{Agg, Events, Output, Query};
 use std::collections::HashMap;
+use std::sync::Arc;
 
-/// Events sorted by entity and time, with each entity's range; reusable across aggregations.
+/// The sort shared by every field of one set of events: order, times and each entity's range.
+#[derive(Debug)]
+struct Sorted {
+    order: Vec<usize>,
+    ts: Vec<i64>,
+    ranges: HashMap<i64, (usize, usize)>,
+}
+
+/// Events sorted by entity and time, with each entity's range; reusable across aggregations,
+/// and across fields through [`Prepared::with_values`] without sorting again.
 #[derive(Debug)]
 pub struct Prepared {
-    ts: Vec<i64>,
+    sorted: Arc<Sorted>,
     value: Vec<Option<f64>>,
-    ranges: HashMap<i64, (usize, usize)>,
+}
+
+/// Queries in (entity, now) order, computed once for every aggregation over them.
+#[derive(Debug)]
+pub struct QueryOrder(Vec<usize>);
+
+impl QueryOrder {
+    pub fn new(queries: &[Query]) -> Self {
+        let mut order: Vec<usize> = (0..queries.len()).collect();
+        order.sort_unstable_by_key(|&i| (queries[i].entity, queries[i].now));
+        QueryOrder(order)
+    }
 }
 
 impl Prepared {
@@ -25,18 +46,38 @@ impl Prepared {
                 start = k + 1;
             }
         }
+        let ts = order.iter().map(|&i| events.ts[i]).collect();
+        let value = order.iter().map(|&i| events.value[i]).collect();
         Prepared {
-            ts: order.iter().map(|&i| events.ts[i]).collect(),
-            value: order.iter().map(|&i| events.value[i]).collect(),
-            ranges,
+            sorted: Arc::new(Sorted { order, ts, ranges }),
+            value,
+        }
+    }
+
+    /// The same events with other values (another field), in the original event order.
+    pub fn with_values(&self, values: &[Option<f64>]) -> Prepared {
+        let value = self.sorted.order.iter().map(|&i| values[i]).collect();
+        Prepared {
+            sorted: self.sorted.clone(),
+            value,
         }
     }
 
     /// Aggregates for every query, in the order given.
     pub fn aggregate(&self, queries: &[Query], agg: Agg, window: Option<i64>) -> Output {
+        self.aggregate_ordered(queries, &QueryOrder::new(queries), agg, window)
+    }
+
+    /// As [`Prepared::aggregate`], with the queries' order computed beforehand.
+    pub fn aggregate_ordered(
+        &self,
+        queries: &[Query],
+        order: &QueryOrder,
+        agg: Agg,
+        window: Option<i64>,
+    ) -> Output {
+        let order = &order.0;
         let mut out = vec![None; queries.len()];
-        let mut order: Vec<usize> = (0..queries.len()).collect();
-        order.sort_unstable_by_key(|&i| (queries[i].entity, queries[i].now));
         let mut k = 0;
         while k < order.len() {
             let entity = queries[order[k]].entity;
@@ -44,7 +85,7 @@ impl Prepared {
             while end < order.len() && queries[order[end]].entity == entity {
                 end += 1;
             }
-            let (s, e) = self.ranges.get(&entity).copied().unwrap_or((0, 0));
+            let (s, e) = self.sorted.ranges.get(&entity).copied().unwrap_or((0, 0));
             self.entity_pass(s, e, &order[k..end], queries, agg, window, &mut out);
             k = end;
         }
@@ -62,7 +103,7 @@ impl Prepared {
         window: Option<i64>,
         out: &mut Output,
     ) {
-        let ts = &self.ts[s..e];
+        let ts = &self.sorted.ts[s..e];
         let val = &self.value[s..e];
         let (mut lo, mut hi) = (0usize, 0usize);
         let mut distinct: HashMap<u64, u32> = HashMap::new();

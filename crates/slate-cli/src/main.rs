@@ -171,16 +171,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Apply => {
             let project = load(&cli)?;
             if project.environment(&cli.env).is_none() {
-                return Err(EngineError::UnknownEnvironment {
-                    name: cli.env.clone(),
-                    known: project
-                        .environments
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
-                .into());
+                return Err(EngineError::unknown_environment(&project, &cli.env).into());
             }
             let problems = environment_diagnostics(&cli, &project);
             if !problems.is_empty() {
@@ -328,15 +319,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 fn check_pair(project: &Project, query: &str, resolver: &str) -> Result<(), Failure> {
     let q = project
         .query(query)
-        .ok_or_else(|| EngineError::UnknownQuery {
-            name: query.into(),
-            known: project
-                .queries
-                .iter()
-                .map(|q| q.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        .ok_or_else(|| EngineError::unknown_query(project, query))?;
     if !q.incremental_resolvers.iter().any(|r| r == resolver) {
         return Err(anyhow::anyhow!(
             "`{resolver}` is not an incremental resolver of `{query}` (it has: {})",

@@ -23,6 +23,22 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    pub fn unknown_query(project: &slate_project::Project, name: &str) -> Self {
+        let known: Vec<&str> = project.queries.iter().map(|q| q.name.as_str()).collect();
+        EngineError::UnknownQuery {
+            name: name.into(),
+            known: known.join(", "),
+        }
+    }
+
+    pub fn unknown_environment(project: &slate_project::Project, name: &str) -> Self {
+        let known: Vec<&str> = project.environments.keys().map(String::as_str).collect();
+        EngineError::UnknownEnvironment {
+            name: name.into(),
+            known: known.join(", "),
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             EngineError::UnknownQuery { .. }

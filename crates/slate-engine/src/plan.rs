@@ -174,15 +174,7 @@ fn agg_of(f: AggFunc) -> Agg {
 pub fn plan_query(project: &Project, name: &str) -> Result<QueryPlan, EngineError> {
     let query = project
         .query(name)
-        .ok_or_else(|| EngineError::UnknownQuery {
-            name: name.into(),
-            known: project
-                .queries
-                .iter()
-                .map(|q| q.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        .ok_or_else(|| EngineError::unknown_query(project, name))?;
     let fail = |reason: String| EngineError::Plan {
         query: name.into(),
         reason,

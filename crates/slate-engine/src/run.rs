@@ -8,7 +8,8 @@ use arrow::array::{
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use slate_aggregate::{Agg, Events, Query, kernel::Prepared};
+use slate_aggregate::kernel::{Prepared, QueryOrder};
+use slate_aggregate::{Agg, Events, Query};
 use slate_model::OnnxModel;
 use slate_project::{IncrementalTimestamp, Project, SourceConfig};
 use slate_sources::{EmbeddedSource, IncrementalBound};
@@ -77,19 +78,10 @@ fn ts_type() -> DataType {
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Result<Self, EngineError> {
-        let env =
-            cfg.project
-                .environment(&cfg.env)
-                .ok_or_else(|| EngineError::UnknownEnvironment {
-                    name: cfg.env.clone(),
-                    known: cfg
-                        .project
-                        .environments
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
+        let env = cfg
+            .project
+            .environment(&cfg.env)
+            .ok_or_else(|| EngineError::unknown_environment(&cfg.project, &cfg.env))?;
         let state_dir = match &cfg.state_dir {
             Some(d) => d.clone(),
             None => cfg.project.root.join(&env.state_dir).join(&cfg.env),
@@ -378,6 +370,7 @@ impl Engine {
         }
         // History is read once per query, with every field any aggregation needs.
         let mut prepared: HashMap<Option<String>, Prepared> = HashMap::new();
+        let mut queries: Option<(String, Vec<Query>, QueryOrder)> = None;
         let mut out = Vec::with_capacity(plan.inputs.len());
         for input in &plan.inputs {
             match input {
@@ -393,22 +386,29 @@ impl Engine {
                     window,
                     ..
                 } => {
-                    let entities = i64_column(rows, entity_column)?;
-                    let queries: Vec<Query> = entities
-                        .iter()
-                        .zip(&now)
-                        .map(|(e, n)| Query {
-                            entity: e.unwrap_or(i64::MIN),
-                            now: n.unwrap_or(i64::MIN),
-                        })
-                        .collect();
+                    if queries.as_ref().map(|q| &q.0) != Some(entity_column) {
+                        let entities = i64_column(rows, entity_column)?;
+                        let qs: Vec<Query> = entities
+                            .iter()
+                            .zip(&now)
+                            .map(|(e, n)| Query {
+                                entity: e.unwrap_or(i64::MIN),
+                                now: n.unwrap_or(i64::MIN),
+                            })
+                            .collect();
+                        let order = QueryOrder::new(&qs);
+                        queries = Some((entity_column.clone(), qs, order));
+                    }
+                    let Some((_, qs, order)) = &queries else {
+                        unreachable!("queries were just built")
+                    };
                     if prepared.is_empty() {
-                        prepared = self.history(plan, &queries).await?;
+                        prepared = self.history(plan, qs).await?;
                     }
                     let p = prepared.get(field).ok_or_else(|| {
                         EngineError::Internal(format!("history lacks field {field:?}"))
                     })?;
-                    let values = p.aggregate(&queries, *agg, *window);
+                    let values = p.aggregate_ordered(qs, order, *agg, *window);
                     let array: ArrayRef = match agg {
                         Agg::Count | Agg::CountDistinct => Arc::new(Int64Array::from_iter(
                             values.iter().map(|v| v.map(|x| x as i64)),
@@ -491,8 +491,14 @@ impl Engine {
             );
         }
         let mut out = HashMap::new();
+        let rows = ts.len();
+        let base = Prepared::new(&Events {
+            value: vec![None; rows],
+            entity,
+            ts,
+        });
         for field in aggs.iter().map(|a| a.3.clone()).collect::<BTreeSet<_>>() {
-            let mut value = Vec::with_capacity(ts.len());
+            let mut value = Vec::with_capacity(rows);
             for b in &batches {
                 match &field {
                     Some(f) if f == time => {
@@ -502,12 +508,7 @@ impl Engine {
                     None => value.extend(std::iter::repeat_n(None, b.num_rows())),
                 }
             }
-            let events = Events {
-                entity: entity.clone(),
-                ts: ts.clone(),
-                value,
-            };
-            out.insert(field, Prepared::new(&events));
+            out.insert(field, base.with_values(&value));
         }
         Ok(out)
     }

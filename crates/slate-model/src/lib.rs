@@ -203,20 +203,8 @@ impl OnnxModel {
                 "expected two outputs (label, probabilities); export with zipmap off".into(),
             ));
         }
-        let labels_t = out[0].cast_to::<i64>().map_err(|e| run(e.to_string()))?;
-        let labels: Vec<i64> = labels_t
-            .to_plain_array_view::<i64>()
-            .map_err(|e| run(e.to_string()))?
-            .iter()
-            .copied()
-            .collect();
-        let scores_t = out[1].cast_to::<f32>().map_err(|e| run(e.to_string()))?;
-        let scores: Vec<f32> = scores_t
-            .to_plain_array_view::<f32>()
-            .map_err(|e| run(e.to_string()))?
-            .iter()
-            .copied()
-            .collect();
+        let labels: Vec<i64> = plain(&out[0]).map_err(|e| run(format!("{e:#}")))?;
+        let scores: Vec<f32> = plain(&out[1]).map_err(|e| run(format!("{e:#}")))?;
         let classes = scores.len() / rows;
         Ok(Prediction {
             labels,
@@ -224,4 +212,14 @@ impl OnnxModel {
             classes,
         })
     }
+}
+
+/// A model output as a flat vector of `T`, casting when the model's type differs.
+fn plain<T: Datum + Copy>(value: &TValue) -> TractResult<Vec<T>> {
+    Ok(value
+        .cast_to::<T>()?
+        .to_plain_array_view::<T>()?
+        .iter()
+        .copied()
+        .collect())
 }
