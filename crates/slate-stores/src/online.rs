@@ -47,14 +47,19 @@ impl OnlineStore {
         {
             let mut t = tx.open_table(VALUES).map_err(|e| io("online write")(&e))?;
             for (key, ft, json) in rows {
-                let newer = match t.get((feature, key)).map_err(|e| io("online read")(&e))? {
-                    Some(old) => old.value().0 <= ft,
-                    None => true,
-                };
-                if newer {
-                    t.insert((feature, key), (ft, json.as_str()))
-                        .map_err(|e| io("online write")(&e))?;
-                    written += 1;
+                // Insert first and put the old value back in the rare case it was newer: one
+                // tree walk per row instead of two.
+                let older = t
+                    .insert((feature, key), (ft, json.as_str()))
+                    .map_err(|e| io("online write")(&e))?
+                    .map(|old| (old.value().0, old.value().1.to_string()))
+                    .filter(|(old_ft, _)| *old_ft > ft);
+                match older {
+                    Some((old_ft, old_json)) => {
+                        t.insert((feature, key), (old_ft, old_json.as_str()))
+                            .map_err(|e| io("online write")(&e))?;
+                    }
+                    None => written += 1,
                 }
             }
         }
