@@ -2,7 +2,7 @@
 //! newest feature time. Writes are upserts; an older feature time never replaces a newer one.
 
 use crate::{StoreError, io};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use std::path::Path;
 
 const VALUES: TableDefinition<(&str, i64), (i64, &str)> = TableDefinition::new("values");
