@@ -1,11 +1,14 @@
-//! The embedded online store: one redb table mapping (feature, key) to the value with the
+//! The embedded online store: one redb table per feature, mapping a key to the value with the
 //! newest feature time. Writes are upserts; an older feature time never replaces a newer one.
 
 use crate::{StoreError, io};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 
-const VALUES: TableDefinition<(&str, i64), (i64, &str)> = TableDefinition::new("values");
+/// The table of one feature: key to (feature time, JSON value).
+fn table(feature: &str) -> TableDefinition<'_, i64, (i64, &'static str)> {
+    TableDefinition::new(feature)
+}
 
 /// A stored value: its feature time (microseconds) and the value as JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,18 +48,18 @@ impl OnlineStore {
         let tx = self.db.begin_write().map_err(|e| io("online write")(&e))?;
         let mut written = 0;
         {
-            let mut t = tx.open_table(VALUES).map_err(|e| io("online write")(&e))?;
+            let mut t = tx.open_table(table(feature)).map_err(|e| io("online write")(&e))?;
             for (key, ft, json) in rows {
                 // Insert first and put the old value back in the rare case it was newer: one
                 // tree walk per row instead of two.
                 let older = t
-                    .insert((feature, key), (ft, json.as_str()))
+                    .insert(key, (ft, json.as_str()))
                     .map_err(|e| io("online write")(&e))?
                     .map(|old| (old.value().0, old.value().1.to_string()))
                     .filter(|(old_ft, _)| *old_ft > ft);
                 match older {
                     Some((old_ft, old_json)) => {
-                        t.insert((feature, key), (old_ft, old_json.as_str()))
+                        t.insert(key, (old_ft, old_json.as_str()))
                             .map_err(|e| io("online write")(&e))?;
                     }
                     None => written += 1,
@@ -69,12 +72,12 @@ impl OnlineStore {
 
     pub fn get(&self, feature: &str, key: i64) -> Result<Option<OnlineValue>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
-        let t = match tx.open_table(VALUES) {
+        let t = match tx.open_table(table(feature)) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(io("online read")(&e)),
         };
-        Ok(t.get((feature, key))
+        Ok(t.get(key)
             .map_err(|e| io("online read")(&e))?
             .map(|v| {
                 let (feature_time, json) = v.value();
@@ -88,15 +91,13 @@ impl OnlineStore {
     /// Number of keys stored for `feature`.
     pub fn count(&self, feature: &str) -> Result<usize, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
-        let t = match tx.open_table(VALUES) {
+        let t = match tx.open_table(table(feature)) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(io("online read")(&e)),
         };
-        let range = t
-            .range((feature, i64::MIN)..=(feature, i64::MAX))
-            .map_err(|e| io("online read")(&e))?;
-        Ok(range.count())
+        let n = t.len().map_err(|e| io("online read")(&e))?;
+        usize::try_from(n).map_err(|e| io("online read")(&e))
     }
 }
 
