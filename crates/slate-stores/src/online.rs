@@ -48,7 +48,9 @@ impl OnlineStore {
         let tx = self.db.begin_write().map_err(|e| io("online write")(&e))?;
         let mut written = 0;
         {
-            let mut t = tx.open_table(table(feature)).map_err(|e| io("online write")(&e))?;
+            let mut t = tx
+                .open_table(table(feature))
+                .map_err(|e| io("online write")(&e))?;
             for (key, ft, json) in rows {
                 // Insert first and put the old value back in the rare case it was newer: one
                 // tree walk per row instead of two.
@@ -77,15 +79,13 @@ impl OnlineStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(io("online read")(&e)),
         };
-        Ok(t.get(key)
-            .map_err(|e| io("online read")(&e))?
-            .map(|v| {
-                let (feature_time, json) = v.value();
-                OnlineValue {
-                    feature_time,
-                    json: json.to_string(),
-                }
-            }))
+        Ok(t.get(key).map_err(|e| io("online read")(&e))?.map(|v| {
+            let (feature_time, json) = v.value();
+            OnlineValue {
+                feature_time,
+                json: json.to_string(),
+            }
+        }))
     }
 
     /// Number of keys stored for `feature`.
