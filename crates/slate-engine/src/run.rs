@@ -185,7 +185,7 @@ impl Engine {
             Some(i) if i.timestamp == IncrementalTimestamp::ResolverExecutionTime => Some(started),
             Some(i) => {
                 let max = ts_column(&rows, &i.column)?.into_iter().flatten().max();
-                max.max(before).or(before)
+                max.max(before)
             }
             None => None,
         };
