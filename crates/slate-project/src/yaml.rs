@@ -88,6 +88,12 @@ impl Node {
             .map(|(_, v)| v)
     }
 
+    /// Where `key`'s value is, or this node when the key is absent.
+    pub fn span_of(&self, key: &str) -> Span {
+        self.get(key)
+            .map_or_else(|| self.span.clone(), |n| n.span.clone())
+    }
+
     pub fn describe(&self) -> &'static str {
         match self.kind {
             NodeKind::Null => "nothing",

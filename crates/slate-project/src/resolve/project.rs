@@ -176,10 +176,7 @@ impl Resolver {
                     Some(s) if s.incremental.is_some() => {}
                     _ if self.failed.contains(r) => {}
                     found => {
-                        let span = q
-                            .get("incremental_resolvers")
-                            .map(|n| n.span.clone())
-                            .unwrap_or(q.span.clone());
+                        let span = q.span_of("incremental_resolvers");
                         let why = if found.is_some() {
                             "has no `incremental:` header"
                         } else {

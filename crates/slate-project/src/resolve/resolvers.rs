@@ -87,10 +87,7 @@ impl Resolver {
             && !columns.is_empty()
             && !columns.contains(&inc.column)
         {
-            let span = header
-                .get("incremental")
-                .map(|n| n.span.clone())
-                .unwrap_or(header.span.clone());
+            let span = header.span_of("incremental");
             self.err(
                 &span,
                 format!(
@@ -131,10 +128,7 @@ impl Resolver {
             "group" => IncrementalMode::Group,
             "parameter" => IncrementalMode::Parameter,
             other => {
-                let span = node
-                    .get("mode")
-                    .map(|n| n.span.clone())
-                    .unwrap_or(node.span.clone());
+                let span = node.span_of("mode");
                 self.err(
                     &span,
                     format!("unknown incremental mode `{other}`"),
@@ -180,10 +174,7 @@ impl Resolver {
             "feature_time" => IncrementalTimestamp::FeatureTime,
             "resolver_execution_time" => IncrementalTimestamp::ResolverExecutionTime,
             other => {
-                let span = node
-                    .get("incremental_timestamp")
-                    .map(|n| n.span.clone())
-                    .unwrap_or(node.span.clone());
+                let span = node.span_of("incremental_timestamp");
                 self.err(
                     &span,
                     format!("unknown incremental_timestamp `{other}`"),
@@ -328,10 +319,7 @@ impl Resolver {
             });
         let kind = node.get("kind").and_then(Node::as_str).unwrap_or("onnx");
         if kind != "onnx" {
-            let span = node
-                .get("kind")
-                .map(|n| n.span.clone())
-                .unwrap_or(node.span.clone());
+            let span = node.span_of("kind");
             self.err(
                 &span,
                 format!("unknown resolver kind `{kind}`"),
