@@ -36,16 +36,8 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open = |e: &dyn std::fmt::Display| StoreError::Open {
-            what: "run ledger",
-            path: path.into(),
-            reason: e.to_string(),
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| open(&e))?;
-        }
         Ok(Ledger {
-            db: Database::create(path).map_err(|e| open(&e))?,
+            db: crate::open_db("run ledger", path)?,
         })
     }
 

@@ -39,3 +39,25 @@ fn io(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
         reason: e.to_string(),
     }
 }
+
+/// Opens the redb database at `path`, creating it first under a temporary name and renaming it
+/// into place: a process killed while creating it leaves no half-written database behind.
+fn open_db(what: &'static str, path: &std::path::Path) -> Result<redb::Database, StoreError> {
+    let fail = |e: &dyn std::fmt::Display| StoreError::Open {
+        what,
+        path: path.into(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+    }
+    if !path.exists() {
+        let tmp = path.with_extension("redb.creating");
+        if tmp.exists() {
+            std::fs::remove_file(&tmp).map_err(|e| fail(&e))?;
+        }
+        drop(redb::Database::create(&tmp).map_err(|e| fail(&e))?);
+        std::fs::rename(&tmp, path).map_err(|e| fail(&e))?;
+    }
+    redb::Database::open(path).map_err(|e| fail(&e))
+}

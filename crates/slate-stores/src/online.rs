@@ -24,19 +24,9 @@ pub struct OnlineStore {
 
 impl OnlineStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                what: "online store",
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
-        }
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            what: "online store",
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
-        Ok(OnlineStore { db })
+        Ok(OnlineStore {
+            db: crate::open_db("online store", path)?,
+        })
     }
 
     /// Upserts `(key, feature_time, json)` rows for `feature` in one transaction.

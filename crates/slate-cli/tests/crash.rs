@@ -1,0 +1,123 @@
+//! Exactly-once under SIGKILL: `slate run` killed at seeded random moments, then run again to
+//! completion, leaves the stores exactly as one uninterrupted run does: no duplicate, no gap.
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::{concat_batches, sort_to_indices, take};
+use arrow::datatypes::Int64Type;
+use fraud_example::{Config, write_warehouse};
+use slate_stores::{OfflineStore, OnlineStore};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn project() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud")
+}
+
+fn slate(data: &Path, state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_slate"));
+    c.arg("--project")
+        .arg(project())
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--state-dir")
+        .arg(state);
+    c.args(["run", "run_fraud_model"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// The predictions table without run ids, sorted by transaction id, and the online values.
+async fn stores(state: &Path) -> (RecordBatch, Vec<Option<(i64, String)>>) {
+    let batches = OfflineStore::new(&state.join("offline"))
+        .read_all("run_fraud_model")
+        .await
+        .expect("read");
+    let b = concat_batches(&batches[0].schema(), &batches).expect("concat");
+    let keep: Vec<usize> = (0..b.num_columns())
+        .filter(|&i| b.schema().field(i).name() != "run_id")
+        .collect();
+    let b = b.project(&keep).expect("project");
+    let order = sort_to_indices(b.column_by_name("id").expect("id"), None, None).expect("sort");
+    let cols = b
+        .columns()
+        .iter()
+        .map(|c| take(c, &order, None).expect("take"))
+        .collect();
+    let b = RecordBatch::try_new(b.schema(), cols).expect("batch");
+    let online = OnlineStore::open(&state.join("online.redb")).expect("online");
+    let ids = b
+        .column_by_name("id")
+        .expect("id")
+        .as_primitive::<Int64Type>()
+        .clone();
+    let values = (0..ids.len())
+        .map(|i| {
+            online
+                .get("transaction.is_fraud", ids.value(i))
+                .expect("get")
+                .map(|v| (v.feature_time, v.json))
+        })
+        .collect();
+    (b, values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_runs_rerun_to_the_same_stores() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("warehouse");
+    write_warehouse(
+        &data,
+        &Config {
+            users: 300,
+            merchants: 80,
+            seed: 5,
+        },
+        0,
+        20,
+    )
+    .expect("data");
+
+    let reference = tmp.path().join("reference");
+    let t = Instant::now();
+    assert!(slate(&data, &reference).status().expect("run").success());
+    let full = t.elapsed();
+    let want = stores(&reference).await;
+    assert!(
+        want.0.num_rows() > 1_000,
+        "enough rows to kill a run in the middle"
+    );
+    assert!(
+        want.1.iter().all(Option::is_some),
+        "every transaction is online"
+    );
+
+    // Seeded kill times spread over a whole run, some before the first write, some after commit.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = full.mul_f64((x % 1000) as f64 / 800.0);
+        let state = tmp.path().join(format!("killed-{round}"));
+        let mut child = slate(&data, &state).spawn().expect("spawn");
+        std::thread::sleep(delay.min(Duration::from_secs(30)));
+        let _ = child.kill(); // SIGKILL; the run may already have finished
+        child.wait().expect("wait");
+        let rerun = slate(&data, &state).status().expect("rerun");
+        assert!(
+            rerun.success(),
+            "round {round}: the rerun after a kill at {delay:?} failed"
+        );
+        let got = stores(&state).await;
+        assert_eq!(
+            got.0, want.0,
+            "round {round}: offline predictions differ after a kill at {delay:?}"
+        );
+        assert_eq!(
+            got.1, want.1,
+            "round {round}: online values differ after a kill at {delay:?}"
+        );
+    }
+}
