@@ -252,6 +252,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 refs.push((out, r));
             }
             let engine = engine(&cli, project.clone())?;
+            // Reading must not create a store: before any run there is nothing to serve.
+            if !engine.state_dir().join("online.redb").exists() {
+                return Err(anyhow::anyhow!(
+                    "no online store in {}: run a scheduled query first (`slate run QUERY`)",
+                    engine.state_dir().display()
+                )
+                .into());
+            }
             let online = engine.online()?;
             let mut obj = serde_json::Map::new();
             obj.insert(feature.trim().to_string(), serde_json::json!(key));
@@ -278,12 +286,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Incremental { action } => {
             let project = load(&cli)?;
             let engine = engine(&cli, project.clone())?;
-            let ledger = engine.ledger()?;
+            let ledger_exists = engine.state_dir().join("ledger.redb").exists();
             match action {
-                IncrementalCmd::Status => print!(
-                    "{}",
-                    output::watermarks(&ledger.watermarks().map_err(EngineError::from)?)
-                ),
+                IncrementalCmd::Status => {
+                    let marks = match ledger_exists {
+                        true => engine.ledger()?.watermarks().map_err(EngineError::from)?,
+                        false => vec![],
+                    };
+                    print!("{}", output::watermarks(&marks));
+                }
                 IncrementalCmd::Set {
                     query,
                     resolver,
@@ -293,7 +304,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     let micros = slate_types::parse_rfc3339_micros(to).with_context(|| {
                         format!("`{to}` is not an RFC 3339 time such as 2026-10-01T00:00:00Z")
                     })?;
-                    ledger
+                    engine
+                        .ledger()?
                         .set_watermark(query, resolver, Some(micros))
                         .map_err(EngineError::from)?;
                     println!(
@@ -303,9 +315,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 }
                 IncrementalCmd::Drop { query, resolver } => {
                     check_pair(&project, query, resolver)?;
-                    ledger
-                        .set_watermark(query, resolver, None)
-                        .map_err(EngineError::from)?;
+                    if ledger_exists {
+                        engine
+                            .ledger()?
+                            .set_watermark(query, resolver, None)
+                            .map_err(EngineError::from)?;
+                    }
                     println!(
                         "watermark of {query}/{resolver} dropped; the next run reads everything"
                     );
