@@ -121,3 +121,40 @@ async fn killed_runs_rerun_to_the_same_stores() {
         );
     }
 }
+
+#[test]
+fn a_second_run_on_the_same_state_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("warehouse");
+    write_warehouse(
+        &data,
+        &Config {
+            users: 20,
+            merchants: 10,
+            seed: 3,
+        },
+        0,
+        3,
+    )
+    .expect("data");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    // Another process's run holds the lock.
+    let held = std::fs::File::create(state.join("run.lock")).expect("lock file");
+    held.lock().expect("lock");
+    let out = slate(&data, &state)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another run holds the state directory"),
+        "{err}"
+    );
+    drop(held);
+    assert!(
+        slate(&data, &state).status().expect("run").success(),
+        "runs once the lock is free"
+    );
+}

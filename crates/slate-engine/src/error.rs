@@ -18,6 +18,8 @@ pub enum EngineError {
     Store(#[from] slate_stores::StoreError),
     #[error(transparent)]
     Model(#[from] slate_model::ModelError),
+    #[error("another run holds the state directory {state_dir}; try again when it has finished")]
+    Busy { state_dir: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -45,6 +47,7 @@ impl EngineError {
             | EngineError::UnknownEnvironment { .. }
             | EngineError::Plan { .. }
             | EngineError::BadValue { .. } => ErrorKind::User,
+            EngineError::Busy { .. } => ErrorKind::External,
             EngineError::Source(e) => e.kind(),
             EngineError::Store(e) => e.kind(),
             EngineError::Model(e) => e.kind(),

@@ -105,6 +105,29 @@ impl Engine {
         OfflineStore::new(&self.state_dir.join("offline"))
     }
 
+    fn lock(&self) -> Result<std::fs::File, EngineError> {
+        let io = |e: std::io::Error| {
+            EngineError::Store(slate_stores::StoreError::Io {
+                what: "run lock",
+                reason: e.to_string(),
+            })
+        };
+        std::fs::create_dir_all(&self.state_dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.state_dir.join("run.lock"))
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Busy {
+                state_dir: self.state_dir.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
+    }
+
     /// The directory an embedded source reads, after overrides.
     pub fn source_dir(&self, source: &str) -> Result<(PathBuf, String), EngineError> {
         let env = self
@@ -173,6 +196,9 @@ impl Engine {
         let required = [plan.root.primary_key.as_str(), plan.root_time.as_str()];
         let rows = to_class_batch(&r.name, &plan.root, &batches, &required)?;
         let rows = dedupe_sorted(&rows, &plan.root.primary_key, &plan.root_time, &r.name)?;
+        // One run at a time writes a state directory. The OS releases the lock when the process
+        // dies, so a killed run never blocks the rerun.
+        let _lock = self.lock()?;
         let offline = self.offline();
         let replace = bound.as_ref().map(|b| ReplaceRange {
             column: b.column.clone(),
