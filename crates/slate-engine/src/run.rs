@@ -169,6 +169,9 @@ impl Engine {
             stages.push((name.to_string(), took));
         };
 
+        // The model is loaded before anything is written, so a bad model file leaves no trace.
+        let model = OnnxModel::load(&plan.model.model_path)?;
+
         // 1. Ingest.
         progress.stage("ingest");
         let t = Instant::now();
@@ -234,7 +237,6 @@ impl Engine {
         // 3. Predict.
         progress.stage("predict");
         let t = Instant::now();
-        let model = OnnxModel::load(&plan.model.model_path)?;
         let prediction = model.predict(&features, &plan.model.defaults)?;
         let positives = prediction.labels.iter().filter(|l| **l != 0).count();
         timed(

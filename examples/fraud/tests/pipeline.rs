@@ -16,10 +16,8 @@ use std::sync::Arc;
 const DAY: i64 = 86_400_000_000;
 
 fn engine(data: &Path, state: &Path, now: i64) -> Engine {
-    let project =
-        slate_project::load_project(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("valid project");
     Engine::new(EngineConfig {
-        project,
+        project: project(),
         env: "default".into(),
         data_dir: Some(data.into()),
         state_dir: Some(state.into()),
@@ -30,11 +28,11 @@ fn engine(data: &Path, state: &Path, now: i64) -> Engine {
 
 async fn run(data: &Path, state: &Path, now: i64) -> RunSummary {
     let e = engine(data, state, now);
-    let plan = plan_query(&e_project(), "run_fraud_model").expect("plan");
+    let plan = plan_query(&project(), "run_fraud_model").expect("plan");
     e.run(&plan, &SilentProgress).await.expect("run")
 }
 
-fn e_project() -> slate_project::Project {
+fn project() -> slate_project::Project {
     slate_project::load_project(Path::new(env!("CARGO_MANIFEST_DIR"))).expect("valid project")
 }
 
