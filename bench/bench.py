@@ -35,11 +35,12 @@ def measure(cmd):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--warehouse", default=str(ROOT / "bench" / "data" / "warehouse"))
+    ap.add_argument("--slate", default=str(ROOT / "target" / "debug" / "slate"), help="the slate binary to measure")
     a = ap.parse_args()
     work = ROOT / "bench" / "data"
     state = work / "state"
     shutil.rmtree(state, ignore_errors=True)
-    slate = ROOT / "target" / "release" / "slate"
+    slate = pathlib.Path(a.slate)
     model = ROOT / "examples" / "fraud" / "models" / "fraud_model.onnx"
     rows = pq.ParquetFile(glob.glob(f"{a.warehouse}/ML.TRANSACTIONS/*.parquet")[0]).metadata.num_rows
 

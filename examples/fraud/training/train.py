@@ -1,7 +1,7 @@
 """Train the fraud example's model and record onnxruntime's outputs as a test fixture.
 
     python -m venv .venv && .venv/bin/pip install -r examples/fraud/training/requirements.txt
-    cargo run --release -p fraud-example --bin fraud-data      # the warehouse, if absent
+    cargo run -p fraud-example --bin fraud-data      # the warehouse, if absent
     .venv/bin/python examples/fraud/training/train.py
 
 Writes examples/fraud/models/fraud_model.onnx (a HistGradientBoostingClassifier exported by
