@@ -107,7 +107,13 @@ pub(crate) fn f64_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>
     let c = b
         .column_by_name(name)
         .ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
-    let c = cast(c, &arrow::datatypes::DataType::Float64)?;
+    // Strict: a value that is not a number is an error, never a null (the project's validation
+    // only lets numeric fields reach numeric aggregations).
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let c = arrow::compute::cast_with_options(c, &arrow::datatypes::DataType::Float64, &options)?;
     Ok(c.as_primitive::<arrow::datatypes::Float64Type>()
         .iter()
         .collect())

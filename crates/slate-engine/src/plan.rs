@@ -213,6 +213,20 @@ pub fn plan_query(project: &Project, name: &str) -> Result<QueryPlan, EngineErro
             ingest.name, root.name, model.output
         )));
     }
+    // Root rows are keyed by an int in the online store and the run's outputs; a string key
+    // is refused here rather than read as null.
+    if !matches!(
+        root.feature(&root.primary_key).map(|f| &f.kind),
+        Some(FeatureKind::Scalar {
+            ty: ValueType::Int,
+            ..
+        })
+    ) {
+        return Err(fail(format!(
+            "the primary key {}.{} of the query's root rows is not an int; other key types are supported for related classes only, not yet for root rows",
+            root.name, root.primary_key
+        )));
+    }
     let root_time = root.feature_time.clone().ok_or_else(|| {
         fail(format!(
             "class {} has no feature time; mark one feature `feature_time: true`",

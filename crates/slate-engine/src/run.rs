@@ -1,6 +1,7 @@
 //! Running a planned query once: ingest, compute, predict, write, commit.
 
 use crate::EngineError;
+use crate::encode::Dictionary;
 use crate::frame::{dedupe_sorted, f64_column, i64_column, to_class_batch, ts_column};
 use crate::plan::{InputPlan, QueryPlan};
 use arrow::array::{
@@ -396,9 +397,10 @@ impl Engine {
                 })
                 .collect());
         }
-        // History is read once per query, with every field any aggregation needs.
-        let mut prepared: HashMap<Option<String>, Prepared> = HashMap::new();
-        let mut queries: Option<(String, Vec<Query>, QueryOrder)> = None;
+        // History is read once per query, with every field any aggregation needs, prepared once
+        // per (field, whether it is counted distinct).
+        let mut prepared: HashMap<(Option<String>, bool), Prepared> = HashMap::new();
+        let mut queries: Option<(String, Vec<Query>, QueryOrder, Dictionary)> = None;
         let mut out = Vec::with_capacity(plan.inputs.len());
         for input in &plan.inputs {
             match input {
@@ -415,25 +417,31 @@ impl Engine {
                     ..
                 } => {
                     if queries.as_ref().map(|q| &q.0) != Some(entity_column) {
-                        let entities = i64_column(rows, entity_column)?;
-                        let qs: Vec<Query> = entities
-                            .iter()
+                        // Entity keys of any type become exact codes shared with the history.
+                        let keys = rows.column_by_name(entity_column).ok_or_else(|| {
+                            EngineError::Internal(format!("missing column {entity_column}"))
+                        })?;
+                        let mut dict = Dictionary::keeping_values(keys.data_type())?;
+                        let qs: Vec<Query> = dict
+                            .encode(keys)?
+                            .into_iter()
                             .zip(&now)
                             .map(|(e, n)| Query {
-                                entity: e.unwrap_or(i64::MIN),
+                                entity: e.map_or(i64::MIN, i64::from),
                                 now: n.unwrap_or(i64::MIN),
                             })
                             .collect();
                         let order = QueryOrder::new(&qs);
-                        queries = Some((entity_column.clone(), qs, order));
+                        queries = Some((entity_column.clone(), qs, order, dict));
                     }
-                    let Some((_, qs, order)) = &queries else {
+                    let Some((_, qs, order, dict)) = &queries else {
                         unreachable!("queries were just built")
                     };
                     if prepared.is_empty() {
-                        prepared = self.history(plan, qs).await?;
+                        prepared = self.history(plan, qs, dict).await?;
                     }
-                    let p = prepared.get(field).ok_or_else(|| {
+                    let distinct = *agg == Agg::CountDistinct;
+                    let p = prepared.get(&(field.clone(), distinct)).ok_or_else(|| {
                         EngineError::Internal(format!("history lacks field {field:?}"))
                     })?;
                     let values = p.aggregate_ordered(qs, order, *agg, *window);
@@ -450,13 +458,15 @@ impl Engine {
         Ok(out)
     }
 
-    /// Reads the related rows of the entities `queries` touch, back to the widest window, and
-    /// prepares them once per aggregated field.
+    /// Reads the related rows of the entities `queries` touch (their keys are `keys`' values),
+    /// back to the widest window, and prepares them once per aggregated field: as numbers for
+    /// the value aggregations, as exact dictionary codes for distinct counts.
     async fn history(
         &self,
         plan: &QueryPlan,
         queries: &[Query],
-    ) -> Result<HashMap<Option<String>, Prepared>, EngineError> {
+        keys: &Dictionary,
+    ) -> Result<HashMap<(Option<String>, bool), Prepared>, EngineError> {
         let aggs: Vec<_> = plan
             .inputs
             .iter()
@@ -467,12 +477,20 @@ impl Engine {
                     history_time,
                     field,
                     window,
+                    agg,
                     ..
-                } => Some((history_table, history_key, history_time, field, window)),
+                } => Some((
+                    history_table,
+                    history_key,
+                    history_time,
+                    field,
+                    window,
+                    *agg == Agg::CountDistinct,
+                )),
                 InputPlan::RootColumn { .. } => None,
             })
             .collect();
-        let Some((table, key, time, _, _)) = aggs.first().copied() else {
+        let Some((table, key, time, _, _, _)) = aggs.first().copied() else {
             return Ok(HashMap::new());
         };
         if aggs
@@ -484,12 +502,6 @@ impl Engine {
                 reason: "aggregations over more than one relation are not supported yet".into(),
             });
         }
-        let keys: Vec<i64> = queries
-            .iter()
-            .map(|q| q.entity)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
         let widest = aggs.iter().try_fold(0i64, |acc, a| a.4.map(|w| acc.max(w)));
         let from = widest.and_then(|w| queries.iter().map(|q| q.now).min().map(|m| m - w));
         let fields: BTreeSet<&String> = aggs.iter().filter_map(|a| a.3.as_ref()).collect();
@@ -502,15 +514,18 @@ impl Engine {
         );
         let batches = self
             .offline()
-            .read_for_keys(table, &columns, key, &keys, time, from)
+            .read_for_keys(table, &columns, key, keys.values()?, time, from)
             .await?;
         let mut entity = Vec::new();
         let mut ts = Vec::new();
         for b in &batches {
+            let col = b
+                .column_by_name(key)
+                .ok_or_else(|| EngineError::Internal(format!("missing column {key}")))?;
             entity.extend(
-                i64_column(b, key)?
+                keys.lookup(col)?
                     .into_iter()
-                    .map(|v| v.unwrap_or(i64::MIN)),
+                    .map(|c| c.map_or(i64::MIN, i64::from)),
             );
             ts.extend(
                 ts_column(b, time)?
@@ -525,18 +540,38 @@ impl Engine {
             entity,
             ts,
         });
-        for field in aggs.iter().map(|a| a.3.clone()).collect::<BTreeSet<_>>() {
+        let wanted: BTreeSet<(Option<String>, bool)> =
+            aggs.iter().map(|a| (a.3.clone(), a.5)).collect();
+        for (field, distinct) in wanted {
             let mut value = Vec::with_capacity(rows);
-            for b in &batches {
-                match &field {
-                    Some(f) if f == time => {
-                        value.extend(ts_column(b, f)?.into_iter().map(|v| v.map(|x| x as f64)))
+            match &field {
+                None => value.resize(rows, None),
+                Some(f) if distinct => {
+                    let mut dict: Option<Dictionary> = None;
+                    for b in &batches {
+                        let col = b
+                            .column_by_name(f)
+                            .ok_or_else(|| EngineError::Internal(format!("missing column {f}")))?;
+                        if dict.is_none() {
+                            dict = Some(Dictionary::new(col.data_type())?);
+                        }
+                        if let Some(d) = &mut dict {
+                            value.extend(d.encode(col)?.into_iter().map(|c| c.map(f64::from)));
+                        }
                     }
-                    Some(f) => value.extend(f64_column(b, f)?),
-                    None => value.extend(std::iter::repeat_n(None, b.num_rows())),
+                }
+                Some(f) if f == time => {
+                    for b in &batches {
+                        value.extend(ts_column(b, f)?.into_iter().map(|v| v.map(|x| x as f64)));
+                    }
+                }
+                Some(f) => {
+                    for b in &batches {
+                        value.extend(f64_column(b, f)?);
+                    }
                 }
             }
-            out.insert(field, base.with_values(&value));
+            out.insert((field, distinct), base.with_values(&value));
         }
         Ok(out)
     }

@@ -3,8 +3,8 @@
 //! (`replace_where column >= from`), so a rerun over the same range leaves no duplicate.
 
 use crate::StoreError;
-use arrow::array::Int64Array;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::ArrayRef;
+use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::datafusion::common::JoinType;
@@ -130,7 +130,7 @@ impl OfflineStore {
         table: &str,
         columns: &[&str],
         key: &str,
-        keys: &[i64],
+        keys: ArrayRef,
         time: &str,
         from: Option<i64>,
     ) -> Result<Vec<RecordBatch>, StoreError> {
@@ -147,12 +147,10 @@ impl OfflineStore {
         // number of keys plans in constant stack and time.
         let key_schema = Arc::new(Schema::new(vec![Field::new(
             "slate_key",
-            DataType::Int64,
-            false,
+            keys.data_type().clone(),
+            true,
         )]));
-        let key_batch =
-            RecordBatch::try_new(key_schema, vec![Arc::new(Int64Array::from(keys.to_vec()))])
-                .map_err(|e| err(&e))?;
+        let key_batch = RecordBatch::try_new(key_schema, vec![keys]).map_err(|e| err(&e))?;
         let keys_df = ctx.read_batch(key_batch).map_err(|e| err(&e))?;
         let mut df = df;
         if let Some(f) = from {

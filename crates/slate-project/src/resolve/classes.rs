@@ -301,6 +301,37 @@ impl Resolver {
         if func == AggFunc::TimeSinceLatest && field_ty != Some(ValueType::Datetime) {
             return bad(self, "`now - latest(...)` needs a datetime field");
         }
+        // Values are aggregated as numbers; any other type would come out null or wrong, so it
+        // is refused here. `count` and `count_distinct` work over every type.
+        if let Some(t) = field_ty
+            && !matches!(t, ValueType::Int | ValueType::Float)
+            && !matches!(
+                func,
+                AggFunc::Count | AggFunc::CountDistinct | AggFunc::TimeSinceLatest
+            )
+        {
+            let f = field.as_deref().unwrap_or_default();
+            let (msg, hint) = match func {
+                AggFunc::Sum | AggFunc::Mean => (
+                    format!(
+                        "`{}({relation}.{f})` needs a numeric field, but `{target}.{f}` is {}",
+                        func.name(),
+                        t.name()
+                    ),
+                    "sum and mean take int or float fields; count_distinct takes any type",
+                ),
+                _ => (
+                    format!(
+                        "`{}` over a {} field (`{target}.{f}`) is not supported yet",
+                        func.name(),
+                        t.name()
+                    ),
+                    "min, max and latest take int or float fields so far",
+                ),
+            };
+            self.err(&expr.span, msg, hint);
+            return None;
+        }
         Some((
             Aggregation {
                 func,
