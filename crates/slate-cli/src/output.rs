@@ -54,17 +54,32 @@ pub fn summary(s: &RunSummary) -> String {
         .iter()
         .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
         .collect();
-    format!(
-        "run {} committed\n  rows ingested  {}\n  rows scored    {}\n  fraud rate     {:.2}% ({} flagged)\n  watermark      {} -> {}\n  time           {}\n",
+    let mut out = format!(
+        "run {} committed\n  rows ingested  {}\n  rows scored    {}\n",
         s.run_id,
         thousands(s.rows_ingested),
         thousands(s.rows_scored),
-        s.fraud_rate() * 100.0,
-        thousands(s.positives),
+    );
+    let width = s.outputs.iter().map(|o| o.feature.len()).max().unwrap_or(0);
+    for o in &s.outputs {
+        out.push_str(&format!(
+            "  output         {:<width$}  {} rows, {} null",
+            o.feature,
+            thousands(o.rows),
+            thousands(o.nulls),
+        ));
+        if let (Some(t), Some(share)) = (o.true_count, o.true_share()) {
+            out.push_str(&format!(", {} true ({:.2}%)", thousands(t), share * 100.0));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "  watermark      {} -> {}\n  time           {}\n",
         wm(s.watermark_before),
         wm(s.watermark_after),
         stages.join(", ")
-    )
+    ));
+    out
 }
 
 pub fn watermarks(w: &[Watermark]) -> String {
@@ -122,5 +137,50 @@ impl Progress for CliProgress {
             Some(b) => b.println(line),
             None => eprintln!("{line}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slate_engine::OutputSummary;
+    use std::time::Duration;
+
+    #[test]
+    fn summary_reports_each_output_and_the_share_of_true_for_booleans() {
+        let s = RunSummary {
+            run_id: "q@2026-01-01T00:00:00Z".into(),
+            rows_ingested: 1200,
+            rows_scored: 1000,
+            outputs: vec![
+                OutputSummary {
+                    feature: "Order.is_late".into(),
+                    rows: 1000,
+                    nulls: 0,
+                    true_count: Some(250),
+                },
+                OutputSummary {
+                    feature: "Order.eta".into(),
+                    rows: 1000,
+                    nulls: 3,
+                    true_count: None,
+                },
+            ],
+            watermark_before: None,
+            watermark_after: None,
+            stages: vec![("ingest".into(), Duration::from_millis(20))],
+        };
+        let text = summary(&s);
+        assert!(
+            text.contains(
+                "  output         Order.is_late  1,000 rows, 0 null, 250 true (25.00%)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  output         Order.eta      1,000 rows, 3 null\n"),
+            "{text}"
+        );
+        assert!(!text.to_lowercase().contains("fraud"));
     }
 }

@@ -10,4 +10,4 @@ mod run;
 
 pub use error::EngineError;
 pub use plan::{InputPlan, QueryPlan, plan_query, validate_models};
-pub use run::{Engine, EngineConfig, Progress, RunSummary, SilentProgress};
+pub use run::{Engine, EngineConfig, OutputSummary, Progress, RunSummary, SilentProgress};

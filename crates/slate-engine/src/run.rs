@@ -5,7 +5,7 @@ use crate::encode::Dictionary;
 use crate::frame::{dedupe_sorted, f64_column, i64_column, to_class_batch, ts_column};
 use crate::plan::{InputPlan, QueryPlan};
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -52,19 +52,46 @@ pub struct RunSummary {
     pub run_id: String,
     pub rows_ingested: usize,
     pub rows_scored: usize,
-    pub positives: usize,
+    /// One entry per feature the run computed as an output, in plan order.
+    pub outputs: Vec<OutputSummary>,
     pub watermark_before: Option<i64>,
     pub watermark_after: Option<i64>,
     pub stages: Vec<(String, Duration)>,
 }
 
-impl RunSummary {
-    pub fn fraud_rate(&self) -> f64 {
-        if self.rows_scored == 0 {
-            0.0
-        } else {
-            self.positives as f64 / self.rows_scored as f64
+/// What a run computed for one output feature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSummary {
+    /// The feature, as written in the project (`Transaction.is_fraud`).
+    pub feature: String,
+    pub rows: usize,
+    pub nulls: usize,
+    /// For a boolean output, the number of rows that are true.
+    pub true_count: Option<usize>,
+}
+
+impl OutputSummary {
+    fn of(feature: String, values: &dyn Array) -> Self {
+        OutputSummary {
+            feature,
+            rows: values.len(),
+            nulls: values.null_count(),
+            true_count: values
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .map(|b| b.true_count()),
         }
+    }
+
+    /// For a boolean output, the share of its rows that are true (0 when there are none).
+    pub fn true_share(&self) -> Option<f64> {
+        self.true_count.map(|t| {
+            if self.rows == 0 {
+                0.0
+            } else {
+                t as f64 / self.rows as f64
+            }
+        })
     }
 }
 
@@ -239,7 +266,6 @@ impl Engine {
         progress.stage("predict");
         let t = Instant::now();
         let prediction = model.predict(&features, &plan.model.defaults)?;
-        let positives = prediction.labels.iter().filter(|l| **l != 0).count();
         timed(
             "predict",
             format!("{} rows scored", prediction.labels.len()),
@@ -265,11 +291,21 @@ impl Engine {
             )),
             _ => Arc::new(Int64Array::from(prediction.labels.clone())),
         };
+        let mut outputs = vec![OutputSummary::of(
+            plan.model.output.to_string(),
+            label_array.as_ref(),
+        )];
         let scores: Vec<f64> = prediction
             .positive_scores()
             .into_iter()
             .map(f64::from)
             .collect();
+        if let Some(o) = &plan.model.score_output {
+            outputs.push(OutputSummary::of(
+                o.to_string(),
+                &Float64Array::from(scores.clone()),
+            ));
+        }
         if plan.query.store_online {
             let online = self.online()?;
             let keyed = |json: &dyn Fn(usize) -> String| -> Vec<(i64, i64, String)> {
@@ -364,7 +400,7 @@ impl Engine {
             run_id,
             rows_ingested: record.rows_ingested,
             rows_scored: record.rows_scored,
-            positives,
+            outputs,
             watermark_before: before,
             watermark_after: after,
             stages,
