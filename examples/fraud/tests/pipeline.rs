@@ -1,6 +1,8 @@
 //! The fraud pipeline end to end on generated data: first run, rerun, an appended day; every
 //! scored transaction's features against the brute-force reference; determinism.
 
+mod common;
+
 use arrow_array::{
     Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
@@ -277,26 +279,9 @@ async fn fraud_pipeline_end_to_end() {
     let state2 = tmp.path().join("state2");
     run(&data, &state2, now + 99 * DAY).await;
     let q = predictions(&state2).await;
-    let drop_run = |b: &RecordBatch| {
-        let idx: Vec<usize> = (0..b.num_columns())
-            .filter(|&i| b.schema().field(i).name() != "run_id")
-            .collect();
-        let b = b.project(&idx).expect("project");
-        let order =
-            arrow::compute::sort_to_indices(b.column_by_name("id").expect("id"), None, None)
-                .expect("sort");
-        RecordBatch::try_new(
-            b.schema(),
-            b.columns()
-                .iter()
-                .map(|c| arrow::compute::take(c, &order, None).expect("take"))
-                .collect(),
-        )
-        .expect("batch")
-    };
     assert_eq!(
-        drop_run(&q),
-        drop_run(&p3),
+        common::without_run_id_by_id(&q),
+        common::without_run_id_by_id(&p3),
         "same data, same features and predictions"
     );
 }

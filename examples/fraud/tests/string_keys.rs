@@ -2,6 +2,8 @@
 //! hold them) computes the same features and predictions as with int ids: distinct counts and
 //! entity keys are compared exactly, never through a numeric cast.
 
+mod common;
+
 use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use fraud_example::{Config, START_MICROS, to_batch, transactions, users_batch, write_parquet};
@@ -69,21 +71,7 @@ async fn run_and_read(project_dir: &Path, data: &Path, state: &Path) -> RecordBa
     let store = slate_stores::OfflineStore::new(&state.join("offline"));
     let batches = store.read_all("run_fraud_model").await.expect("read");
     let b = arrow::compute::concat_batches(&batches[0].schema(), &batches).expect("concat");
-    // Compare everything but the run id, in id order.
-    let keep: Vec<usize> = (0..b.num_columns())
-        .filter(|&i| b.schema().field(i).name() != "run_id")
-        .collect();
-    let b = b.project(&keep).expect("project");
-    let order = arrow::compute::sort_to_indices(b.column_by_name("id").expect("id"), None, None)
-        .expect("sort");
-    RecordBatch::try_new(
-        b.schema(),
-        b.columns()
-            .iter()
-            .map(|c| arrow::compute::take(c, &order, None).expect("take"))
-            .collect(),
-    )
-    .expect("batch")
+    common::without_run_id_by_id(&b)
 }
 
 #[tokio::test(flavor = "multi_thread")]
