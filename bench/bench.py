@@ -35,7 +35,7 @@ def measure(cmd):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--warehouse", default=str(ROOT / "bench" / "data" / "warehouse"))
-    ap.add_argument("--slate", default=str(ROOT / "target" / "debug" / "slate"), help="the slate binary to measure")
+    ap.add_argument("--slate", default=str(ROOT / "target" / "release" / "slate"), help="the slate binary to measure")
     a = ap.parse_args()
     work = ROOT / "bench" / "data"
     state = work / "state"
