@@ -295,16 +295,10 @@ impl Engine {
             plan.model.output.to_string(),
             label_array.as_ref(),
         )];
-        let scores: Vec<f64> = prediction
-            .positive_scores()
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let scores =
+            Float64Array::from_iter_values(prediction.positive_scores().into_iter().map(f64::from));
         if let Some(o) = &plan.model.score_output {
-            outputs.push(OutputSummary::of(
-                o.to_string(),
-                &Float64Array::from(scores.clone()),
-            ));
+            outputs.push(OutputSummary::of(o.to_string(), &scores));
         }
         if plan.query.store_online {
             let online = self.online()?;
@@ -328,7 +322,7 @@ impl Engine {
             };
             online.put(&plan.model.output.column_name(), keyed(&label_json))?;
             if let Some(s) = &plan.model.score_output {
-                online.put(&s.column_name(), keyed(&|i| format!("{}", scores[i])))?;
+                online.put(&s.column_name(), keyed(&|i| format!("{}", scores.value(i))))?;
             }
         }
         if plan.query.store_offline {
@@ -361,7 +355,7 @@ impl Engine {
             cols.push(label_array.clone());
             if let Some(s) = &plan.model.score_output {
                 fields.push(Field::new(&s.feature, DataType::Float64, false));
-                cols.push(Arc::new(Float64Array::from(scores.clone())));
+                cols.push(Arc::new(scores.clone()));
             }
             let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
             let replace = bound.as_ref().map(|b| ReplaceRange {
