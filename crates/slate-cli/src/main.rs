@@ -5,7 +5,9 @@ mod output;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use slate_engine::{Engine, EngineConfig, EngineError, plan_query, validate_models};
+use slate_engine::{
+    Engine, EngineConfig, EngineError, plan_diagnostics, plan_query, validate_models,
+};
 use slate_project::{Diagnostic, Diagnostics, Project, SourceConfig, load_project};
 use slate_types::{ErrorKind, SystemClock};
 use std::path::PathBuf;
@@ -145,6 +147,7 @@ fn engine(cli: &Cli, project: Project) -> Result<Engine, Failure> {
 /// Problems only visible with the environment and the model files at hand.
 fn environment_diagnostics(cli: &Cli, project: &Project) -> Vec<Diagnostic> {
     let mut out = validate_models(project);
+    out.extend(plan_diagnostics(project));
     let Some(env) = project.environment(&cli.env) else {
         return out;
     };
@@ -192,7 +195,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Run { query } => {
             let project = load(&cli)?;
-            let plan = plan_query(&project, query)?;
+            if project.query(query).is_none() {
+                return Err(EngineError::unknown_query(&project, query).into());
+            }
             let problems = environment_diagnostics(&cli, &project);
             if !problems.is_empty() {
                 let mut d = Diagnostics(problems);
@@ -202,6 +207,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     code: 2,
                 });
             }
+            let plan = plan_query(&project, query)?;
             let engine = engine(&cli, project)?;
             let progress = output::CliProgress::new();
             let summary = engine.run(&plan, &progress).await;
@@ -226,10 +232,22 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 )
                 .into());
             }
-            let key: i64 = value
-                .trim()
-                .parse()
-                .with_context(|| format!("key `{value}` of --in is not an integer"))?;
+            let int_key = matches!(
+                class.feature(&class.primary_key).map(|f| &f.kind),
+                Some(slate_project::FeatureKind::Scalar {
+                    ty: slate_types::ValueType::Int,
+                    ..
+                })
+            );
+            let (key, key_json) = if int_key {
+                let k: i64 = value
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("key `{value}` of --in is not an integer"))?;
+                (k.to_string(), serde_json::json!(k))
+            } else {
+                (value.to_string(), serde_json::json!(value))
+            };
             let mut refs = Vec::new();
             for out in outputs {
                 let r = slate_types::FeatureRef::parse(out).map_err(anyhow::Error::from)?;
@@ -262,10 +280,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             let online = engine.online()?;
             let mut obj = serde_json::Map::new();
-            obj.insert(feature.trim().to_string(), serde_json::json!(key));
+            obj.insert(feature.trim().to_string(), key_json);
             for (out, r) in refs {
                 let value = online
-                    .get(&r.column_name(), key)
+                    .get(&r.column_name(), &key)
                     .map_err(EngineError::from)?;
                 obj.insert(
                     out.clone(),

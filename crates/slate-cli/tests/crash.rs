@@ -55,7 +55,7 @@ async fn stores(state: &Path) -> (RecordBatch, Vec<Option<(i64, String)>>) {
     let values = (0..ids.len())
         .map(|i| {
             online
-                .get("transaction.is_fraud", ids.value(i))
+                .get("transaction.is_fraud", &ids.value(i).to_string())
                 .expect("get")
                 .map(|v| (v.feature_time, v.json))
         })

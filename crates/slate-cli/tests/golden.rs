@@ -3,7 +3,7 @@
 //! `UPDATE_GOLDEN=1 cargo test -p slate-cli --test golden` rewrites the expectations.
 //!
 //! case.txt lines: `args ARGS...`, `file PATH`, `replace TEXT`, `with TEXT` (`\n` for newlines),
-//! `remove PATH`, `data missing`, `datafile NAME CONTENT` (a file in the data directory).
+//! `remove PATH`, `write PATH CONTENT` (a new project file), `data missing`, `datafile NAME CONTENT` (a file in the data directory).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +56,10 @@ fn run_case(dir: &Path) -> (String, String) {
                 std::fs::write(f, text.replacen(&old, &rest, 1)).expect("write");
             }
             "remove" => std::fs::remove_file(project.join(rest)).expect("remove"),
+            "write" => {
+                let (name, content) = rest.split_once(' ').expect("write PATH CONTENT");
+                std::fs::write(project.join(name), content).expect("write project file");
+            }
             "data" => data = tmp.path().join("no-such-dir"),
             "datafile" => {
                 let (name, content) = rest.split_once(' ').expect("datafile NAME CONTENT");

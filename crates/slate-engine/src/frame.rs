@@ -4,7 +4,8 @@
 use crate::EngineError;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{cast, concat_batches, take};
-use arrow::datatypes::{Field, Int64Type, Schema, TimestampMicrosecondType};
+use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
+use arrow::row::{RowConverter, SortField};
 use slate_project::FeatureClass;
 use std::sync::Arc;
 
@@ -21,9 +22,9 @@ pub(crate) fn to_class_batch(
         reason,
     };
     let Some(first) = batches.first() else {
+        // No rows: every scalar feature, typed, so that later steps find their columns.
         let fields: Vec<Field> = class
             .scalar_features()
-            .filter(|(n, _)| required.contains(n))
             .map(|(n, t)| Field::new(n, t.arrow(), true))
             .collect();
         return Ok(RecordBatch::new_empty(Arc::new(Schema::new(fields))));
@@ -79,14 +80,6 @@ pub(crate) fn to_class_batch(
     Ok(concat_batches(&schema, &out)?)
 }
 
-pub(crate) fn i64_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, EngineError> {
-    let c = b
-        .column_by_name(name)
-        .ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
-    let c = cast(c, &arrow::datatypes::DataType::Int64)?;
-    Ok(c.as_primitive::<Int64Type>().iter().collect())
-}
-
 pub(crate) fn ts_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, EngineError> {
     let c = b
         .column_by_name(name)
@@ -103,44 +96,53 @@ pub(crate) fn ts_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>,
         .collect())
 }
 
-pub(crate) fn f64_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>, EngineError> {
-    let c = b
-        .column_by_name(name)
-        .ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
-    // Strict: a value that is not a number is an error, never a null (the project's validation
-    // only lets numeric fields reach numeric aggregations).
-    let options = arrow::compute::CastOptions {
-        safe: false,
-        ..Default::default()
-    };
-    let c = arrow::compute::cast_with_options(c, &arrow::datatypes::DataType::Float64, &options)?;
-    Ok(c.as_primitive::<arrow::datatypes::Float64Type>()
-        .iter()
-        .collect())
-}
-
-/// Keeps one row per key (the one with the latest time; the first such among equals), sorted
-/// by key: the same input in any order gives the same rows.
+/// Keeps one row per key (the one with the latest time; the first such among equals), or with
+/// `versions` one per key and time, sorted by key: the same input in any order gives the same
+/// rows. Keys of any type are compared exactly, in Arrow's row format.
 pub(crate) fn dedupe_sorted(
     b: &RecordBatch,
     key: &str,
-    time: &str,
+    time: Option<&str>,
+    versions: bool,
     resolver: &str,
 ) -> Result<RecordBatch, EngineError> {
-    let keys = i64_column(b, key)?;
-    let times = ts_column(b, time)?;
-    for (i, (k, t)) in keys.iter().zip(&times).enumerate() {
-        if k.is_none() || t.is_none() {
-            let col = if k.is_none() { key } else { time };
+    let key_col = b
+        .column_by_name(key)
+        .ok_or_else(|| EngineError::Internal(format!("missing column {key}")))?;
+    let converter = RowConverter::new(vec![SortField::new(key_col.data_type().clone())])?;
+    let keys = converter.convert_columns(std::slice::from_ref(key_col))?;
+    let times = match time {
+        Some(t) => ts_column(b, t)?,
+        None => vec![Some(0); b.num_rows()],
+    };
+    for (i, t) in times.iter().enumerate() {
+        if key_col.is_null(i) || t.is_none() {
+            let col = if key_col.is_null(i) {
+                key
+            } else {
+                time.unwrap_or(key)
+            };
             return Err(EngineError::BadValue {
                 resolver: resolver.into(),
-                reason: format!("row {i} has a null `{col}`; keys and feature times must be set"),
+                reason: format!(
+                    "row {} has a null `{col}`; keys and feature times must be set",
+                    i + 1
+                ),
             });
         }
     }
     let mut order: Vec<u32> = (0..b.num_rows() as u32).collect();
-    order.sort_by_key(|&i| (keys[i as usize], std::cmp::Reverse(times[i as usize]), i));
-    order.dedup_by_key(|i| keys[*i as usize]);
+    order.sort_by(|&i, &j| {
+        let (i, j) = (i as usize, j as usize);
+        keys.row(i)
+            .cmp(&keys.row(j))
+            .then(times[j].cmp(&times[i]))
+            .then(i.cmp(&j))
+    });
+    order.dedup_by(|a, b| {
+        let (a, b) = (*a as usize, *b as usize);
+        keys.row(a) == keys.row(b) && (!versions || times[a] == times[b])
+    });
     let idx = UInt32Array::from(order);
     let cols = b
         .columns()

@@ -2,6 +2,7 @@
 //! (point-in-time features) → predict (model resolvers) → write (online and offline stores) →
 //! commit (run record and watermark, last).
 
+mod compute;
 mod encode;
 mod error;
 mod frame;
@@ -9,5 +10,8 @@ mod plan;
 mod run;
 
 pub use error::EngineError;
-pub use plan::{InputPlan, QueryPlan, plan_query, validate_models};
+pub use plan::{
+    Node, OutputPlan, QueryPlan, Scan, column_name, plan_diagnostics, plan_query, resolver_for,
+    validate_models,
+};
 pub use run::{Engine, EngineConfig, OutputSummary, Progress, RunSummary, SilentProgress};

@@ -1,4 +1,11 @@
-//! From a scheduled query to the steps that compute its outputs.
+//! From a scheduled query to a graph of steps that compute its outputs.
+//!
+//! The planner walks what each output needs (DESIGN §3.1) down to resolvers and returns the
+//! steps in dependency order: scans (the root class's resolver, and those of the classes that
+//! lookups and aggregations read), then nodes that each add one or more columns to the frame of
+//! root rows. A feature reached through has-one relations is evaluated per key column: the
+//! root's own primary key for its own aggregations, a foreign key for a related class, and for
+//! a longer path the looked-up foreign key of the class before.
 
 use crate::EngineError;
 use slate_aggregate::Agg;
@@ -9,61 +16,126 @@ use slate_project::{
 use slate_types::{FeatureRef, ValueType};
 use std::fmt::Write;
 
-/// How one model input is obtained for each root row.
+/// A class's rows read from its SQL resolver and persisted to the class's offline table.
 #[derive(Debug, Clone)]
-pub enum InputPlan {
+pub struct Scan {
+    pub resolver: SqlResolver,
+    pub class: FeatureClass,
+    /// Whether the scan reads only new rows (its resolver is incremental and the query lists it).
+    pub incremental: bool,
+}
+
+impl Scan {
+    /// The class's offline table.
+    pub fn table(&self) -> String {
+        self.class.name.to_lowercase()
+    }
+}
+
+/// One step of the graph; each adds columns to the frame of root rows.
+#[derive(Debug, Clone)]
+pub enum Node {
     /// A column of the root rows (`Transaction.amount`).
-    RootColumn { feature: FeatureRef, column: String },
-    /// A windowed aggregation of the related entity, as of the root row's feature time
-    /// (`Transaction.user.num_transactions["1d"]`).
+    Column { feature: FeatureRef, column: String },
+    /// A scalar of a related class through has-one, by the key in frame column `key`: the row
+    /// with the greatest feature time before now when the class has one, its only row otherwise.
+    Lookup {
+        feature: FeatureRef,
+        column: String,
+        key: String,
+        table: String,
+        class_key: String,
+        class_time: Option<String>,
+        field: String,
+        ty: ValueType,
+    },
+    /// A windowed aggregation over a has-many relation of the entity whose key is in frame
+    /// column `key`, as of each root row's now.
     Aggregate {
         feature: FeatureRef,
-        /// Root column holding the related entity's key (`user_id`).
-        entity_column: String,
-        /// Offline table of the aggregated rows and their columns.
-        history_table: String,
-        history_key: String,
-        history_time: String,
+        column: String,
+        key: String,
+        table: String,
+        table_key: String,
+        table_time: String,
         field: Option<String>,
         agg: Agg,
         window: Option<i64>,
         ty: ValueType,
     },
+    /// An ONNX model over frame columns; writes its label (and score) columns.
+    Model {
+        resolver: Box<ModelResolver>,
+        inputs: Vec<String>,
+        label: String,
+        label_ty: ValueType,
+        score: Option<String>,
+    },
 }
 
-impl InputPlan {
-    pub fn feature(&self) -> &FeatureRef {
+impl Node {
+    /// The frame columns this node adds.
+    pub fn columns(&self) -> Vec<&str> {
         match self {
-            InputPlan::RootColumn { feature, .. } | InputPlan::Aggregate { feature, .. } => feature,
+            Node::Column { column, .. }
+            | Node::Lookup { column, .. }
+            | Node::Aggregate { column, .. } => vec![column],
+            Node::Model { label, score, .. } => {
+                let mut v = vec![label.as_str()];
+                v.extend(score.as_deref());
+                v
+            }
         }
     }
+}
 
-    /// Column name in offline tables: `amount`, `user__num_transactions__1d`.
-    pub fn column_name(&self) -> String {
-        let f = self.feature();
-        let mut parts: Vec<&str> = f.path.iter().map(String::as_str).collect();
-        parts.push(&f.feature);
-        if let Some(w) = &f.window {
-            parts.push(w);
-        }
-        parts.join("__")
-    }
+/// One output of the query: the feature and its frame column.
+#[derive(Debug, Clone)]
+pub struct OutputPlan {
+    pub feature: FeatureRef,
+    pub column: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct QueryPlan {
     pub query: ScheduledQuery,
     pub root: FeatureClass,
-    pub root_time: String,
-    pub ingest: SqlResolver,
-    pub model: ModelResolver,
-    pub inputs: Vec<InputPlan>,
+    /// The root class's feature time; without one, every root row's now is the run's tick.
+    pub root_time: Option<String>,
+    /// `scans[0]` reads the root rows.
+    pub scans: Vec<Scan>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<OutputPlan>,
+}
+
+/// Column name of a feature in the frame and the offline tables: `amount`,
+/// `user__num_transactions__1d`.
+pub fn column_name(f: &FeatureRef) -> String {
+    let mut parts: Vec<&str> = f.path.iter().map(String::as_str).collect();
+    parts.push(&f.feature);
+    if let Some(w) = &f.window {
+        parts.push(w);
+    }
+    parts.join("__")
 }
 
 impl QueryPlan {
+    /// The scan of the root rows.
+    pub fn root_scan(&self) -> &Scan {
+        &self.scans[0]
+    }
+
     /// Offline table of the root class's ingested rows.
     pub fn root_table(&self) -> String {
-        self.root.name.to_lowercase()
+        self.root_scan().table()
+    }
+
+    /// The model nodes, in order.
+    pub fn models(&self) -> impl Iterator<Item = &ModelResolver> {
+        self.nodes.iter().filter_map(|n| match n {
+            Node::Model { resolver, .. } => Some(resolver.as_ref()),
+            _ => None,
+        })
     }
 
     pub fn render(&self) -> String {
@@ -75,74 +147,98 @@ impl QueryPlan {
             q.name,
             q.schedule.as_deref().unwrap_or("on demand")
         );
-        let inc = self.ingest.incremental.as_ref();
-        let _ = writeln!(
-            s,
-            "  1. ingest   {} -> {} rows from source `{}`{}",
-            self.ingest.name,
-            self.root.name,
-            self.ingest.source,
-            inc.map(|i| format!(
-                " (incremental {:?}, column {}, lookback {}s)",
-                i.mode, i.column, i.lookback_secs
-            )
-            .to_lowercase())
-                .unwrap_or_default()
-        );
-        let _ = writeln!(
-            s,
-            "              persisted to offline table `{}`",
-            self.root_table()
-        );
-        let _ = writeln!(
-            s,
-            "  2. compute  as of each {}.{} (point in time):",
-            self.root.name, self.root_time
-        );
-        for i in &self.inputs {
-            match i {
-                InputPlan::RootColumn { feature, .. } => {
-                    let _ = writeln!(s, "              {feature}  (ingested column)");
+        for (i, scan) in self.scans.iter().enumerate() {
+            let r = &scan.resolver;
+            let mode = match (&r.incremental, scan.incremental) {
+                (Some(i), true) => format!(
+                    " (incremental {:?}, column {}, lookback {}s)",
+                    i.mode, i.column, i.lookback_secs
+                )
+                .to_lowercase(),
+                _ => " (every row, each run)".into(),
+            };
+            let _ = writeln!(
+                s,
+                "  1. ingest   {} -> {} rows from source `{}`{mode}",
+                r.name, scan.class.name, r.source
+            );
+            let _ = writeln!(
+                s,
+                "              persisted to offline table `{}`{}",
+                scan.table(),
+                if i == 0 { " (the root rows)" } else { "" }
+            );
+        }
+        let now = match &self.root_time {
+            Some(t) => format!("as of each {}.{t} (point in time)", self.root.name),
+            None => format!(
+                "as of the run's tick ({} has no feature time)",
+                self.root.name
+            ),
+        };
+        let _ = writeln!(s, "  2. compute  {now}:");
+        for n in &self.nodes {
+            let _ = match n {
+                Node::Column { feature, .. } => {
+                    writeln!(s, "              {feature}  (ingested column)")
                 }
-                InputPlan::Aggregate {
+                Node::Lookup {
+                    feature,
+                    table,
+                    class_time,
+                    ..
+                } => writeln!(
+                    s,
+                    "              {feature}  (lookup in offline `{table}`{})",
+                    if class_time.is_some() {
+                        ", point in time"
+                    } else {
+                        ", latest"
+                    }
+                ),
+                Node::Aggregate {
                     feature,
                     agg,
-                    history_table,
+                    table,
+                    table_key,
+                    field,
                     ..
-                } => {
-                    let _ = writeln!(
-                        s,
-                        "              {feature}  ({agg:?} over offline `{history_table}`)"
-                    );
-                }
-            }
+                } => writeln!(
+                    s,
+                    "              {feature}  ({}{} over offline `{table}` by {table_key})",
+                    agg_name(*agg),
+                    field
+                        .as_ref()
+                        .filter(|_| !matches!(agg, Agg::Count))
+                        .map(|f| format!(" of {f}"))
+                        .unwrap_or_default()
+                ),
+                Node::Model { resolver, .. } => writeln!(
+                    s,
+                    "              {}{}  (model {}, {})",
+                    resolver.output,
+                    resolver
+                        .score_output
+                        .as_ref()
+                        .map(|o| format!(", {o}"))
+                        .unwrap_or_default(),
+                    resolver.name,
+                    resolver
+                        .model_path
+                        .file_name()
+                        .and_then(|f| f.to_str())
+                        .unwrap_or_default(),
+                ),
+            };
         }
-        let _ = writeln!(
-            s,
-            "  3. predict  {} ({}) -> {}{}",
-            self.model.name,
-            self.model
-                .model_path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or_default(),
-            self.model.output,
-            self.model
-                .score_output
-                .as_ref()
-                .map(|o| format!(", {o}"))
-                .unwrap_or_default()
-        );
+        let outs: Vec<String> = self.outputs.iter().map(|o| o.feature.to_string()).collect();
+        let _ = writeln!(s, "  3. output   {}", outs.join(", "));
         let mut stores = Vec::new();
         if q.store_online {
             stores.push("online (latest per key)");
         }
         if q.store_offline {
-            stores.push(if self.model.name.is_empty() {
-                "offline"
-            } else {
-                "offline (predictions with inputs and model hash)"
-            });
+            stores.push("offline (every computed feature, per row and run)");
         }
         let _ = writeln!(
             s,
@@ -153,8 +249,21 @@ impl QueryPlan {
                 stores.join(", ")
             }
         );
-        let _ = writeln!(s, "  5. commit   run record and watermark");
+        let _ = writeln!(s, "  5. commit   run record and watermarks");
         s
+    }
+}
+
+fn agg_name(a: Agg) -> &'static str {
+    match a {
+        Agg::Count => "count",
+        Agg::CountDistinct => "count_distinct",
+        Agg::Sum => "sum",
+        Agg::Mean => "mean",
+        Agg::Min => "min",
+        Agg::Max => "max",
+        Agg::Latest => "latest",
+        Agg::TimeSinceLatest => "time since latest",
     }
 }
 
@@ -171,150 +280,416 @@ fn agg_of(f: AggFunc) -> Agg {
     }
 }
 
+/// The resolver that provides a class's rows for `query`: one listed in its incremental
+/// resolvers, else the only one, else the only one carrying all the query's tags.
+pub fn resolver_for<'p>(
+    project: &'p Project,
+    query: &ScheduledQuery,
+    class: &str,
+) -> Result<&'p SqlResolver, String> {
+    let all: Vec<&SqlResolver> = project
+        .sql_resolvers
+        .iter()
+        .filter(|r| r.resolves.eq_ignore_ascii_case(class))
+        .collect();
+    if let Some(r) = all
+        .iter()
+        .find(|r| query.incremental_resolvers.contains(&r.name))
+    {
+        return Ok(r);
+    }
+    let tagged: Vec<&&SqlResolver> = all
+        .iter()
+        .filter(|r| query.tags.iter().all(|t| r.tags.contains(t)))
+        .collect();
+    match (all.as_slice(), tagged.as_slice()) {
+        ([], _) => Err(format!("no SQL resolver provides {class} rows")),
+        ([one], _) => Ok(one),
+        (_, [one]) => Ok(one),
+        _ => Err(format!(
+            "{} SQL resolvers provide {class} rows ({}) and the query's tags [{}] do not choose one; tag one of them or list it in `incremental_resolvers`",
+            all.len(),
+            all.iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            query.tags.join(", ")
+        )),
+    }
+}
+
+struct Planner<'p> {
+    project: &'p Project,
+    query: &'p ScheduledQuery,
+    root: &'p FeatureClass,
+    scans: Vec<Scan>,
+    nodes: Vec<Node>,
+    /// Features being planned, to report cycles.
+    visiting: Vec<String>,
+}
+
+impl<'p> Planner<'p> {
+    fn class(&self, name: &str) -> Result<&'p FeatureClass, String> {
+        self.project
+            .class(name)
+            .ok_or_else(|| format!("unknown class {name}"))
+    }
+
+    fn has(&self, column: &str) -> bool {
+        self.nodes.iter().any(|n| n.columns().contains(&column))
+    }
+
+    /// Makes sure `class`'s rows are scanned in this run; returns its offline table.
+    fn scan(&mut self, class: &FeatureClass) -> Result<String, String> {
+        if let Some(s) = self
+            .scans
+            .iter()
+            .find(|s| s.class.name.eq_ignore_ascii_case(&class.name))
+        {
+            return Ok(s.table());
+        }
+        let resolver = resolver_for(self.project, self.query, &class.name)?.clone();
+        let incremental = resolver.incremental.is_some()
+            && self.query.incremental_resolvers.contains(&resolver.name);
+        let scan = Scan {
+            resolver,
+            class: class.clone(),
+            incremental,
+        };
+        let table = scan.table();
+        self.scans.push(scan);
+        Ok(table)
+    }
+
+    /// Plans `r` (rooted at the root class) and returns its frame column.
+    fn feature(&mut self, r: &FeatureRef) -> Result<String, String> {
+        let column = column_name(r);
+        if self.has(&column) {
+            return Ok(column);
+        }
+        let id = r.to_string();
+        if self.visiting.contains(&id) {
+            let mut cycle = self.visiting.clone();
+            cycle.push(id);
+            return Err(format!(
+                "features depend on each other in a cycle: {}",
+                cycle.join(" -> ")
+            ));
+        }
+        self.visiting.push(id);
+        let out = self.feature_inner(r, column);
+        self.visiting.pop();
+        out
+    }
+
+    fn feature_inner(&mut self, r: &FeatureRef, column: String) -> Result<String, String> {
+        if r.path.is_empty() {
+            return self.root_feature(r, column);
+        }
+        // Follow the path: the key of each class along it is a frame column.
+        let mut class = self.root;
+        let mut key = String::new();
+        let mut prefix: Vec<String> = Vec::new();
+        for step in &r.path {
+            let Some(FeatureKind::HasOne {
+                target,
+                foreign_key,
+            }) = class.feature(step).map(|f| f.kind.clone())
+            else {
+                return Err(format!(
+                    "{r}: `{}.{step}` is not a has-one relation",
+                    class.name
+                ));
+            };
+            let fk = FeatureRef {
+                class: self.root.name.clone(),
+                path: prefix.clone(),
+                feature: foreign_key,
+                window: None,
+            };
+            key = self.feature(&fk)?;
+            prefix.push(step.clone());
+            class = self.class(&target)?;
+        }
+        let target = class;
+        let feature = target
+            .feature(&r.feature)
+            .ok_or_else(|| format!("{r}: `{}` has no feature `{}`", target.name, r.feature))?;
+        match feature.kind.clone() {
+            FeatureKind::Scalar { ty, .. } => {
+                if self.project.model_resolvers.iter().any(|m| {
+                    m.output.class.eq_ignore_ascii_case(&target.name)
+                        && m.output.feature == r.feature
+                }) {
+                    return Err(format!(
+                        "{r}: `{}.{}` is computed by a model, and models run over the root rows only so far",
+                        target.name, r.feature
+                    ));
+                }
+                let table = self.scan(target)?;
+                if !self.scans.iter().any(|s| {
+                    s.class.name == target.name
+                        && (s.resolver.columns.is_empty()
+                            || s.resolver
+                                .columns
+                                .iter()
+                                .any(|c| c.eq_ignore_ascii_case(&r.feature)))
+                }) {
+                    return Err(format!(
+                        "{r}: no resolver of {} returns `{}`",
+                        target.name, r.feature
+                    ));
+                }
+                self.nodes.push(Node::Lookup {
+                    feature: r.clone(),
+                    column: column.clone(),
+                    key,
+                    table,
+                    class_key: target.primary_key.clone(),
+                    class_time: target.feature_time.clone(),
+                    field: r.feature.clone(),
+                    ty,
+                });
+                Ok(column)
+            }
+            FeatureKind::Aggregate { ty, agg, windows } => {
+                self.aggregate(r, column, key, target, ty, agg, &windows)
+            }
+            _ => Err(format!(
+                "{r}: a relation is not a value; name one of its features"
+            )),
+        }
+    }
+
+    fn root_feature(&mut self, r: &FeatureRef, column: String) -> Result<String, String> {
+        let root = self.root;
+        let feature = root
+            .feature(&r.feature)
+            .ok_or_else(|| format!("{r}: `{}` has no feature `{}`", root.name, r.feature))?;
+        match feature.kind.clone() {
+            FeatureKind::Scalar { .. } => {
+                let columns = &self.scans[0].resolver.columns;
+                let from_rows = columns.iter().any(|c| c.eq_ignore_ascii_case(&r.feature));
+                let model = self.project.model_resolvers.iter().find(|m| {
+                    slate_project::same_feature(&m.output, r)
+                        || m.score_output
+                            .as_ref()
+                            .is_some_and(|s| slate_project::same_feature(s, r))
+                });
+                // A projection Slate cannot read statically (`SELECT *`) may return anything.
+                let maybe = columns.is_empty();
+                match (from_rows || (maybe && model.is_none()), model) {
+                    (true, _) => {
+                        self.nodes.push(Node::Column {
+                            feature: r.clone(),
+                            column: column.clone(),
+                        });
+                        Ok(column)
+                    }
+                    (false, Some(m)) => {
+                        self.model(m)?;
+                        Ok(column)
+                    }
+                    (false, None) => Err(format!(
+                        "no resolver computes {r}: `{}` does not return it and no model writes it",
+                        self.scans[0].resolver.name
+                    )),
+                }
+            }
+            FeatureKind::Aggregate { ty, agg, windows } => {
+                let key = self.feature(&FeatureRef {
+                    class: root.name.clone(),
+                    path: vec![],
+                    feature: root.primary_key.clone(),
+                    window: None,
+                })?;
+                self.aggregate(r, column, key, root, ty, agg, &windows)
+            }
+            _ => Err(format!(
+                "{r}: a relation is not a value; name one of its features"
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn aggregate(
+        &mut self,
+        r: &FeatureRef,
+        column: String,
+        key: String,
+        class: &FeatureClass,
+        ty: ValueType,
+        agg: slate_project::Aggregation,
+        windows: &[slate_types::Window],
+    ) -> Result<String, String> {
+        let Some(FeatureKind::HasMany {
+            target,
+            foreign_key,
+        }) = class.feature(&agg.relation).map(|f| f.kind.clone())
+        else {
+            return Err(format!(
+                "{r}: `{}` is not a has-many relation",
+                agg.relation
+            ));
+        };
+        let hist = self.class(&target)?;
+        let table_time = hist.feature_time.clone().ok_or_else(|| {
+            format!(
+                "{r}: class {} has no feature time, so its rows cannot be windowed; mark one feature `feature_time: true`",
+                hist.name
+            )
+        })?;
+        let table = self.scan(hist)?;
+        let label = r.window.clone().unwrap_or_else(|| "all".into());
+        let window = windows
+            .iter()
+            .find(|w| w.label() == label)
+            .ok_or_else(|| format!("{r}: unknown window"))?
+            .micros();
+        self.nodes.push(Node::Aggregate {
+            feature: r.clone(),
+            column: column.clone(),
+            key,
+            table,
+            table_key: foreign_key,
+            table_time,
+            field: agg.field.clone(),
+            agg: agg_of(agg.func),
+            window,
+            ty,
+        });
+        Ok(column)
+    }
+
+    fn model(&mut self, m: &ModelResolver) -> Result<(), String> {
+        if !m.output.class.eq_ignore_ascii_case(&self.root.name) {
+            return Err(format!(
+                "model `{}` writes {}, not a feature of the root class {}",
+                m.name, m.output, self.root.name
+            ));
+        }
+        let id = format!("model {}", m.name);
+        if self.visiting.contains(&id) {
+            let mut cycle = self.visiting.clone();
+            cycle.push(id);
+            return Err(format!(
+                "features depend on each other in a cycle: {}",
+                cycle.join(" -> ")
+            ));
+        }
+        self.visiting.push(id);
+        let mut inputs = Vec::new();
+        for i in m.model_inputs() {
+            inputs.push(self.feature(i)?);
+        }
+        self.visiting.pop();
+        let label_ty = match self.root.feature(&m.output.feature).map(|f| &f.kind) {
+            Some(FeatureKind::Scalar { ty, .. }) => *ty,
+            _ => ValueType::Int,
+        };
+        self.nodes.push(Node::Model {
+            resolver: Box::new(m.clone()),
+            inputs,
+            label: column_name(&m.output),
+            label_ty,
+            score: m.score_output.as_ref().map(column_name),
+        });
+        Ok(())
+    }
+}
+
 pub fn plan_query(project: &Project, name: &str) -> Result<QueryPlan, EngineError> {
     let query = project
         .query(name)
         .ok_or_else(|| EngineError::unknown_query(project, name))?;
-    let fail = |reason: String| EngineError::Plan {
+    plan(project, query).map_err(|(_, reason)| EngineError::Plan {
         query: name.into(),
         reason,
-    };
-    let output = query
-        .output
-        .first()
-        .ok_or_else(|| fail("the query has no output".into()))?;
-    let model = project
-        .model_resolver_for(output)
-        .ok_or_else(|| fail(format!("no resolver computes {output}")))?
-        .clone();
-    let ingest = match query.incremental_resolvers.as_slice() {
-        [one] => project
-            .sql_resolver(one)
-            .ok_or_else(|| fail(format!("unknown resolver {one}")))?
-            .clone(),
-        [] => {
-            return Err(fail(
-                "scheduled queries need one incremental resolver for their root rows".into(),
-            ));
-        }
-        _ => {
-            return Err(fail(
-                "more than one incremental resolver per query is not supported yet".into(),
-            ));
-        }
-    };
-    let root = project
-        .class(&ingest.resolves)
-        .ok_or_else(|| fail(format!("unknown class {}", ingest.resolves)))?
-        .clone();
-    if !root.name.eq_ignore_ascii_case(&model.output.class) {
-        return Err(fail(format!(
-            "{} resolves {} but the model writes {}",
-            ingest.name, root.name, model.output
-        )));
-    }
-    // Root rows are keyed by an int in the online store and the run's outputs; a string key
-    // is refused here rather than read as null.
-    if !matches!(
-        root.feature(&root.primary_key).map(|f| &f.kind),
-        Some(FeatureKind::Scalar {
-            ty: ValueType::Int,
-            ..
-        })
-    ) {
-        return Err(fail(format!(
-            "the primary key {}.{} of the query's root rows is not an int; other key types are supported for related classes only, not yet for root rows",
-            root.name, root.primary_key
-        )));
-    }
-    let root_time = root.feature_time.clone().ok_or_else(|| {
-        fail(format!(
-            "class {} has no feature time; mark one feature `feature_time: true`",
-            root.name
-        ))
-    })?;
-    let mut inputs = Vec::new();
-    for r in model.model_inputs() {
-        inputs.push(input_plan(project, &root, r).map_err(fail)?);
-    }
-    Ok(QueryPlan {
-        query: query.clone(),
-        root,
-        root_time,
-        ingest,
-        model,
-        inputs,
     })
 }
 
-fn input_plan(project: &Project, root: &FeatureClass, r: &FeatureRef) -> Result<InputPlan, String> {
-    let scalar = |c: &FeatureClass, f: &str| {
-        matches!(
-            c.feature(f).map(|x| &x.kind),
-            Some(FeatureKind::Scalar { .. })
-        )
-    };
-    match r.path.as_slice() {
-        [] if scalar(root, &r.feature) => Ok(InputPlan::RootColumn {
-            feature: r.clone(),
-            column: r.feature.clone(),
-        }),
-        [rel] => {
-            let Some(FeatureKind::HasOne {
-                target,
-                foreign_key,
-            }) = root.feature(rel).map(|f| f.kind.clone())
-            else {
-                return Err(format!(
-                    "{r}: `{rel}` is not a has-one relation of {}",
-                    root.name
-                ));
-            };
-            let target = project
-                .class(&target)
-                .ok_or_else(|| format!("unknown class {target}"))?;
-            let Some(FeatureKind::Aggregate { ty, agg, windows }) =
-                target.feature(&r.feature).map(|f| f.kind.clone())
-            else {
-                return Err(format!(
-                    "{r}: only windowed aggregations are computed through a relation so far"
-                ));
-            };
-            let Some(FeatureKind::HasMany {
-                target: hist,
-                foreign_key: hist_key,
-            }) = target.feature(&agg.relation).map(|f| f.kind.clone())
-            else {
-                return Err(format!(
-                    "{r}: `{}` is not a has-many relation",
-                    agg.relation
-                ));
-            };
-            if !hist.eq_ignore_ascii_case(&root.name) {
-                return Err(format!(
-                    "{r}: history of class {hist} is not ingested by this query"
-                ));
-            }
-            let label = r.window.clone().unwrap_or_else(|| "all".into());
-            let window = windows
-                .iter()
-                .find(|w| w.label() == label)
-                .ok_or_else(|| format!("{r}: unknown window"))?
-                .micros();
-            Ok(InputPlan::Aggregate {
-                feature: r.clone(),
-                entity_column: foreign_key,
-                history_table: hist.to_lowercase(),
-                history_key: hist_key,
-                history_time: root.feature_time.clone().unwrap_or_default(),
-                field: agg.field.clone(),
-                agg: agg_of(agg.func),
-                window,
-                ty,
-            })
-        }
-        _ => Err(format!("{r}: this kind of input is not supported yet")),
+/// Every scheduled query's planning problem, located at the output it concerns (or the query).
+pub fn plan_diagnostics(project: &Project) -> Vec<Diagnostic> {
+    project
+        .queries
+        .iter()
+        .filter_map(|q| {
+            let (output, reason) = plan(project, q).err()?;
+            let span = output
+                .and_then(|i| q.output_spans.get(i))
+                .unwrap_or(&q.span)
+                .clone();
+            Some(
+                Diagnostic::new(span, format!("scheduled query `{}`: {reason}", q.name)).hint(
+                    "every output must be reachable from one resolver per class through relations, aggregations and models",
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Plans `query`; a failure names the index of the output being planned, if any.
+fn plan(project: &Project, query: &ScheduledQuery) -> Result<QueryPlan, (Option<usize>, String)> {
+    let first = query
+        .output
+        .first()
+        .ok_or_else(|| (None, "the query has no output".to_string()))?;
+    let root = project
+        .class(&first.class)
+        .ok_or_else(|| (Some(0), format!("unknown class {}", first.class)))?;
+    if let Some(i) = query
+        .output
+        .iter()
+        .position(|o| !o.class.eq_ignore_ascii_case(&root.name))
+    {
+        return Err((
+            Some(i),
+            format!(
+                "outputs {first} and {} belong to different classes; one query computes features of one class",
+                query.output[i]
+            ),
+        ));
     }
+    for r in &query.incremental_resolvers {
+        if project.sql_resolver(r).is_none() {
+            return Err((None, format!("unknown resolver {r}")));
+        }
+    }
+    let mut planner = Planner {
+        project,
+        query,
+        root,
+        scans: vec![],
+        nodes: vec![],
+        visiting: vec![],
+    };
+    planner.scan(root).map_err(|e| (Some(0), e))?;
+    let mut outputs = Vec::new();
+    for (i, o) in query.output.iter().enumerate() {
+        let column = planner.feature(o).map_err(|e| (Some(i), e))?;
+        outputs.push(OutputPlan {
+            feature: o.clone(),
+            column,
+        });
+    }
+    for r in &query.incremental_resolvers {
+        if !planner.scans.iter().any(|s| &s.resolver.name == r) {
+            return Err((
+                None,
+                format!(
+                    "incremental resolver {r} provides rows that none of the query's outputs needs"
+                ),
+            ));
+        }
+    }
+    Ok(QueryPlan {
+        query: query.clone(),
+        root: root.clone(),
+        root_time: root.feature_time.clone(),
+        scans: planner.scans,
+        nodes: planner.nodes,
+        outputs,
+    })
 }
 
 /// Loads every model resolver's ONNX file and checks its inputs against the resolver, as

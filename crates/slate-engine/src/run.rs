@@ -1,22 +1,17 @@
 //! Running a planned query once: ingest, compute, predict, write, commit.
 
 use crate::EngineError;
-use crate::encode::Dictionary;
-use crate::frame::{dedupe_sorted, f64_column, i64_column, to_class_batch, ts_column};
-use crate::plan::{InputPlan, QueryPlan};
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
-};
+use crate::compute::{self, Frame};
+use crate::frame::{dedupe_sorted, to_class_batch, ts_column};
+use crate::plan::{Node, QueryPlan, Scan};
+use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use slate_aggregate::kernel::{Prepared, QueryOrder};
-use slate_aggregate::{Agg, Events, Query};
 use slate_model::OnnxModel;
 use slate_project::{IncrementalTimestamp, Project, SourceConfig};
 use slate_sources::{EmbeddedSource, IncrementalBound};
 use slate_stores::{Ledger, OfflineStore, OnlineStore, ReplaceRange, RunRecord};
-use slate_types::{Clock, ValueType};
-use std::collections::{BTreeSet, HashMap};
+use slate_types::Clock;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,189 +192,210 @@ impl Engine {
             stages.push((name.to_string(), took));
         };
 
-        // The model is loaded before anything is written, so a bad model file leaves no trace.
-        let model = OnnxModel::load(&plan.model.model_path)?;
+        // Models are loaded before anything is written, so a bad model file leaves no trace.
+        let mut models: HashMap<String, OnnxModel> = HashMap::new();
+        for m in plan.models() {
+            models.insert(m.name.clone(), OnnxModel::load(&m.model_path)?);
+        }
 
-        // 1. Ingest.
+        // 1. Ingest every scan; the rows are persisted before anything is computed from them.
         progress.stage("ingest");
         let t = Instant::now();
-        let r = &plan.ingest;
-        let inc = r.incremental.as_ref();
         // The ledger is created at the first commit, so a run that fails early leaves no state.
-        let before = match self.state_dir.join("ledger.redb").exists() {
-            true => self.ledger()?.watermark(&plan.query.name, &r.name)?,
-            false => None,
-        };
-        let bound = match (inc, before) {
-            (Some(i), Some(w)) => Some(IncrementalBound {
-                column: i.column.clone(),
-                micros: w - i.lookback_secs * 1_000_000,
-            }),
-            (Some(i), None) => plan.query.lower_bound_micros.map(|m| IncrementalBound {
-                column: i.column.clone(),
-                micros: m,
-            }),
-            (None, _) => None,
-        };
-        let (dir, dialect) = self.source_dir(&r.source)?;
-        let source = EmbeddedSource::open(&r.source, &dir, &dialect).await?;
-        let batches = source.query(&r.name, &r.sql, bound.as_ref()).await?;
-        let required = [plan.root.primary_key.as_str(), plan.root_time.as_str()];
-        let rows = to_class_batch(&r.name, &plan.root, &batches, &required)?;
-        let rows = dedupe_sorted(&rows, &plan.root.primary_key, &plan.root_time, &r.name)?;
+        let ledger_exists = self.state_dir.join("ledger.redb").exists();
+        let mut ingested = Vec::new();
+        for scan in &plan.scans {
+            ingested.push(self.ingest(plan, scan, ledger_exists, started).await?);
+        }
         // One run at a time writes a state directory. The OS releases the lock when the process
         // dies, so a killed run never blocks the rerun.
         let _lock = self.lock()?;
         let offline = self.offline();
-        let replace = bound.as_ref().map(|b| ReplaceRange {
-            column: b.column.clone(),
-            from_micros: b.micros,
-        });
-        offline
-            .write(&plan.root_table(), vec![rows.clone()], replace.as_ref())
-            .await?;
-        let after = match inc {
-            Some(i) if i.timestamp == IncrementalTimestamp::ResolverExecutionTime => Some(started),
-            Some(i) => {
-                let max = ts_column(&rows, &i.column)?.into_iter().flatten().max();
-                max.max(before)
-            }
-            None => None,
-        };
-        timed(
-            "ingest",
-            format!("{} rows from {}", rows.num_rows(), r.name),
-            t,
-        );
+        for (scan, i) in plan.scans.iter().zip(&ingested) {
+            let replace = i.bound.as_ref().map(|b| ReplaceRange {
+                column: b.column.clone(),
+                from_micros: b.micros,
+            });
+            offline
+                .write(&scan.table(), vec![i.rows.clone()], replace.as_ref())
+                .await?;
+        }
+        let rows = &ingested[0].rows;
+        let detail: Vec<String> = plan
+            .scans
+            .iter()
+            .zip(&ingested)
+            .map(|(s, i)| format!("{} rows from {}", i.rows.num_rows(), s.resolver.name))
+            .collect();
+        timed("ingest", detail.join(", "), t);
 
-        // 2. Compute point-in-time features.
+        // 2. Compute the graph's nodes over the root rows, point in time.
         progress.stage("compute");
         let t = Instant::now();
-        let features = self.compute(plan, &rows).await?;
+        let now: Vec<i64> = match &plan.root_time {
+            Some(c) => ts_column(rows, c)?
+                .into_iter()
+                .map(|v| v.unwrap_or_default())
+                .collect(),
+            None => vec![tick; rows.num_rows()],
+        };
+        let mut frame = Frame::new(rows, now);
+        let mut predict_time = std::time::Duration::ZERO;
+        let mut done = vec![false; plan.nodes.len()];
+        for i in 0..plan.nodes.len() {
+            if done[i] {
+                continue;
+            }
+            match &plan.nodes[i] {
+                Node::Column { column, .. } => {
+                    frame.column(column)?;
+                }
+                n @ Node::Lookup { column, .. } => {
+                    let a = compute::lookup(&offline, &frame, n).await?;
+                    frame.columns.insert(column.clone(), a);
+                }
+                Node::Aggregate { key, table, .. } => {
+                    // Every aggregate over the same history and key is computed in one pass
+                    // over one read; none of them depends on a later node.
+                    let group: Vec<usize> = (i..plan.nodes.len())
+                        .filter(|&j| {
+                            !done[j]
+                                && matches!(&plan.nodes[j], Node::Aggregate { key: k, table: tb, .. } if k == key && tb == table)
+                        })
+                        .collect();
+                    let nodes: Vec<&Node> = group.iter().map(|&j| &plan.nodes[j]).collect();
+                    let arrays =
+                        compute::aggregates(&offline, &frame, &nodes, &plan.query.name).await?;
+                    for (&j, a) in group.iter().zip(arrays) {
+                        if let Node::Aggregate { column, .. } = &plan.nodes[j] {
+                            frame.columns.insert(column.clone(), a);
+                        }
+                        done[j] = true;
+                    }
+                }
+                Node::Model {
+                    resolver,
+                    inputs,
+                    label,
+                    label_ty,
+                    score,
+                } => {
+                    let p = Instant::now();
+                    let model = models
+                        .get(&resolver.name)
+                        .ok_or_else(|| EngineError::Internal("model not loaded".into()))?;
+                    let features = inputs
+                        .iter()
+                        .map(|c| frame.column(c).cloned())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let prediction = model.predict(&features, &resolver.defaults)?;
+                    frame.columns.insert(
+                        label.clone(),
+                        compute::label_array(&prediction.labels, *label_ty),
+                    );
+                    if let Some(s) = score {
+                        let scores = Float64Array::from_iter_values(
+                            prediction.positive_scores().into_iter().map(f64::from),
+                        );
+                        frame.columns.insert(s.clone(), Arc::new(scores));
+                    }
+                    predict_time += p.elapsed();
+                }
+            }
+            done[i] = true;
+        }
+        let n_models = plan.models().count();
         timed(
             "compute",
-            format!("{} features for {} rows", features.len(), rows.num_rows()),
+            format!(
+                "{} features for {} rows{}",
+                plan.nodes.iter().map(|n| n.columns().len()).sum::<usize>(),
+                rows.num_rows(),
+                if n_models > 0 {
+                    format!(
+                        ", {n_models} model{} in {:.2?}",
+                        if n_models == 1 { "" } else { "s" },
+                        predict_time
+                    )
+                } else {
+                    String::new()
+                }
+            ),
             t,
         );
 
-        // 3. Predict.
-        progress.stage("predict");
-        let t = Instant::now();
-        let prediction = model.predict(&features, &plan.model.defaults)?;
-        timed(
-            "predict",
-            format!("{} rows scored", prediction.labels.len()),
-            t,
-        );
-
-        // 4. Write.
+        // 3. Write the outputs.
         progress.stage("write");
         let t = Instant::now();
-        let ids = i64_column(&rows, &plan.root.primary_key)?;
-        let times = ts_column(&rows, &plan.root_time)?;
-        let label_ty = match plan
-            .root
-            .feature(&plan.model.output.feature)
-            .map(|f| &f.kind)
-        {
-            Some(slate_project::FeatureKind::Scalar { ty, .. }) => *ty,
-            _ => ValueType::Int,
-        };
-        let label_array: ArrayRef = match label_ty {
-            ValueType::Bool => Arc::new(BooleanArray::from_iter(
-                prediction.labels.iter().map(|l| Some(*l != 0)),
-            )),
-            _ => Arc::new(Int64Array::from(prediction.labels.clone())),
-        };
-        let mut outputs = vec![OutputSummary::of(
-            plan.model.output.to_string(),
-            label_array.as_ref(),
-        )];
-        let scores =
-            Float64Array::from_iter_values(prediction.positive_scores().into_iter().map(f64::from));
-        if let Some(o) = &plan.model.score_output {
-            outputs.push(OutputSummary::of(o.to_string(), &scores));
+        let key_col = frame.column(&plan.root.primary_key)?.clone();
+        let keys = key_strings(&key_col)?;
+        let mut published: Vec<(slate_types::FeatureRef, String)> = plan
+            .outputs
+            .iter()
+            .map(|o| (o.feature.clone(), o.column.clone()))
+            .collect();
+        // A model's score travels with its label.
+        for n in &plan.nodes {
+            if let Node::Model {
+                resolver,
+                label,
+                score: Some(s),
+                ..
+            } = n
+                && published.iter().any(|(_, c)| c == label)
+                && !published.iter().any(|(_, c)| c == s)
+                && let Some(r) = &resolver.score_output
+            {
+                published.push((r.clone(), s.clone()));
+            }
+        }
+        let mut outputs = Vec::new();
+        for (f, c) in &published {
+            outputs.push(OutputSummary::of(f.to_string(), frame.column(c)?.as_ref()));
         }
         if plan.query.store_online {
             let online = self.online()?;
-            let keyed = |json: &dyn Fn(usize) -> String| -> Vec<(i64, i64, String)> {
-                (0..ids.len())
-                    .map(|i| {
-                        (
-                            ids[i].unwrap_or_default(),
-                            times[i].unwrap_or_default(),
-                            json(i),
-                        )
-                    })
-                    .collect()
-            };
-            let label_json = |i: usize| {
-                if label_ty == ValueType::Bool {
-                    (prediction.labels[i] != 0).to_string()
-                } else {
-                    prediction.labels[i].to_string()
-                }
-            };
-            online.put(&plan.model.output.column_name(), keyed(&label_json))?;
-            if let Some(s) = &plan.model.score_output {
-                online.put(&s.column_name(), keyed(&|i| format!("{}", scores.value(i))))?;
+            for (f, c) in &published {
+                let json = json_values(frame.column(c)?)?;
+                let rows = keys
+                    .iter()
+                    .zip(&frame.now)
+                    .zip(json)
+                    .filter_map(|((k, t), j)| Some((k.clone()?, *t, j)));
+                online.put(&f.column_name(), rows)?;
             }
         }
         if plan.query.store_offline {
-            let mut fields = vec![
-                Field::new("run_id", DataType::Utf8, false),
-                Field::new(&plan.root.primary_key, DataType::Int64, false),
-                Field::new("feature_time", ts_type(), false),
-            ];
-            let mut cols: Vec<ArrayRef> = vec![
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    run_id.as_str(),
-                    ids.len(),
-                ))),
-                Arc::new(Int64Array::from(ids.clone())),
-                Arc::new(TimestampMicrosecondArray::from(times.clone()).with_timezone("UTC")),
-            ];
-            for (p, c) in plan.inputs.iter().zip(&features) {
-                fields.push(Field::new(p.column_name(), c.data_type().clone(), true));
-                cols.push(c.clone());
-            }
-            fields.push(Field::new("model_sha256", DataType::Utf8, false));
-            cols.push(Arc::new(StringArray::from_iter_values(
-                std::iter::repeat_n(model.sha256(), ids.len()),
-            )));
-            fields.push(Field::new(
-                &plan.model.output.feature,
-                label_array.data_type().clone(),
-                false,
-            ));
-            cols.push(label_array.clone());
-            if let Some(s) = &plan.model.score_output {
-                fields.push(Field::new(&s.feature, DataType::Float64, false));
-                cols.push(Arc::new(scores.clone()));
-            }
-            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
-            let replace = bound.as_ref().map(|b| ReplaceRange {
+            let batch = self.output_batch(plan, &frame, &run_id, &models)?;
+            let replace = ingested[0].bound.as_ref().map(|b| ReplaceRange {
                 column: "feature_time".into(),
                 from_micros: b.micros,
             });
             offline
-                .write(&plan.model.name, vec![batch], replace.as_ref())
+                .write(&plan.query.name, vec![batch], replace.as_ref())
                 .await?;
         }
-        timed("write", format!("{} predictions", ids.len()), t);
+        timed("write", format!("{} rows", frame.rows), t);
 
-        // 5. Commit: the run record and the watermark move together, last.
+        // 4. Commit: the run record and the watermarks move together, last.
         let t = Instant::now();
+        let before = ingested[0].before;
+        let after = ingested[0].after;
         let record = RunRecord {
             run_id: run_id.clone(),
             query: plan.query.name.clone(),
             tick_micros: tick,
             rows_ingested: rows.num_rows(),
-            rows_scored: prediction.labels.len(),
+            rows_scored: frame.rows,
             watermark_before: before,
             watermark_after: after,
         };
-        let marks: Vec<(String, i64)> = after.map(|a| (r.name.clone(), a)).into_iter().collect();
+        let marks: Vec<(String, i64)> = plan
+            .scans
+            .iter()
+            .zip(&ingested)
+            .filter_map(|(s, i)| i.after.map(|a| (s.resolver.name.clone(), a)))
+            .collect();
         self.ledger()?.commit_run(&record, &marks)?;
         timed(
             "commit",
@@ -401,208 +417,190 @@ impl Engine {
         })
     }
 
-    /// Model inputs for `rows`, one array per input, as of each row's feature time.
-    pub async fn compute(
+    /// Reads one scan's rows: the new ones when it is incremental (from the watermark minus the
+    /// lookback), every row otherwise; shaped to the class's types and deduplicated.
+    async fn ingest(
         &self,
         plan: &QueryPlan,
-        rows: &RecordBatch,
-    ) -> Result<Vec<ArrayRef>, EngineError> {
-        let now = ts_column(rows, &plan.root_time)?;
-        if rows.num_rows() == 0 {
-            return Ok(plan
-                .inputs
-                .iter()
-                .map(|i| match i {
-                    InputPlan::Aggregate {
-                        agg: Agg::Count | Agg::CountDistinct,
-                        ..
-                    } => arrow::array::new_empty_array(&DataType::Int64),
-                    InputPlan::Aggregate { .. } => {
-                        arrow::array::new_empty_array(&DataType::Float64)
-                    }
-                    InputPlan::RootColumn { column, .. } => rows
-                        .column_by_name(column)
-                        .cloned()
-                        .unwrap_or_else(|| arrow::array::new_empty_array(&DataType::Float64)),
-                })
-                .collect());
-        }
-        // History is read once per query, with every field any aggregation needs, prepared once
-        // per (field, whether it is counted distinct).
-        let mut prepared: HashMap<(Option<String>, bool), Prepared> = HashMap::new();
-        let mut queries: Option<(String, Vec<Query>, QueryOrder, Dictionary)> = None;
-        let mut out = Vec::with_capacity(plan.inputs.len());
-        for input in &plan.inputs {
-            match input {
-                InputPlan::RootColumn { column, .. } => {
-                    out.push(rows.column_by_name(column).cloned().ok_or_else(|| {
-                        EngineError::Internal(format!("missing column {column}"))
-                    })?);
-                }
-                InputPlan::Aggregate {
-                    entity_column,
-                    field,
-                    agg,
-                    window,
-                    ..
-                } => {
-                    if queries.as_ref().map(|q| &q.0) != Some(entity_column) {
-                        // Entity keys of any type become exact codes shared with the history.
-                        let keys = rows.column_by_name(entity_column).ok_or_else(|| {
-                            EngineError::Internal(format!("missing column {entity_column}"))
-                        })?;
-                        let mut dict = Dictionary::keeping_values(keys.data_type())?;
-                        let qs: Vec<Query> = dict
-                            .encode(keys)?
-                            .into_iter()
-                            .zip(&now)
-                            .map(|(e, n)| Query {
-                                entity: e.map_or(i64::MIN, i64::from),
-                                now: n.unwrap_or(i64::MIN),
-                            })
-                            .collect();
-                        let order = QueryOrder::new(&qs);
-                        queries = Some((entity_column.clone(), qs, order, dict));
-                    }
-                    let Some((_, qs, order, dict)) = &queries else {
-                        unreachable!("queries were just built")
-                    };
-                    if prepared.is_empty() {
-                        prepared = self.history(plan, qs, dict).await?;
-                    }
-                    let distinct = *agg == Agg::CountDistinct;
-                    let p = prepared.get(&(field.clone(), distinct)).ok_or_else(|| {
-                        EngineError::Internal(format!("history lacks field {field:?}"))
-                    })?;
-                    let values = p.aggregate_ordered(qs, order, *agg, *window);
-                    let array: ArrayRef = match agg {
-                        Agg::Count | Agg::CountDistinct => Arc::new(Int64Array::from_iter(
-                            values.iter().map(|v| v.map(|x| x as i64)),
-                        )),
-                        _ => Arc::new(Float64Array::from(values)),
-                    };
-                    out.push(array);
-                }
+        scan: &Scan,
+        ledger_exists: bool,
+        started: i64,
+    ) -> Result<Ingested, EngineError> {
+        let r = &scan.resolver;
+        let inc = r.incremental.as_ref().filter(|_| scan.incremental);
+        let before = match (inc, ledger_exists) {
+            (Some(_), true) => self.ledger()?.watermark(&plan.query.name, &r.name)?,
+            _ => None,
+        };
+        let bound = match (inc, before) {
+            (Some(i), Some(w)) => Some(IncrementalBound {
+                column: i.column.clone(),
+                micros: w - i.lookback_secs * 1_000_000,
+            }),
+            (Some(i), None) => plan.query.lower_bound_micros.map(|m| IncrementalBound {
+                column: i.column.clone(),
+                micros: m,
+            }),
+            (None, _) => None,
+        };
+        let (dir, dialect) = self.source_dir(&r.source)?;
+        let source = EmbeddedSource::open(&r.source, &dir, &dialect).await?;
+        let batches = source.query(&r.name, &r.sql, bound.as_ref()).await?;
+        let class = &scan.class;
+        let mut required = vec![class.primary_key.as_str()];
+        required.extend(class.feature_time.as_deref());
+        let rows = to_class_batch(&r.name, class, &batches, &required)?;
+        // The root rows are one per key; a related class with a feature time keeps its versions.
+        let versions = !std::ptr::eq(scan, &plan.scans[0]);
+        let rows = dedupe_sorted(
+            &rows,
+            &class.primary_key,
+            class.feature_time.as_deref(),
+            versions,
+            &r.name,
+        )?;
+        let after = match inc {
+            Some(i) if i.timestamp == IncrementalTimestamp::ResolverExecutionTime => Some(started),
+            Some(i) => {
+                let max = ts_column(&rows, &i.column)?.into_iter().flatten().max();
+                max.max(before)
             }
-        }
-        Ok(out)
+            None => None,
+        };
+        Ok(Ingested {
+            rows,
+            bound,
+            before,
+            after,
+        })
     }
 
-    /// Reads the related rows of the entities `queries` touch (their keys are `keys`' values),
-    /// back to the widest window, and prepares them once per aggregated field: as numbers for
-    /// the value aggregations, as exact dictionary codes for distinct counts.
-    async fn history(
+    /// The offline record of a run: run id, key and feature time, then every computed column
+    /// in plan order, each model's file hash before its outputs.
+    fn output_batch(
         &self,
         plan: &QueryPlan,
-        queries: &[Query],
-        keys: &Dictionary,
-    ) -> Result<HashMap<(Option<String>, bool), Prepared>, EngineError> {
-        let aggs: Vec<_> = plan
-            .inputs
-            .iter()
-            .filter_map(|i| match i {
-                InputPlan::Aggregate {
-                    history_table,
-                    history_key,
-                    history_time,
-                    field,
-                    window,
-                    agg,
-                    ..
-                } => Some((
-                    history_table,
-                    history_key,
-                    history_time,
-                    field,
-                    window,
-                    *agg == Agg::CountDistinct,
-                )),
-                InputPlan::RootColumn { .. } => None,
-            })
-            .collect();
-        let Some((table, key, time, _, _, _)) = aggs.first().copied() else {
-            return Ok(HashMap::new());
-        };
-        if aggs
-            .iter()
-            .any(|a| a.0 != table || a.1 != key || a.2 != time)
-        {
-            return Err(EngineError::Plan {
-                query: plan.query.name.clone(),
-                reason: "aggregations over more than one relation are not supported yet".into(),
-            });
-        }
-        let widest = aggs.iter().try_fold(0i64, |acc, a| a.4.map(|w| acc.max(w)));
-        let from = widest.and_then(|w| queries.iter().map(|q| q.now).min().map(|m| m - w));
-        let fields: BTreeSet<&String> = aggs.iter().filter_map(|a| a.3.as_ref()).collect();
-        let mut columns: Vec<&str> = vec![key, time];
-        columns.extend(
-            fields
-                .iter()
-                .map(|f| f.as_str())
-                .filter(|f| f != key && f != time),
-        );
-        let batches = self
-            .offline()
-            .read_for_keys(table, &columns, key, keys.values()?, time, from)
-            .await?;
-        let mut entity = Vec::new();
-        let mut ts = Vec::new();
-        for b in &batches {
-            let col = b
-                .column_by_name(key)
-                .ok_or_else(|| EngineError::Internal(format!("missing column {key}")))?;
-            entity.extend(
-                keys.lookup(col)?
-                    .into_iter()
-                    .map(|c| c.map_or(i64::MIN, i64::from)),
-            );
-            ts.extend(
-                ts_column(b, time)?
-                    .into_iter()
-                    .map(|v| v.unwrap_or(i64::MIN)),
-            );
-        }
-        let mut out = HashMap::new();
-        let rows = ts.len();
-        let base = Prepared::new(&Events {
-            value: vec![None; rows],
-            entity,
-            ts,
-        });
-        let wanted: BTreeSet<(Option<String>, bool)> =
-            aggs.iter().map(|a| (a.3.clone(), a.5)).collect();
-        for (field, distinct) in wanted {
-            let mut value = Vec::with_capacity(rows);
-            match &field {
-                None => value.resize(rows, None),
-                Some(f) if distinct => {
-                    let mut dict: Option<Dictionary> = None;
-                    for b in &batches {
-                        let col = b
-                            .column_by_name(f)
-                            .ok_or_else(|| EngineError::Internal(format!("missing column {f}")))?;
-                        if dict.is_none() {
-                            dict = Some(Dictionary::new(col.data_type())?);
-                        }
-                        if let Some(d) = &mut dict {
-                            value.extend(d.encode(col)?.into_iter().map(|c| c.map(f64::from)));
-                        }
-                    }
-                }
-                Some(f) if f == time => {
-                    for b in &batches {
-                        value.extend(ts_column(b, f)?.into_iter().map(|v| v.map(|x| x as f64)));
-                    }
-                }
-                Some(f) => {
-                    for b in &batches {
-                        value.extend(f64_column(b, f)?);
-                    }
-                }
+        frame: &Frame,
+        run_id: &str,
+        models: &HashMap<String, OnnxModel>,
+    ) -> Result<RecordBatch, EngineError> {
+        let n = frame.rows;
+        let pk = &plan.root.primary_key;
+        let key = frame.column(pk)?.clone();
+        let mut fields = vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new(pk, key.data_type().clone(), false),
+            Field::new("feature_time", ts_type(), false),
+        ];
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                run_id, n,
+            ))),
+            key,
+            Arc::new(
+                arrow::array::TimestampMicrosecondArray::from(frame.now.clone())
+                    .with_timezone("UTC"),
+            ),
+        ];
+        let one_model = plan.models().count() == 1;
+        let mut seen: Vec<&str> = vec!["run_id", pk, "feature_time"];
+        for node in &plan.nodes {
+            if let Node::Model { resolver, .. } = node {
+                let name = if one_model {
+                    "model_sha256".to_string()
+                } else {
+                    format!("model_sha256__{}", resolver.name)
+                };
+                let sha = models
+                    .get(&resolver.name)
+                    .map(|m| m.sha256())
+                    .unwrap_or_default();
+                fields.push(Field::new(name, DataType::Utf8, false));
+                cols.push(Arc::new(StringArray::from_iter_values(
+                    std::iter::repeat_n(sha, n),
+                )));
             }
-            out.insert((field, distinct), base.with_values(&value));
+            for c in node.columns() {
+                if seen.contains(&c) {
+                    continue;
+                }
+                seen.push(c);
+                let a = frame.column(c)?.clone();
+                fields.push(Field::new(c, a.data_type().clone(), true));
+                cols.push(a);
+            }
         }
-        Ok(out)
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
     }
+}
+
+/// One scan's rows and its watermark movement.
+struct Ingested {
+    rows: RecordBatch,
+    bound: Option<IncrementalBound>,
+    before: Option<i64>,
+    after: Option<i64>,
+}
+
+/// The online store's key of each row: the primary key as text (`None` for a null key).
+fn key_strings(keys: &ArrayRef) -> Result<Vec<Option<String>>, EngineError> {
+    let strings = arrow::compute::cast(keys, &DataType::Utf8)?;
+    let s = strings
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| EngineError::Internal("key cast".into()))?;
+    Ok(s.iter().map(|v| v.map(str::to_string)).collect())
+}
+
+/// Each value as JSON, typed: numbers, strings, booleans, datetimes as RFC 3339 strings; a
+/// null or a float that JSON cannot carry (NaN, infinities) is `null`.
+pub(crate) fn json_values(a: &ArrayRef) -> Result<Vec<String>, EngineError> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    let n = a.len();
+    let mut out = Vec::with_capacity(n);
+    match a.data_type() {
+        DataType::Boolean => {
+            let b: &BooleanArray = a.as_boolean();
+            out.extend(b.iter().map(|v| v.map_or("null".into(), |v| v.to_string())));
+        }
+        DataType::Int64 => {
+            out.extend(
+                a.as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|v| v.map_or("null".into(), |v| v.to_string())),
+            );
+        }
+        DataType::Float64 => {
+            out.extend(a.as_primitive::<Float64Type>().iter().map(|v| match v {
+                Some(v) if v.is_finite() => format!("{v:?}"),
+                _ => "null".into(),
+            }));
+        }
+        DataType::Timestamp(..) => {
+            let t = arrow::compute::cast(a, &ts_type())?;
+            out.extend(
+                t.as_primitive::<TimestampMicrosecondType>()
+                    .iter()
+                    .map(|v| {
+                        v.map_or("null".into(), |v| {
+                            json_string(&slate_types::format_rfc3339(v))
+                        })
+                    }),
+            );
+        }
+        _ => {
+            let s = arrow::compute::cast(a, &DataType::Utf8)?;
+            out.extend(
+                s.as_string::<i32>()
+                    .iter()
+                    .map(|v| v.map_or("null".into(), json_string)),
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
 }

@@ -192,6 +192,8 @@ pub struct ScheduledQuery {
     pub span: Span,
     pub schedule: Option<String>,
     pub output: Vec<FeatureRef>,
+    /// Where each output is written in src/queries.yaml.
+    pub output_spans: Vec<Span>,
     pub store_online: bool,
     pub store_offline: bool,
     pub tags: Vec<String>,

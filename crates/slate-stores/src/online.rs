@@ -1,12 +1,14 @@
 //! The embedded online store: one redb table per feature, mapping a key to the value with the
 //! newest feature time. Writes are upserts; an older feature time never replaces a newer one.
+//! Keys are the entity's primary key as text (`42`, `u-17`), so every key type is stored
+//! exactly.
 
 use crate::{StoreError, io};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 
 /// The table of one feature: key to (feature time, JSON value).
-fn table(feature: &str) -> TableDefinition<'_, i64, (i64, &'static str)> {
+fn table(feature: &str) -> TableDefinition<'_, &'static str, (i64, &'static str)> {
     TableDefinition::new(feature)
 }
 
@@ -33,7 +35,7 @@ impl OnlineStore {
     pub fn put(
         &self,
         feature: &str,
-        rows: impl IntoIterator<Item = (i64, i64, String)>,
+        rows: impl IntoIterator<Item = (String, i64, String)>,
     ) -> Result<usize, StoreError> {
         let tx = self.db.begin_write().map_err(|e| io("online write")(&e))?;
         let mut written = 0;
@@ -45,13 +47,13 @@ impl OnlineStore {
                 // Insert first and put the old value back in the rare case it was newer: one
                 // tree walk per row instead of two.
                 let older = t
-                    .insert(key, (ft, json.as_str()))
+                    .insert(key.as_str(), (ft, json.as_str()))
                     .map_err(|e| io("online write")(&e))?
                     .map(|old| (old.value().0, old.value().1.to_string()))
                     .filter(|(old_ft, _)| *old_ft > ft);
                 match older {
                     Some((old_ft, old_json)) => {
-                        t.insert(key, (old_ft, old_json.as_str()))
+                        t.insert(key.as_str(), (old_ft, old_json.as_str()))
                             .map_err(|e| io("online write")(&e))?;
                     }
                     None => written += 1,
@@ -62,7 +64,7 @@ impl OnlineStore {
         Ok(written)
     }
 
-    pub fn get(&self, feature: &str, key: i64) -> Result<Option<OnlineValue>, StoreError> {
+    pub fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
         let t = match tx.open_table(table(feature)) {
             Ok(t) => t,
@@ -99,12 +101,18 @@ mod tests {
     fn newest_feature_time_wins() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = OnlineStore::open(&dir.path().join("online.redb")).expect("open");
-        s.put("transaction.is_fraud", [(1, 10, "true".to_string())])
-            .expect("put");
-        s.put("transaction.is_fraud", [(1, 5, "false".to_string())])
-            .expect("put");
+        s.put(
+            "transaction.is_fraud",
+            [("1".to_string(), 10, "true".to_string())],
+        )
+        .expect("put");
+        s.put(
+            "transaction.is_fraud",
+            [("1".to_string(), 5, "false".to_string())],
+        )
+        .expect("put");
         assert_eq!(
-            s.get("transaction.is_fraud", 1).expect("get"),
+            s.get("transaction.is_fraud", "1").expect("get"),
             Some(OnlineValue {
                 feature_time: 10,
                 json: "true".into()
@@ -112,16 +120,19 @@ mod tests {
         );
         s.put(
             "transaction.is_fraud",
-            [(1, 10, "false".to_string()), (2, 1, "true".to_string())],
+            [
+                ("1".to_string(), 10, "false".to_string()),
+                ("2".to_string(), 1, "true".to_string()),
+            ],
         )
         .expect("put");
         assert_eq!(
-            s.get("transaction.is_fraud", 1)
+            s.get("transaction.is_fraud", "1")
                 .expect("get")
                 .map(|v| v.json),
             Some("false".into())
         );
         assert_eq!(s.count("transaction.is_fraud").expect("count"), 2);
-        assert_eq!(s.get("transaction.is_fraud", 3).expect("get"), None);
+        assert_eq!(s.get("transaction.is_fraud", "3").expect("get"), None);
     }
 }

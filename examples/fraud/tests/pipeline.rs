@@ -8,7 +8,7 @@ use arrow_array::{
     TimestampMicrosecondArray,
 };
 use fraud_example::{Config, START_MICROS, write_warehouse};
-use slate_aggregate::{Agg, Events, Query, reference};
+use slate_aggregate::{Agg, Events, Query, Values, reference};
 use slate_engine::{Engine, EngineConfig, RunSummary, SilentProgress, plan_query};
 use slate_types::FixedClock;
 use std::collections::{BTreeMap, HashMap};
@@ -87,10 +87,7 @@ fn check_features_against_reference(p: &RecordBatch, rows: &[(i64, i64, i64, i64
     let ev = |with_merchant: bool| Events {
         entity: rows.iter().map(|r| r.1).collect(),
         ts: rows.iter().map(|r| r.3).collect(),
-        value: rows
-            .iter()
-            .map(|r| with_merchant.then_some(r.2 as f64))
-            .collect(),
+        value: Values::Int(rows.iter().map(|r| with_merchant.then_some(r.2)).collect()),
     };
     let (plain, merchants) = (ev(false), ev(true));
     let by_id: HashMap<i64, (i64, i64)> = rows.iter().map(|r| (r.0, (r.1, r.3))).collect();
@@ -107,8 +104,12 @@ fn check_features_against_reference(p: &RecordBatch, rows: &[(i64, i64, i64, i64
         queries.iter().map(|q| q.now).collect::<Vec<_>>()
     );
     for (w, label) in [(DAY, "1d"), (10 * DAY, "10d"), (30 * DAY, "30d")] {
-        let n = reference::aggregate(&plain, &queries, Agg::Count, Some(w));
-        let d = reference::aggregate(&merchants, &queries, Agg::CountDistinct, Some(w));
+        let n = reference::aggregate(&plain, &queries, Agg::Count, Some(w))
+            .expect("count")
+            .to_f64();
+        let d = reference::aggregate(&merchants, &queries, Agg::CountDistinct, Some(w))
+            .expect("distinct")
+            .to_f64();
         let got_n = i64s(p, &format!("user__num_transactions__{label}"));
         let got_d = i64s(
             p,
@@ -129,7 +130,9 @@ fn check_features_against_reference(p: &RecordBatch, rows: &[(i64, i64, i64, i64
             );
         }
     }
-    let since = reference::aggregate(&plain, &queries, Agg::TimeSinceLatest, None);
+    let since = reference::aggregate(&plain, &queries, Agg::TimeSinceLatest, None)
+        .expect("since")
+        .to_f64();
     let got = p
         .column_by_name("user__time_since_last_transaction")
         .expect("since")
@@ -243,7 +246,7 @@ async fn fraud_pipeline_end_to_end() {
     let last = all31.last().expect("rows");
     let online = engine(&data, &state, now).online().expect("online");
     let v = online
-        .get("transaction.is_fraud", last.0)
+        .get("transaction.is_fraud", &last.0.to_string())
         .expect("get")
         .expect("stored online");
     assert_eq!(v.feature_time, last.3);

@@ -142,6 +142,10 @@ async fn string_ids_give_the_same_features_and_predictions_as_int_ids() {
     );
     assert_eq!(with_ints.num_rows(), with_strings.num_rows());
     for f in with_ints.schema().fields() {
+        if f.name() == "user_id" {
+            // The relation's key itself differs by construction: 17 against "u-17".
+            continue;
+        }
         let (a, b) = (
             with_ints.column_by_name(f.name()).expect("int column"),
             with_strings.column_by_name(f.name()).expect("str column"),

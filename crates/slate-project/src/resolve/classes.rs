@@ -184,8 +184,17 @@ impl Resolver {
             let Some((agg, ty)) = self.aggregation(idx, &expr) else {
                 continue;
             };
+            let declared = ty_node
+                .as_ref()
+                .and_then(|t| ValueType::parse(t.as_str().unwrap_or_default()));
+            // An int sum may be declared float: the value widens, nothing is lost that the
+            // declaration did not ask to lose.
+            let widened = agg.func == AggFunc::Sum
+                && ty == ValueType::Int
+                && declared == Some(ValueType::Float);
+            let ty = if widened { ValueType::Float } else { ty };
             if let Some(t) = &ty_node
-                && ValueType::parse(t.as_str().unwrap_or_default()) != Some(ty)
+                && declared != Some(ty)
             {
                 self.err(
                     &t.span,
@@ -295,41 +304,30 @@ impl Resolver {
         };
         let ty = match func {
             AggFunc::Count | AggFunc::CountDistinct => ValueType::Int,
-            AggFunc::Sum | AggFunc::Mean | AggFunc::TimeSinceLatest => ValueType::Float,
-            AggFunc::Min | AggFunc::Max | AggFunc::Latest => field_ty.unwrap_or(ValueType::Int),
+            AggFunc::Mean | AggFunc::TimeSinceLatest => ValueType::Float,
+            AggFunc::Sum | AggFunc::Min | AggFunc::Max | AggFunc::Latest => {
+                field_ty.unwrap_or(ValueType::Int)
+            }
         };
         if func == AggFunc::TimeSinceLatest && field_ty != Some(ValueType::Datetime) {
             return bad(self, "`now - latest(...)` needs a datetime field");
         }
-        // Values are aggregated as numbers; any other type would come out null or wrong, so it
-        // is refused here. `count` and `count_distinct` work over every type.
+        // Sums and means are of numbers; `count`, `count_distinct`, `min`, `max` and `latest`
+        // work over every type, and the last three keep it.
         if let Some(t) = field_ty
             && !matches!(t, ValueType::Int | ValueType::Float)
-            && !matches!(
-                func,
-                AggFunc::Count | AggFunc::CountDistinct | AggFunc::TimeSinceLatest
-            )
+            && matches!(func, AggFunc::Sum | AggFunc::Mean)
         {
             let f = field.as_deref().unwrap_or_default();
-            let (msg, hint) = match func {
-                AggFunc::Sum | AggFunc::Mean => (
-                    format!(
-                        "`{}({relation}.{f})` needs a numeric field, but `{target}.{f}` is {}",
-                        func.name(),
-                        t.name()
-                    ),
-                    "sum and mean take int or float fields; count_distinct takes any type",
+            self.err(
+                &expr.span,
+                format!(
+                    "`{}({relation}.{f})` needs a numeric field, but `{target}.{f}` is {}",
+                    func.name(),
+                    t.name()
                 ),
-                _ => (
-                    format!(
-                        "`{}` over a {} field (`{target}.{f}`) is not supported yet",
-                        func.name(),
-                        t.name()
-                    ),
-                    "min, max and latest take int or float fields so far",
-                ),
-            };
-            self.err(&expr.span, msg, hint);
+                "sum and mean take int or float fields; count_distinct, min, max and latest take any type",
+            );
             return None;
         }
         Some((

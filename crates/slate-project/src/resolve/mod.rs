@@ -160,7 +160,7 @@ impl Resolver {
             }
         }
         let queries = match self.query_nodes.take() {
-            Some(n) => self.resolve_queries(&n, &models),
+            Some(n) => self.resolve_queries(&n),
             None => vec![],
         };
         if !self.diags.is_empty() {

@@ -93,11 +93,7 @@ impl Resolver {
         })
     }
 
-    pub(super) fn resolve_queries(
-        &mut self,
-        node: &Node,
-        models: &[ModelResolver],
-    ) -> Vec<ScheduledQuery> {
+    pub(super) fn resolve_queries(&mut self, node: &Node) -> Vec<ScheduledQuery> {
         let items = match &node.kind {
             NodeKind::Seq(items) => items.clone(),
             _ => {
@@ -144,6 +140,7 @@ impl Resolver {
                 }
             });
             let mut output = Vec::new();
+            let mut output_spans = Vec::new();
             for o in q
                 .get("output")
                 .map(|n| match &n.kind {
@@ -153,18 +150,8 @@ impl Resolver {
                 .unwrap_or_default()
             {
                 if let Some((r, _)) = self.feature_ref(o.as_str().unwrap_or_default(), &o.span) {
-                    let produced = models.iter().any(|m| {
-                        same_feature(&m.output, &r)
-                            || m.score_output.as_ref().is_some_and(|s| same_feature(s, &r))
-                    });
-                    if !produced && models.len() == self.model_nodes_total {
-                        self.err(
-                            &o.span,
-                            format!("no resolver computes `{r}`"),
-                            "scheduled query outputs must be produced by a model resolver",
-                        );
-                    }
                     output.push(r);
+                    output_spans.push(o.span.clone());
                 }
             }
             let incremental_resolvers = q
@@ -209,6 +196,7 @@ impl Resolver {
                 span: q.span.clone(),
                 schedule,
                 output,
+                output_spans,
                 store_online: q.get("store_online").and_then(as_bool).unwrap_or(false),
                 store_offline: q.get("store_offline").and_then(as_bool).unwrap_or(false),
                 tags: q.get("tags").and_then(str_list).unwrap_or_default(),

@@ -1,0 +1,400 @@
+//! Executing the compute nodes of a plan over the frame of root rows.
+
+use crate::EngineError;
+use crate::encode::Dictionary;
+use crate::frame::ts_column;
+use crate::plan::Node;
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
+    TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::{cast_with_options, concat_batches, take};
+use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use slate_aggregate::kernel::{Prepared, QueryOrder};
+use slate_aggregate::{Agg, Events, Output, Query, Values};
+use slate_stores::OfflineStore;
+use slate_types::ValueType;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The root rows and every column computed so far, by name.
+pub(crate) struct Frame {
+    pub columns: HashMap<String, ArrayRef>,
+    pub now: Vec<i64>,
+    pub rows: usize,
+}
+
+impl Frame {
+    pub fn new(rows: &RecordBatch, now: Vec<i64>) -> Self {
+        let columns = rows
+            .schema()
+            .fields()
+            .iter()
+            .zip(rows.columns())
+            .map(|(f, c)| (f.name().clone(), c.clone()))
+            .collect();
+        Frame {
+            columns,
+            now,
+            rows: rows.num_rows(),
+        }
+    }
+
+    pub fn column(&self, name: &str) -> Result<&ArrayRef, EngineError> {
+        self.columns
+            .get(name)
+            .ok_or_else(|| EngineError::Internal(format!("frame has no column {name}")))
+    }
+}
+
+fn strict_cast(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, EngineError> {
+    if a.data_type() == to {
+        return Ok(a.clone());
+    }
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    Ok(cast_with_options(a, to, &options)?)
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Encodes the frame's key column and reads the rows of `table` whose `table_key` is among
+/// its values: `(queries, history rows)`, keys as shared dictionary codes (a null or unknown
+/// key has none).
+async fn keyed_read(
+    store: &OfflineStore,
+    frame: &Frame,
+    key: &str,
+    table: &str,
+    table_key: &str,
+    columns: &[&str],
+    time: Option<(&str, Option<i64>)>,
+) -> Result<(Vec<Option<u32>>, Option<RecordBatch>, Vec<Option<u32>>), EngineError> {
+    let keys = frame.column(key)?;
+    let mut dict = Dictionary::keeping_values(keys.data_type())?;
+    let codes = dict.encode(keys)?;
+    let (time_col, from) = time.unwrap_or((table_key, None));
+    let batches = store
+        .read_for_keys(table, columns, table_key, dict.values()?, time_col, from)
+        .await?;
+    let Some(first) = batches.first() else {
+        return Ok((codes, None, vec![]));
+    };
+    let batch = concat_batches(&first.schema(), &batches)?;
+    let table_codes = dict.lookup(
+        batch
+            .column_by_name(table_key)
+            .ok_or_else(|| EngineError::Internal(format!("{table} read lacks {table_key}")))?,
+    )?;
+    Ok((codes, Some(batch), table_codes))
+}
+
+/// Runs a has-one lookup node: per frame row, the looked-up class's row with that key and the
+/// greatest feature time before now (its only row when it has no feature time).
+pub(crate) async fn lookup(
+    store: &OfflineStore,
+    frame: &Frame,
+    node: &Node,
+) -> Result<ArrayRef, EngineError> {
+    let Node::Lookup {
+        key,
+        table,
+        class_key,
+        class_time,
+        field,
+        ty,
+        ..
+    } = node
+    else {
+        return Err(EngineError::Internal("not a lookup".into()));
+    };
+    let mut columns = vec![class_key.as_str(), field.as_str()];
+    columns.extend(class_time.as_deref());
+    columns.dedup();
+    let (codes, batch, table_codes) =
+        keyed_read(store, frame, key, table, class_key, &columns, None).await?;
+    let Some(batch) = batch else {
+        return Ok(arrow::array::new_null_array(&ty.arrow(), frame.rows));
+    };
+    let times = match class_time {
+        Some(t) => ts_column(&batch, t)?,
+        None => vec![Some(0); batch.num_rows()],
+    };
+    // (key code, time, row), sorted: each key's versions in time order.
+    let mut entries: Vec<(u32, i64, u32)> = table_codes
+        .iter()
+        .zip(&times)
+        .enumerate()
+        .filter_map(|(i, (c, t))| Some((((*c)?), (*t)?, i as u32)))
+        .collect();
+    entries.sort_unstable();
+    let pick: UInt32Array = codes
+        .iter()
+        .zip(&frame.now)
+        .map(|(c, &now)| {
+            let c = (*c)?;
+            let bound = if class_time.is_some() { now } else { i64::MAX };
+            // The last entry below (c, bound): the latest version before now.
+            let end = entries.partition_point(|e| (e.0, e.1) < (c, bound));
+            let e = entries.get(end.checked_sub(1)?)?;
+            (e.0 == c).then_some(e.2)
+        })
+        .collect();
+    let values = batch
+        .column_by_name(field)
+        .ok_or_else(|| EngineError::Internal(format!("{table} read lacks {field}")))?;
+    let picked = take(values, &pick, None)?;
+    strict_cast(&picked, &ty.arrow())
+}
+
+/// How an aggregated field's values reach the kernel and its results come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Use {
+    /// No values (`count`, time since latest).
+    None,
+    /// Exact codes for `count_distinct`.
+    Distinct,
+    /// Numbers for `sum` and `mean`.
+    Number,
+    /// Order-preserving codes for `min`, `max` and `latest`, decoded back to the field's type.
+    Ordered,
+}
+
+fn use_of(agg: Agg) -> Use {
+    match agg {
+        Agg::Count | Agg::TimeSinceLatest => Use::None,
+        Agg::CountDistinct => Use::Distinct,
+        Agg::Sum | Agg::Mean => Use::Number,
+        Agg::Min | Agg::Max | Agg::Latest => Use::Ordered,
+    }
+}
+
+/// Turns kernel results of [`Use::Ordered`] codes back into the field's values.
+enum Decode {
+    Plain,
+    Timestamp,
+    Bool,
+    /// Codes are positions in these sorted distinct values.
+    Ranked(ArrayRef),
+}
+
+fn kernel_values(col: &ArrayRef, how: Use) -> Result<(Values, Decode), EngineError> {
+    let n = col.len();
+    let ints = |a: &ArrayRef| -> Result<Values, EngineError> {
+        let a = strict_cast(a, &DataType::Int64)?;
+        Ok(Values::Int(a.as_primitive::<Int64Type>().iter().collect()))
+    };
+    let floats = |a: &ArrayRef| -> Result<Values, EngineError> {
+        let a = strict_cast(a, &DataType::Float64)?;
+        Ok(Values::Float(
+            a.as_primitive::<arrow::datatypes::Float64Type>()
+                .iter()
+                .collect(),
+        ))
+    };
+    let ty = col.data_type();
+    Ok(match how {
+        Use::None => (Values::nulls(n), Decode::Plain),
+        Use::Distinct => {
+            let mut d = Dictionary::new(ty)?;
+            let codes = d.encode(col)?;
+            (
+                Values::Int(codes.into_iter().map(|c| c.map(i64::from)).collect()),
+                Decode::Plain,
+            )
+        }
+        Use::Number if ty.is_integer() => (ints(col)?, Decode::Plain),
+        Use::Number => (floats(col)?, Decode::Plain),
+        Use::Ordered if ty.is_integer() => (ints(col)?, Decode::Plain),
+        Use::Ordered if ty.is_floating() => (floats(col)?, Decode::Plain),
+        Use::Ordered if matches!(ty, DataType::Timestamp(..)) => {
+            let t = strict_cast(col, &ts_type())?;
+            let t = strict_cast(&t, &DataType::Int64)?;
+            (ints(&t)?, Decode::Timestamp)
+        }
+        Use::Ordered if ty == &DataType::Boolean => {
+            let b = col.as_boolean();
+            (
+                Values::Int(b.iter().map(|v| v.map(i64::from)).collect()),
+                Decode::Bool,
+            )
+        }
+        Use::Ordered => {
+            // Any other type: ranks in the sorted distinct values.
+            let mut d = Dictionary::keeping_values(ty)?;
+            let codes = d.encode(col)?;
+            let distinct = d.values()?;
+            let order = arrow::compute::sort_to_indices(&distinct, None, None)?;
+            let mut rank = vec![0i64; distinct.len()];
+            for (r, code) in order.values().iter().enumerate() {
+                rank[*code as usize] = r as i64;
+            }
+            let sorted = take(&distinct, &order, None)?;
+            (
+                Values::Int(
+                    codes
+                        .into_iter()
+                        .map(|c| c.map(|c| rank[c as usize]))
+                        .collect(),
+                ),
+                Decode::Ranked(sorted),
+            )
+        }
+    })
+}
+
+fn decode(out: Output, how: &Decode) -> Result<ArrayRef, EngineError> {
+    Ok(match (out, how) {
+        (Output::Float(v), _) => Arc::new(Float64Array::from(v)),
+        (Output::Int(v), Decode::Plain) => Arc::new(Int64Array::from(v)),
+        (Output::Int(v), Decode::Timestamp) => {
+            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+        }
+        (Output::Int(v), Decode::Bool) => Arc::new(BooleanArray::from_iter(
+            v.into_iter().map(|x| x.map(|x| x != 0)),
+        )),
+        (Output::Int(v), Decode::Ranked(sorted)) => {
+            let idx = UInt32Array::from_iter(v.into_iter().map(|x| x.map(|x| x as u32)));
+            take(sorted, &idx, None)?
+        }
+    })
+}
+
+/// Runs every aggregate node of one (key column, table) group: the history of the touched
+/// entities is read once, back to the widest window, and sorted once.
+pub(crate) async fn aggregates(
+    store: &OfflineStore,
+    frame: &Frame,
+    nodes: &[&Node],
+    query: &str,
+) -> Result<Vec<ArrayRef>, EngineError> {
+    let Some(Node::Aggregate {
+        key,
+        table,
+        table_key,
+        table_time,
+        ..
+    }) = nodes.first()
+    else {
+        return Ok(vec![]);
+    };
+    let mut fields: Vec<&str> = Vec::new();
+    let mut widest = Some(0i64);
+    for n in nodes {
+        if let Node::Aggregate { field, window, .. } = n {
+            if let Some(f) = field
+                && !fields.contains(&f.as_str())
+                && f != table_key
+                && f != table_time
+            {
+                fields.push(f);
+            }
+            widest = match (widest, window) {
+                (Some(a), Some(w)) => Some(a.max(*w)),
+                _ => None,
+            };
+        }
+    }
+    let from = widest.and_then(|w| frame.now.iter().min().map(|m| m.saturating_sub(w)));
+    let mut columns = vec![table_key.as_str(), table_time.as_str()];
+    columns.extend(fields.iter().copied());
+    let (codes, batch, table_codes) = keyed_read(
+        store,
+        frame,
+        key,
+        table,
+        table_key,
+        &columns,
+        Some((table_time, from)),
+    )
+    .await?;
+    // A null key has no code and matches no history.
+    let queries: Vec<Query> = codes
+        .iter()
+        .zip(&frame.now)
+        .map(|(c, &now)| Query {
+            entity: c.map_or(-1, i64::from),
+            now,
+        })
+        .collect();
+    let order = QueryOrder::new(&queries);
+    let (keep, entity, ts) = match &batch {
+        Some(b) => {
+            let ts = ts_column(b, table_time)?;
+            let keep: Vec<usize> = (0..b.num_rows())
+                .filter(|&i| table_codes[i].is_some() && ts[i].is_some())
+                .collect();
+            let entity = keep
+                .iter()
+                .map(|&i| table_codes[i].map_or(-1, i64::from))
+                .collect();
+            let ts = keep.iter().map(|&i| ts[i].unwrap_or_default()).collect();
+            (keep, entity, ts)
+        }
+        None => (vec![], vec![], vec![]),
+    };
+    let kept = UInt32Array::from_iter_values(keep.iter().map(|&i| i as u32));
+    let base = Prepared::new(&Events {
+        value: Values::nulls(keep.len()),
+        entity,
+        ts,
+    });
+    let mut prepared: HashMap<(Option<String>, Use), (Prepared, Decode)> = HashMap::new();
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let Node::Aggregate {
+            field,
+            agg,
+            window,
+            ty,
+            feature,
+            ..
+        } = n
+        else {
+            continue;
+        };
+        let how = use_of(*agg);
+        let slot = (field.clone().filter(|_| how != Use::None), how);
+        if !prepared.contains_key(&slot) {
+            let entry = match (&slot.0, &batch) {
+                (Some(f), Some(b)) => {
+                    let col = b
+                        .column_by_name(f)
+                        .ok_or_else(|| EngineError::Internal(format!("{table} read lacks {f}")))?;
+                    let col = take(col, &kept, None)?;
+                    let (values, decode) = kernel_values(&col, how)?;
+                    (base.with_values(&values), decode)
+                }
+                _ => (base.with_values(&Values::nulls(keep.len())), Decode::Plain),
+            };
+            prepared.insert(slot.clone(), entry);
+        }
+        let (p, decoder) = &prepared[&slot];
+        let result = p
+            .aggregate_ordered(&queries, &order, *agg, *window)
+            .map_err(|e| EngineError::Plan {
+                query: query.into(),
+                reason: format!("{feature}: {e}"),
+            })?;
+        let array = decode(result, decoder)?;
+        out.push(strict_cast(&array, &ty.arrow())?);
+    }
+    Ok(out)
+}
+
+/// The label column of a model's predicted labels, typed as the output feature.
+pub(crate) fn label_array(labels: &[i64], ty: ValueType) -> ArrayRef {
+    match ty {
+        ValueType::Bool => Arc::new(BooleanArray::from_iter(
+            labels.iter().map(|l| Some(*l != 0)),
+        )),
+        ValueType::Float => Arc::new(Float64Array::from_iter_values(
+            labels.iter().map(|l| *l as f64),
+        )),
+        _ => Arc::new(Int64Array::from(labels.to_vec())),
+    }
+}
