@@ -251,9 +251,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let mut refs = Vec::new();
             for out in outputs {
                 let r = slate_types::FeatureRef::parse(out).map_err(anyhow::Error::from)?;
+                // A feature of the key's class, or one reached from it (`order.store.region`).
                 if !r.class.eq_ignore_ascii_case(&class.name)
-                    || !r.path.is_empty()
-                    || class.feature(&r.feature).is_none()
+                    || r.path.first().map_or(&r.feature, |p| p).is_empty()
+                    || class
+                        .feature(r.path.first().unwrap_or(&r.feature))
+                        .is_none()
                 {
                     return Err(anyhow::anyhow!(
                         "--out {out}: not a feature of `{}` (features: {})",

@@ -159,8 +159,11 @@ impl QueryPlan {
             };
             let _ = writeln!(
                 s,
-                "  1. ingest   {} -> {} rows from source `{}`{mode}",
-                r.name, scan.class.name, r.source
+                "  {} {} -> {} rows from source `{}`{mode}",
+                if i == 0 { "1. ingest  " } else { "   ingest  " },
+                r.name,
+                scan.class.name,
+                r.source
             );
             let _ = writeln!(
                 s,

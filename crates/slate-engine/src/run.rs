@@ -186,8 +186,7 @@ impl Engine {
         let tick = started;
         let run_id = format!("{}@{}", plan.query.name, slate_types::format_rfc3339(tick));
         let mut stages = Vec::new();
-        let mut timed = |name: &str, detail: String, t: Instant| {
-            let took = t.elapsed();
+        let mut took = |name: &str, detail: String, took: Duration| {
             progress.done(name, &detail, took);
             stages.push((name.to_string(), took));
         };
@@ -227,7 +226,7 @@ impl Engine {
             .zip(&ingested)
             .map(|(s, i)| format!("{} rows from {}", i.rows.num_rows(), s.resolver.name))
             .collect();
-        timed("ingest", detail.join(", "), t);
+        took("ingest", detail.join(", "), t.elapsed());
 
         // 2. Compute the graph's nodes over the root rows, point in time.
         progress.stage("compute");
@@ -304,25 +303,29 @@ impl Engine {
             }
             done[i] = true;
         }
+        // Models are timed apart: the features and the scoring are different costs.
         let n_models = plan.models().count();
-        timed(
+        let n_features = plan
+            .nodes
+            .iter()
+            .filter(|n| !matches!(n, Node::Model { .. }))
+            .count();
+        took(
             "compute",
-            format!(
-                "{} features for {} rows{}",
-                plan.nodes.iter().map(|n| n.columns().len()).sum::<usize>(),
-                rows.num_rows(),
-                if n_models > 0 {
-                    format!(
-                        ", {n_models} model{} in {:.2?}",
-                        if n_models == 1 { "" } else { "s" },
-                        predict_time
-                    )
-                } else {
-                    String::new()
-                }
-            ),
-            t,
+            format!("{n_features} features for {} rows", rows.num_rows()),
+            t.elapsed().saturating_sub(predict_time),
         );
+        if n_models > 0 {
+            took(
+                "predict",
+                format!(
+                    "{} rows scored by {n_models} model{}",
+                    rows.num_rows(),
+                    if n_models == 1 { "" } else { "s" }
+                ),
+                predict_time,
+            );
+        }
 
         // 3. Write the outputs.
         progress.stage("write");
@@ -375,7 +378,7 @@ impl Engine {
                 .write(&plan.query.name, vec![batch], replace.as_ref())
                 .await?;
         }
-        timed("write", format!("{} rows", frame.rows), t);
+        took("write", format!("{} rows", frame.rows), t.elapsed());
 
         // 4. Commit: the run record and the watermarks move together, last.
         let t = Instant::now();
@@ -397,13 +400,13 @@ impl Engine {
             .filter_map(|(s, i)| i.after.map(|a| (s.resolver.name.clone(), a)))
             .collect();
         self.ledger()?.commit_run(&record, &marks)?;
-        timed(
+        took(
             "commit",
             format!(
                 "watermark {}",
                 after.map_or("unset".into(), slate_types::format_rfc3339)
             ),
-            t,
+            t.elapsed(),
         );
 
         Ok(RunSummary {
