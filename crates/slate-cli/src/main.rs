@@ -55,6 +55,27 @@ enum Command {
         #[arg(long = "out", required = true)]
         outputs: Vec<String>,
     },
+    /// Build a training dataset: a scheduled query's features (model inputs and outputs) as of
+    /// each row of a spine, computed exactly as a run computes them, written to Parquet.
+    Dataset {
+        /// The scheduled query whose features are computed.
+        query: String,
+        /// A Parquet or CSV file with the root class's primary key and feature time.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        spine: Option<PathBuf>,
+        /// Without a spine: the root class's ingested rows from this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Without a spine: the root class's ingested rows before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Compute every row as of this time (RFC 3339) instead of its own feature time.
+        #[arg(long)]
+        at: Option<String>,
+        /// The Parquet file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Inspect or change incremental watermarks.
     Incremental {
         #[command(subcommand)]
@@ -301,6 +322,73 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 "{}",
                 serde_json::to_string_pretty(&serde_json::Value::Object(obj))
                     .map_err(anyhow::Error::from)?
+            );
+            Ok(())
+        }
+        Command::Dataset {
+            query,
+            spine,
+            from,
+            to,
+            at,
+            out,
+        } => {
+            let project = load(&cli)?;
+            if project.query(query).is_none() {
+                return Err(EngineError::unknown_query(&project, query).into());
+            }
+            let problems = environment_diagnostics(&cli, &project);
+            if !problems.is_empty() {
+                let mut d = Diagnostics(problems);
+                d.sort();
+                return Err(Failure {
+                    text: d.render(&cli.project),
+                    code: 2,
+                });
+            }
+            let plan = plan_query(&project, query)?;
+            let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, Failure> {
+                match v {
+                    None => Ok(None),
+                    Some(t) => slate_types::parse_rfc3339_micros(t)
+                        .map(Some)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--{flag} `{t}` is not an RFC 3339 time (e.g. 2026-10-01T00:00:00Z)"
+                            )
+                            .into()
+                        }),
+                }
+            };
+            let spine = match spine {
+                Some(path) => slate_engine::Spine::Rows(
+                    slate_sources::read_file(path)
+                        .await
+                        .map_err(EngineError::from)?,
+                ),
+                None => slate_engine::Spine::Range {
+                    from: time("from", from)?,
+                    to: time("to", to)?,
+                },
+            };
+            let engine = engine(&cli, project)?;
+            let dataset = engine.dataset(&plan, spine, time("at", at)?).await?;
+            slate_engine::write_parquet(out, &dataset)?;
+            let versions: Vec<String> = dataset
+                .versions
+                .iter()
+                .map(|(t, v)| format!("{t}@v{v}"))
+                .collect();
+            println!(
+                "dataset {}: {} rows, {} columns (read {})",
+                out.display(),
+                output::thousands(dataset.batch.num_rows()),
+                dataset.batch.num_columns(),
+                if versions.is_empty() {
+                    "no offline table".to_string()
+                } else {
+                    versions.join(", ")
+                }
             );
             Ok(())
         }

@@ -35,7 +35,7 @@ pub fn apply_report(project: &Project, plans: &[QueryPlan]) -> String {
     s
 }
 
-fn thousands(n: usize) -> String {
+pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -65,7 +65,7 @@ fn ts_type() -> DataType {
 /// Encodes the frame's key column and reads the rows of `table` whose `table_key` is among
 /// its values: `(queries, history rows)`, keys as shared dictionary codes (a null or unknown
 /// key has none).
-async fn keyed_read(
+pub(crate) async fn keyed_read(
     store: &OfflineStore,
     frame: &Frame,
     key: &str,

@@ -3,12 +3,14 @@
 //! commit (run record and watermark, last).
 
 mod compute;
+mod dataset;
 mod encode;
 mod error;
 mod frame;
 mod plan;
 mod run;
 
+pub use dataset::{Dataset, Spine, write_parquet};
 pub use error::EngineError;
 pub use plan::{
     Node, OutputPlan, QueryPlan, Scan, column_name, plan_diagnostics, plan_query, resolver_for,

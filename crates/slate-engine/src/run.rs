@@ -128,7 +128,7 @@ impl Engine {
         OfflineStore::new(&self.state_dir.join("offline"))
     }
 
-    fn lock(&self) -> Result<std::fs::File, EngineError> {
+    pub(crate) fn lock(&self) -> Result<std::fs::File, EngineError> {
         let io = |e: std::io::Error| {
             EngineError::Store(slate_stores::StoreError::Io {
                 what: "run lock",
@@ -239,70 +239,7 @@ impl Engine {
             None => vec![tick; rows.num_rows()],
         };
         let mut frame = Frame::new(rows, now);
-        let mut predict_time = std::time::Duration::ZERO;
-        let mut done = vec![false; plan.nodes.len()];
-        for i in 0..plan.nodes.len() {
-            if done[i] {
-                continue;
-            }
-            match &plan.nodes[i] {
-                Node::Column { column, .. } => {
-                    frame.column(column)?;
-                }
-                n @ Node::Lookup { column, .. } => {
-                    let a = compute::lookup(&offline, &frame, n).await?;
-                    frame.columns.insert(column.clone(), a);
-                }
-                Node::Aggregate { key, table, .. } => {
-                    // Every aggregate over the same history and key is computed in one pass
-                    // over one read; none of them depends on a later node.
-                    let group: Vec<usize> = (i..plan.nodes.len())
-                        .filter(|&j| {
-                            !done[j]
-                                && matches!(&plan.nodes[j], Node::Aggregate { key: k, table: tb, .. } if k == key && tb == table)
-                        })
-                        .collect();
-                    let nodes: Vec<&Node> = group.iter().map(|&j| &plan.nodes[j]).collect();
-                    let arrays =
-                        compute::aggregates(&offline, &frame, &nodes, &plan.query.name).await?;
-                    for (&j, a) in group.iter().zip(arrays) {
-                        if let Node::Aggregate { column, .. } = &plan.nodes[j] {
-                            frame.columns.insert(column.clone(), a);
-                        }
-                        done[j] = true;
-                    }
-                }
-                Node::Model {
-                    resolver,
-                    inputs,
-                    label,
-                    label_ty,
-                    score,
-                } => {
-                    let p = Instant::now();
-                    let model = models
-                        .get(&resolver.name)
-                        .ok_or_else(|| EngineError::Internal("model not loaded".into()))?;
-                    let features = inputs
-                        .iter()
-                        .map(|c| frame.column(c).cloned())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let prediction = model.predict(&features, &resolver.defaults)?;
-                    frame.columns.insert(
-                        label.clone(),
-                        compute::label_array(&prediction.labels, *label_ty),
-                    );
-                    if let Some(s) = score {
-                        let scores = Float64Array::from_iter_values(
-                            prediction.positive_scores().into_iter().map(f64::from),
-                        );
-                        frame.columns.insert(s.clone(), Arc::new(scores));
-                    }
-                    predict_time += p.elapsed();
-                }
-            }
-            done[i] = true;
-        }
+        let predict_time = self.compute_nodes(plan, &mut frame, &models).await?;
         // Models are timed apart: the features and the scoring are different costs.
         let n_models = plan.models().count();
         let n_features = plan
@@ -369,7 +306,7 @@ impl Engine {
             }
         }
         if plan.query.store_offline {
-            let batch = self.output_batch(plan, &frame, &run_id, &models)?;
+            let batch = self.output_batch(plan, &frame, Some(&run_id), &models)?;
             let replace = ingested[0].bound.as_ref().map(|b| ReplaceRange {
                 column: "feature_time".into(),
                 from_micros: b.micros,
@@ -418,6 +355,81 @@ impl Engine {
             watermark_after: after,
             stages,
         })
+    }
+
+    /// Executes the plan's nodes over `frame`, in order; returns the time spent in models.
+    pub(crate) async fn compute_nodes(
+        &self,
+        plan: &QueryPlan,
+        frame: &mut Frame,
+        models: &HashMap<String, OnnxModel>,
+    ) -> Result<Duration, EngineError> {
+        let offline = self.offline();
+        let mut predict_time = std::time::Duration::ZERO;
+        let mut done = vec![false; plan.nodes.len()];
+        for i in 0..plan.nodes.len() {
+            if done[i] {
+                continue;
+            }
+            match &plan.nodes[i] {
+                Node::Column { column, .. } => {
+                    frame.column(column)?;
+                }
+                n @ Node::Lookup { column, .. } => {
+                    let a = compute::lookup(&offline, &*frame, n).await?;
+                    frame.columns.insert(column.clone(), a);
+                }
+                Node::Aggregate { key, table, .. } => {
+                    // Every aggregate over the same history and key is computed in one pass
+                    // over one read; none of them depends on a later node.
+                    let group: Vec<usize> = (i..plan.nodes.len())
+                        .filter(|&j| {
+                            !done[j]
+                                && matches!(&plan.nodes[j], Node::Aggregate { key: k, table: tb, .. } if k == key && tb == table)
+                        })
+                        .collect();
+                    let nodes: Vec<&Node> = group.iter().map(|&j| &plan.nodes[j]).collect();
+                    let arrays =
+                        compute::aggregates(&offline, &*frame, &nodes, &plan.query.name).await?;
+                    for (&j, a) in group.iter().zip(arrays) {
+                        if let Node::Aggregate { column, .. } = &plan.nodes[j] {
+                            frame.columns.insert(column.clone(), a);
+                        }
+                        done[j] = true;
+                    }
+                }
+                Node::Model {
+                    resolver,
+                    inputs,
+                    label,
+                    label_ty,
+                    score,
+                } => {
+                    let p = Instant::now();
+                    let model = models
+                        .get(&resolver.name)
+                        .ok_or_else(|| EngineError::Internal("model not loaded".into()))?;
+                    let features = inputs
+                        .iter()
+                        .map(|c| frame.column(c).cloned())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let prediction = model.predict(&features, &resolver.defaults)?;
+                    frame.columns.insert(
+                        label.clone(),
+                        compute::label_array(&prediction.labels, *label_ty),
+                    );
+                    if let Some(s) = score {
+                        let scores = Float64Array::from_iter_values(
+                            prediction.positive_scores().into_iter().map(f64::from),
+                        );
+                        frame.columns.insert(s.clone(), Arc::new(scores));
+                    }
+                    predict_time += p.elapsed();
+                }
+            }
+            done[i] = true;
+        }
+        Ok(predict_time)
     }
 
     /// Reads one scan's rows: the new ones when it is incremental (from the watermark minus the
@@ -480,31 +492,30 @@ impl Engine {
 
     /// The offline record of a run: run id, key and feature time, then every computed column
     /// in plan order, each model's file hash before its outputs.
-    fn output_batch(
+    pub(crate) fn output_batch(
         &self,
         plan: &QueryPlan,
         frame: &Frame,
-        run_id: &str,
+        run_id: Option<&str>,
         models: &HashMap<String, OnnxModel>,
     ) -> Result<RecordBatch, EngineError> {
         let n = frame.rows;
         let pk = &plan.root.primary_key;
         let key = frame.column(pk)?.clone();
-        let mut fields = vec![
-            Field::new("run_id", DataType::Utf8, false),
-            Field::new(pk, key.data_type().clone(), false),
-            Field::new("feature_time", ts_type(), false),
-        ];
-        let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                run_id, n,
-            ))),
-            key,
-            Arc::new(
-                arrow::array::TimestampMicrosecondArray::from(frame.now.clone())
-                    .with_timezone("UTC"),
-            ),
-        ];
+        let mut fields = Vec::new();
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        if let Some(run_id) = run_id {
+            fields.push(Field::new("run_id", DataType::Utf8, false));
+            cols.push(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(run_id, n),
+            )));
+        }
+        fields.push(Field::new(pk, key.data_type().clone(), false));
+        fields.push(Field::new("feature_time", ts_type(), false));
+        cols.push(key);
+        cols.push(Arc::new(
+            arrow::array::TimestampMicrosecondArray::from(frame.now.clone()).with_timezone("UTC"),
+        ));
         let one_model = plan.models().count() == 1;
         let mut seen: Vec<&str> = vec!["run_id", pk, "feature_time"];
         for node in &plan.nodes {

@@ -20,6 +20,8 @@ pub enum SourceError {
         path: PathBuf,
         reason: String,
     },
+    #[error("cannot read the spine {path}: {reason}")]
+    Spine { path: PathBuf, reason: String },
     #[error("resolver `{resolver}` failed on source `{source_name}`: {reason}")]
     Query {
         resolver: String,
@@ -31,7 +33,7 @@ pub enum SourceError {
 impl SourceError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SourceError::MissingDataDir { .. } => ErrorKind::User,
+            SourceError::MissingDataDir { .. } | SourceError::Spine { .. } => ErrorKind::User,
             SourceError::Register { .. } | SourceError::Query { .. } => ErrorKind::External,
         }
     }
@@ -191,4 +193,29 @@ impl EmbeddedSource {
         };
         df.collect().await.map_err(|e| err(e.to_string()))
     }
+}
+
+/// Every row of one Parquet or CSV file (a dataset's spine), by its extension.
+pub async fn read_file(path: &Path) -> Result<Vec<RecordBatch>, SourceError> {
+    let err = |reason: String| SourceError::Spine {
+        path: path.into(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(err("no such file".into()));
+    }
+    let ctx = SessionContext::new();
+    let url = path.to_string_lossy().to_string();
+    let df = match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => ctx
+            .read_parquet(url, ParquetReadOptions::default())
+            .await
+            .map_err(|e| err(e.to_string()))?,
+        Some("csv") => ctx
+            .read_csv(url, CsvReadOptions::new())
+            .await
+            .map_err(|e| err(e.to_string()))?,
+        _ => return Err(err("a spine is a .parquet or .csv file".into())),
+    };
+    df.collect().await.map_err(|e| err(e.to_string()))
 }

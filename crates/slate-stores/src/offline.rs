@@ -61,6 +61,14 @@ impl OfflineStore {
             .map_err(|e| err(e.to_string()))
     }
 
+    /// The table's current Delta version (`None` before its first write).
+    pub async fn version(&self, table: &str) -> Result<Option<u64>, StoreError> {
+        if !self.table_path(table).join("_delta_log").is_dir() {
+            return Ok(None);
+        }
+        Ok(self.open(table).await?.version())
+    }
+
     /// Whether the table has been written at least once.
     pub async fn exists(&self, table: &str) -> Result<bool, StoreError> {
         if !self.table_path(table).join("_delta_log").is_dir() {
