@@ -398,3 +398,121 @@ pub(crate) fn label_array(labels: &[i64], ty: ValueType) -> ArrayRef {
         _ => Arc::new(Int64Array::from(labels.to_vec())),
     }
 }
+
+/// Compiles `sql` over columns of the given types, as DataFusion would evaluate it, and checks
+/// that its result can be cast to `ty`; the error is DataFusion's message.
+pub(crate) fn check_expression(
+    sql: &str,
+    fields: &[(String, DataType)],
+    ty: ValueType,
+) -> Result<(), String> {
+    let schema = arrow::datatypes::Schema::new(
+        fields
+            .iter()
+            .map(|(n, t)| arrow::datatypes::Field::new(n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    );
+    let (_, out) = compile(sql, &schema).map_err(|e| e.to_string())?;
+    let out = seconds_type(&out);
+    if matches!(out, DataType::Timestamp(..)) && ty != ValueType::Datetime {
+        return Err(format!("it is a datetime, not a {}", ty.name()));
+    }
+    if !arrow::compute::can_cast_types(&out, &ty.arrow()) {
+        return Err(format!("its {out} value cannot be a {}", ty.name()));
+    }
+    Ok(())
+}
+
+/// A duration becomes float seconds, as `now - latest(...)` does.
+fn seconds_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Duration(_) => DataType::Float64,
+        other => other.clone(),
+    }
+}
+
+type Compiled = (Arc<dyn datafusion::physical_plan::PhysicalExpr>, DataType);
+
+fn compile(
+    sql: &str,
+    schema: &arrow::datatypes::Schema,
+) -> Result<Compiled, datafusion::error::DataFusionError> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let df_schema = datafusion::common::DFSchema::try_from(schema.clone())?;
+    let expr = ctx.parse_sql_expr(sql, &df_schema)?;
+    // Coerced and simplified first: some functions (`coalesce`) only exist in simplified form.
+    let simplify = datafusion::logical_expr::simplify::SimplifyContext::builder()
+        .with_schema(Arc::new(df_schema.clone()))
+        .build();
+    let simplifier = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(simplify);
+    let expr = simplifier.simplify(simplifier.coerce(expr, &df_schema)?)?;
+    let physical = ctx.create_physical_expr(expr, &df_schema)?;
+    let ty = physical.data_type(schema)?;
+    Ok((physical, ty))
+}
+
+/// Evaluates an expression node over the frame.
+pub(crate) fn expression(frame: &Frame, node: &Node) -> Result<ArrayRef, EngineError> {
+    let Node::Expression {
+        feature,
+        sql,
+        inputs,
+        uses_now,
+        ty,
+        ..
+    } = node
+    else {
+        return Err(EngineError::Internal("not an expression".into()));
+    };
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for c in inputs {
+        let a = frame.column(c)?;
+        fields.push(arrow::datatypes::Field::new(c, a.data_type().clone(), true));
+        columns.push(a.clone());
+    }
+    if *uses_now {
+        fields.push(arrow::datatypes::Field::new("__now", ts_type(), true));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(frame.now.clone()).with_timezone("UTC"),
+        ));
+    }
+    let fail = |e: String| EngineError::BadValue {
+        resolver: format!("expression of {feature}"),
+        reason: e,
+    };
+    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    let batch = if columns.is_empty() {
+        RecordBatch::try_new_with_options(
+            schema.clone(),
+            vec![],
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(frame.rows)),
+        )?
+    } else {
+        RecordBatch::try_new(schema.clone(), columns)?
+    };
+    let (physical, _) = compile(sql, &schema).map_err(|e| fail(e.to_string()))?;
+    let value = physical
+        .evaluate(&batch)
+        .and_then(|v| v.into_array(frame.rows))
+        .map_err(|e| fail(e.to_string()))?;
+    let value = match value.data_type() {
+        DataType::Duration(unit) => {
+            let per_second = match unit {
+                TimeUnit::Second => 1.0,
+                TimeUnit::Millisecond => 1e3,
+                TimeUnit::Microsecond => 1e6,
+                TimeUnit::Nanosecond => 1e9,
+            };
+            let ticks = strict_cast(&value, &DataType::Int64)?;
+            let secs: Float64Array = ticks
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|v| v.map(|v| v as f64 / per_second))
+                .collect();
+            Arc::new(secs) as ArrayRef
+        }
+        _ => value,
+    };
+    strict_cast(&value, &ty.arrow()).map_err(|e| fail(format!("as {}: {e}", ty.name())))
+}

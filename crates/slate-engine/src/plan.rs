@@ -8,12 +8,14 @@
 //! a longer path the looked-up foreign key of the class before.
 
 use crate::EngineError;
+use arrow::datatypes::DataType;
 use slate_aggregate::Agg;
 use slate_project::{
     AggFunc, Diagnostic, FeatureClass, FeatureKind, ModelResolver, Project, ScheduledQuery,
     SqlResolver,
 };
 use slate_types::{FeatureRef, ValueType};
+use std::collections::HashMap;
 use std::fmt::Write;
 
 /// A class's rows read from its SQL resolver and persisted to the class's offline table.
@@ -63,6 +65,15 @@ pub enum Node {
         window: Option<i64>,
         ty: ValueType,
     },
+    /// A SQL expression over frame columns (`"amount" * 2`); `now` is the column `__now`.
+    Expression {
+        feature: FeatureRef,
+        column: String,
+        sql: String,
+        inputs: Vec<String>,
+        uses_now: bool,
+        ty: ValueType,
+    },
     /// An ONNX model over frame columns; writes its label (and score) columns.
     Model {
         resolver: Box<ModelResolver>,
@@ -79,7 +90,8 @@ impl Node {
         match self {
             Node::Column { column, .. }
             | Node::Lookup { column, .. }
-            | Node::Aggregate { column, .. } => vec![column],
+            | Node::Aggregate { column, .. }
+            | Node::Expression { column, .. } => vec![column],
             Node::Model { label, score, .. } => {
                 let mut v = vec![label.as_str()];
                 v.extend(score.as_deref());
@@ -216,6 +228,9 @@ impl QueryPlan {
                         .map(|f| format!(" of {f}"))
                         .unwrap_or_default()
                 ),
+                Node::Expression { feature, sql, .. } => {
+                    writeln!(s, "              {feature}  (expression {sql})")
+                }
                 Node::Model { resolver, .. } => writeln!(
                     s,
                     "              {}{}  (model {}, {})",
@@ -329,9 +344,104 @@ struct Planner<'p> {
     nodes: Vec<Node>,
     /// Features being planned, to report cycles.
     visiting: Vec<String>,
+    /// Each frame column's type, for checking expressions.
+    types: HashMap<String, DataType>,
 }
 
 impl<'p> Planner<'p> {
+    fn push(&mut self, node: Node) {
+        let root = self.root;
+        match &node {
+            Node::Column { column, .. } => {
+                if let Some((_, ty)) = root.scalar_features().find(|(n, _)| n == column) {
+                    self.types.insert(column.clone(), ty.arrow());
+                }
+            }
+            Node::Lookup { column, ty, .. }
+            | Node::Aggregate { column, ty, .. }
+            | Node::Expression { column, ty, .. } => {
+                self.types.insert(column.clone(), ty.arrow());
+            }
+            Node::Model {
+                label,
+                label_ty,
+                score,
+                ..
+            } => {
+                self.types.insert(label.clone(), label_ty.arrow());
+                if let Some(s) = score {
+                    self.types.insert(s.clone(), DataType::Float64);
+                }
+            }
+        }
+        self.nodes.push(node);
+    }
+
+    /// Plans an expression feature of the class reached by `prefix` from the root.
+    fn expression(
+        &mut self,
+        r: &FeatureRef,
+        column: String,
+        prefix: &[String],
+        ty: ValueType,
+        sql: &str,
+        refs: &[slate_project::ExprRef],
+    ) -> Result<String, String> {
+        let mut out = String::new();
+        let mut inputs = Vec::new();
+        let mut uses_now = false;
+        let mut at = 0;
+        for e in refs {
+            out.push_str(&sql[at..e.start]);
+            match &e.feature {
+                None => {
+                    uses_now = true;
+                    out.push_str("\"__now\"");
+                }
+                Some(f) => {
+                    let mut path = prefix.to_vec();
+                    path.extend(f.path.iter().cloned());
+                    let full = FeatureRef {
+                        class: self.root.name.clone(),
+                        path,
+                        feature: f.feature.clone(),
+                        window: f.window.clone(),
+                    };
+                    let c = self.feature(&full)?;
+                    out.push_str(&format!("\"{c}\""));
+                    if !inputs.contains(&c) {
+                        inputs.push(c);
+                    }
+                }
+            }
+            at = e.end;
+        }
+        out.push_str(&sql[at..]);
+        let mut fields: Vec<(String, DataType)> = inputs
+            .iter()
+            .map(|c| {
+                (
+                    c.clone(),
+                    self.types.get(c).cloned().unwrap_or(DataType::Float64),
+                )
+            })
+            .collect();
+        if uses_now {
+            fields.push(("__now".into(), ValueType::Datetime.arrow()));
+        }
+        crate::compute::check_expression(&out, &fields, ty)
+            .map_err(|e| format!("{r}: expression `{sql}`: {e}"))?;
+        self.push(Node::Expression {
+            feature: r.clone(),
+            column: column.clone(),
+            sql: out,
+            inputs,
+            uses_now,
+            ty,
+        });
+        Ok(column)
+    }
+
     fn class(&self, name: &str) -> Result<&'p FeatureClass, String> {
         self.project
             .class(name)
@@ -443,7 +553,7 @@ impl<'p> Planner<'p> {
                         target.name, r.feature
                     ));
                 }
-                self.nodes.push(Node::Lookup {
+                self.push(Node::Lookup {
                     feature: r.clone(),
                     column: column.clone(),
                     key,
@@ -457,6 +567,9 @@ impl<'p> Planner<'p> {
             }
             FeatureKind::Aggregate { ty, agg, windows } => {
                 self.aggregate(r, column, key, target, ty, agg, &windows)
+            }
+            FeatureKind::Expression { ty, sql, refs } => {
+                self.expression(r, column, &r.path, ty, &sql, &refs)
             }
             _ => Err(format!(
                 "{r}: a relation is not a value; name one of its features"
@@ -483,7 +596,7 @@ impl<'p> Planner<'p> {
                 let maybe = columns.is_empty();
                 match (from_rows || (maybe && model.is_none()), model) {
                     (true, _) => {
-                        self.nodes.push(Node::Column {
+                        self.push(Node::Column {
                             feature: r.clone(),
                             column: column.clone(),
                         });
@@ -507,6 +620,9 @@ impl<'p> Planner<'p> {
                     window: None,
                 })?;
                 self.aggregate(r, column, key, root, ty, agg, &windows)
+            }
+            FeatureKind::Expression { ty, sql, refs } => {
+                self.expression(r, column, &[], ty, &sql, &refs)
             }
             _ => Err(format!(
                 "{r}: a relation is not a value; name one of its features"
@@ -549,7 +665,7 @@ impl<'p> Planner<'p> {
             .find(|w| w.label() == label)
             .ok_or_else(|| format!("{r}: unknown window"))?
             .micros();
-        self.nodes.push(Node::Aggregate {
+        self.push(Node::Aggregate {
             feature: r.clone(),
             column: column.clone(),
             key,
@@ -590,7 +706,7 @@ impl<'p> Planner<'p> {
             Some(FeatureKind::Scalar { ty, .. }) => *ty,
             _ => ValueType::Int,
         };
-        self.nodes.push(Node::Model {
+        self.push(Node::Model {
             resolver: Box::new(m.clone()),
             inputs,
             label: column_name(&m.output),
@@ -665,6 +781,7 @@ fn plan(project: &Project, query: &ScheduledQuery) -> Result<QueryPlan, (Option<
         scans: vec![],
         nodes: vec![],
         visiting: vec![],
+        types: HashMap::new(),
     };
     planner.scan(root).map_err(|e| (Some(0), e))?;
     let mut outputs = Vec::new();

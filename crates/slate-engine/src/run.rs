@@ -379,6 +379,10 @@ impl Engine {
                     let a = compute::lookup(&offline, &*frame, n).await?;
                     frame.columns.insert(column.clone(), a);
                 }
+                n @ Node::Expression { column, .. } => {
+                    let a = compute::expression(frame, n)?;
+                    frame.columns.insert(column.clone(), a);
+                }
                 Node::Aggregate { key, table, .. } => {
                     // Every aggregate over the same history and key is computed in one pass
                     // over one read; none of them depends on a later node.

@@ -69,6 +69,23 @@ pub enum FeatureKind {
         agg: Aggregation,
         windows: Vec<Window>,
     },
+    /// A row expression over other features of the same row (`amount * 2`,
+    /// `coalesce(user.age, 0)`, `now - user.created_at`), in SQL, cast to `ty`.
+    Expression {
+        ty: ValueType,
+        sql: String,
+        refs: Vec<ExprRef>,
+    },
+}
+
+/// A name in an expression: a feature reached from the expression's class (relative, with
+/// `class` set to that class), or `now` when `feature` is `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExprRef {
+    /// Byte range of the name in the expression's text.
+    pub start: usize,
+    pub end: usize,
+    pub feature: Option<FeatureRef>,
 }
 
 /// An aggregation over a has-many relation, evaluated at each row's `now`.

@@ -302,7 +302,7 @@ async fn order_features_equal_the_reference_across_an_incremental_run() {
         s2.rows_ingested < w.orders.len() - first + 200,
         "the second run reads new rows"
     );
-    assert_eq!(s2.outputs.len(), 20);
+    assert_eq!(s2.outputs.len(), 24);
 
     let b = read(&state, "order_features").await;
     let ids = strs(&b, "id");
@@ -325,6 +325,10 @@ async fn order_features_equal_the_reference_across_an_incremental_run() {
     );
     let amount = floats(&b, "amount");
     let features = stored(&b, "customer__", true);
+    let since_first = floats(&b, "customer__seconds_since_first_order");
+    let big = bools(&b, "big_order");
+    let items_or_zero = ints(&b, "items_or_zero");
+    let twice = floats(&b, "twice_amount_vs_avg");
     let (mut null_regions, mut null_segments, mut checked) = (0, 0, 0);
     for (i, id) in ids.iter().enumerate() {
         let o = orders[id.as_deref().expect("id")];
@@ -347,6 +351,33 @@ async fn order_features_equal_the_reference_across_an_incremental_run() {
         null_segments += usize::from(seg.is_none());
         assert_eq!(segment[i], seg, "segment of {}", o.id);
         let want = expected(&history[o.customer_id.as_str()], o.ts);
+        // Row expressions, evaluated per order with the order's own now.
+        let first = want
+            .first_order_at
+            .map(|t| ((o.ts - t) as f64 / 1e6).to_bits());
+        assert_eq!(since_first[i], first, "seconds since first of {}", o.id);
+        assert_eq!(
+            big[i],
+            o.amount.map(|a| a >= 200.0),
+            "big_order of {}",
+            o.id
+        );
+        assert_eq!(
+            items_or_zero[i],
+            Some(o.quantity.unwrap_or(0)),
+            "items of {}",
+            o.id
+        );
+        let ratio = match (o.amount, want.avg_basket_30d) {
+            (Some(a), Some(avg)) => Some(a / f64::from_bits(avg)),
+            _ => None,
+        };
+        assert_eq!(
+            twice[i],
+            ratio.map(|r| (r * 2.0).to_bits()),
+            "twice_amount_vs_avg of {}",
+            o.id
+        );
         assert_eq!(features[i], want, "order {}", o.id);
         checked += 1;
     }
@@ -402,11 +433,13 @@ async fn customer_features_are_computed_as_of_the_run() {
     let ids = strs(&b, "id");
     let segments = strs(&b, "segment");
     let features = stored(&b, "", false);
+    let since_first = floats(&b, "seconds_since_first_order");
     for (i, id) in ids.iter().enumerate() {
         let id = id.as_deref().expect("id");
         let c = w.customers.iter().find(|c| c.id == id).expect("known");
         assert_eq!(segments[i].as_deref(), Some(c.segment.as_str()));
         let e = expected(history.get(id).map_or(&[][..], |v| v), tick);
+        let e_first = e.first_order_at;
         let want = Expected {
             spend: [None, None, e.spend[2]],
             items_all: e.items_all,
@@ -418,6 +451,11 @@ async fn customer_features_are_computed_as_of_the_run() {
             ..Expected::default()
         };
         assert_eq!(features[i], want, "customer {id}");
+        assert_eq!(
+            since_first[i],
+            e_first.map(|t| ((tick - t) as f64 / 1e6).to_bits()),
+            "seconds since first order of {id}"
+        );
     }
     // A rerun at the same tick gives the same table.
     run(&data, &state, tick, "customer_features").await;

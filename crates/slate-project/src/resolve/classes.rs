@@ -172,14 +172,19 @@ impl Resolver {
 
     pub(super) fn resolve_aggregates(&mut self) {
         let pending = std::mem::take(&mut self.pending_aggs);
-        for PendingAggregate {
-            class: idx,
-            feature: fname,
-            expr,
-            windows,
-            ty: ty_node,
-        } in pending
-        {
+        let mut expressions = Vec::new();
+        for p in pending {
+            if !self.is_aggregation(p.class, p.expr.as_str().unwrap_or_default()) {
+                expressions.push(p);
+                continue;
+            }
+            let PendingAggregate {
+                class: idx,
+                feature: fname,
+                expr,
+                windows,
+                ty: ty_node,
+            } = p;
             let cname = self.classes[idx].name.clone();
             let Some((agg, ty)) = self.aggregation(idx, &expr) else {
                 continue;
@@ -238,6 +243,194 @@ impl Resolver {
                 };
             }
         }
+        // Expressions last: they may name aggregations declared anywhere.
+        for p in expressions {
+            if let Some(kind) = self.expression(&p)
+                && let Some(f) = self.classes[p.class]
+                    .features
+                    .iter_mut()
+                    .find(|f| f.name == p.feature)
+            {
+                f.kind = kind;
+            }
+        }
+    }
+
+    /// Whether `text` is an aggregation (`count(rel)`, `fn(rel.f)`, `now - latest(rel.ts)` over
+    /// a has-many relation of the class) rather than a row expression.
+    fn is_aggregation(&self, idx: usize, text: &str) -> bool {
+        let t = text.trim();
+        let call = match t.strip_prefix("now") {
+            Some(rest) => match rest.trim_start().strip_prefix('-') {
+                Some(c) => c.trim(),
+                None => return false,
+            },
+            None => t,
+        };
+        let Some((func, arg)) = call.strip_suffix(')').and_then(|c| c.split_once('(')) else {
+            // Not a call: a malformed aggregation if it names a function, else an expression.
+            return false;
+        };
+        let known = [
+            "count",
+            "count_distinct",
+            "sum",
+            "mean",
+            "min",
+            "max",
+            "latest",
+        ];
+        let relation = arg.trim().split('.').next().unwrap_or_default();
+        known.contains(&func.trim())
+            && !arg.contains('(')
+            && matches!(
+                self.classes[idx].feature(relation).map(|f| &f.kind),
+                Some(FeatureKind::HasMany { .. })
+            )
+    }
+
+    /// A row expression: its names resolved to features of the class (through has-one
+    /// relations) or `now`, its SQL checked to parse, its declared type required.
+    fn expression(&mut self, p: &PendingAggregate) -> Option<FeatureKind> {
+        let text = p.expr.as_str().unwrap_or_default().to_string();
+        let cname = self.classes[p.class].name.clone();
+        let span = &p.expr.span;
+        let Some(ty_node) = &p.ty else {
+            self.err(
+                span,
+                format!("expression feature `{cname}.{}` has no `type`", p.feature),
+                format!(
+                    "add `type:` ({}); the expression's value is cast to it",
+                    ValueType::NAMES
+                ),
+            );
+            return None;
+        };
+        let ty = ValueType::parse(ty_node.as_str().unwrap_or_default());
+        let Some(ty) = ty else {
+            self.err(
+                &ty_node.span,
+                format!("unknown type `{}`", ty_node.as_str().unwrap_or_default()),
+                format!("types are {}", ValueType::NAMES),
+            );
+            return None;
+        };
+        if let Some(w) = &p.windows {
+            self.err(
+                &w.span,
+                format!(
+                    "`{cname}.{}` is an expression; windows belong to aggregations",
+                    p.feature
+                ),
+                "an aggregation is `fn(relation.field)` over a has-many relation",
+            );
+            return None;
+        }
+        let dialect = sqlparser::dialect::GenericDialect {};
+        if let Err(e) = sqlparser::parser::Parser::new(&dialect)
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_expr())
+        {
+            self.err(span, format!("cannot read expression `{text}`: {e}"),
+                "write SQL over the class's features: `amount * 2`, `coalesce(user.age, 0)`, `now - created_at`");
+            return None;
+        }
+        let mut refs = Vec::new();
+        for (start, end) in expression_names(&text) {
+            let name = &text[start..end];
+            if name.eq_ignore_ascii_case("now") {
+                refs.push(ExprRef {
+                    start,
+                    end,
+                    feature: None,
+                });
+                continue;
+            }
+            match self.expression_name(p.class, name) {
+                Ok(r) => refs.push(ExprRef {
+                    start,
+                    end,
+                    feature: Some(r),
+                }),
+                Err(why) => {
+                    self.err(
+                        span,
+                        format!("expression of `{cname}.{}` names `{name}`: {why}", p.feature),
+                        "name features of this class, `relation.feature` through has-one relations, `feature__window` for a windowed aggregation, or `now`",
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(FeatureKind::Expression {
+            ty,
+            sql: text,
+            refs,
+        })
+    }
+
+    /// Resolves `user.age` or `num_transactions__1d` from class `idx`.
+    fn expression_name(&self, idx: usize, name: &str) -> Result<FeatureRef, String> {
+        let parts: Vec<&str> = name.split('.').collect();
+        let (path, last) = parts.split_at(parts.len() - 1);
+        let mut class = &self.classes[idx];
+        for step in path {
+            match class.feature(step).map(|f| &f.kind) {
+                Some(FeatureKind::HasOne { target, .. }) => {
+                    class = self
+                        .classes
+                        .iter()
+                        .find(|c| c.name.eq_ignore_ascii_case(target))
+                        .ok_or_else(|| format!("`{target}` is not a class"))?;
+                }
+                _ => return Err(format!("`{}.{step}` is not a has-one relation", class.name)),
+            }
+        }
+        let last = last[0];
+        let (feature, window) = match class.feature(last) {
+            Some(_) => (last.to_string(), None),
+            None => match last.rsplit_once("__") {
+                Some((f, w)) if class.feature(f).is_some() => (f.to_string(), Some(w.to_string())),
+                _ => return Err(format!("`{}` has no feature `{last}`", class.name)),
+            },
+        };
+        match class.feature(&feature).map(|f| &f.kind) {
+            Some(FeatureKind::HasOne { .. } | FeatureKind::HasMany { .. }) => {
+                return Err("a relation is not a value".into());
+            }
+            // Another expression, not resolved yet: it has no windows.
+            Some(FeatureKind::Aggregate { agg, .. })
+                if agg.relation.is_empty() && window.is_some() =>
+            {
+                return Err(format!("`{feature}` has no windows"));
+            }
+            Some(FeatureKind::Aggregate { agg, .. }) if agg.relation.is_empty() => {}
+            Some(FeatureKind::Aggregate { windows, .. }) => {
+                let labels: Vec<&str> = windows.iter().map(Window::label).collect();
+                let ok = match &window {
+                    Some(w) => labels.contains(&w.as_str()),
+                    None => labels == ["all"],
+                };
+                if !ok {
+                    return Err(format!(
+                        "name one of its windows: {}",
+                        labels
+                            .iter()
+                            .map(|l| format!("{feature}__{l}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+            _ if window.is_some() => return Err(format!("`{feature}` has no windows")),
+            _ => {}
+        }
+        Ok(FeatureRef {
+            class: self.classes[idx].name.clone(),
+            path: path.iter().map(|s| s.to_string()).collect(),
+            feature,
+            window,
+        })
     }
 
     pub(super) fn aggregation(
@@ -388,5 +581,77 @@ impl Resolver {
         for (span, msg) in problems {
             self.err(&span, msg, format!("classes are: {}", classes.join(", ")));
         }
+    }
+}
+
+/// Byte ranges of the names an expression reads: identifiers and dotted paths outside string
+/// literals that are not SQL keywords, function names or type names after `AS`.
+fn expression_names(text: &str) -> Vec<(usize, usize)> {
+    const KEYWORDS: [&str; 22] = [
+        "and", "or", "not", "null", "true", "false", "case", "when", "then", "else", "end", "is",
+        "in", "cast", "as", "interval", "between", "like", "ilike", "distinct", "try_cast",
+        "escape",
+    ];
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut after_as = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' || c == b'"' {
+            // Skip a literal (or quoted identifier, left to SQL).
+            let q = c;
+            i += 1;
+            while i < b.len() && b[i] != q {
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                i += 1;
+            }
+            let word = &text[start..i];
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let call = j < b.len() && b[j] == b'(';
+            let keyword = KEYWORDS.contains(&word.to_ascii_lowercase().as_str());
+            if !call && !keyword && !after_as {
+                out.push((start, i));
+            }
+            after_as = word.eq_ignore_ascii_case("as");
+            continue;
+        }
+        if c.is_ascii_digit() {
+            // A number, with any exponent or suffix letters it carries.
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                i += 1;
+            }
+            continue;
+        }
+        if !c.is_ascii_whitespace() {
+            after_as = false;
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expression_names;
+
+    #[test]
+    fn names_skip_keywords_calls_literals_and_types() {
+        let t = "coalesce(user.age, 0) * 2.5e3 + CAST(amount AS DOUBLE) - 'x y' + now";
+        let names: Vec<&str> = expression_names(t)
+            .into_iter()
+            .map(|(a, b)| &t[a..b])
+            .collect();
+        assert_eq!(names, ["user.age", "amount", "now"]);
     }
 }

@@ -260,6 +260,10 @@ impl Resolver {
         };
         let kind = feature.kind.clone();
         if let FeatureKind::Aggregate { windows, .. } = &kind {
+            if windows.is_empty() {
+                // The feature's own definition failed and was reported there.
+                return None;
+            }
             let labels: Vec<_> = windows.iter().map(Window::label).collect();
             let ok = match &r.window {
                 Some(w) => labels.contains(&w.as_str()),
