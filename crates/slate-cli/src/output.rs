@@ -17,11 +17,24 @@ pub fn apply_report(project: &Project, plans: &[QueryPlan]) -> String {
         project.name,
         n(project.classes.len(), "feature class", "feature classes"),
         n(project.sql_resolvers.len(), "SQL resolver", "SQL resolvers"),
-        n(
-            project.model_resolvers.len(),
-            "model resolver",
-            "model resolvers"
-        ),
+        {
+            let mut m = n(
+                project.model_resolvers.len(),
+                "model resolver",
+                "model resolvers",
+            );
+            if !project.function_resolvers.is_empty() {
+                m.push_str(&format!(
+                    ", {}",
+                    n(
+                        project.function_resolvers.len(),
+                        "function resolver",
+                        "function resolvers"
+                    )
+                ));
+            }
+            m
+        },
         n(
             project.queries.len(),
             "scheduled query",

@@ -516,3 +516,93 @@ pub(crate) fn expression(frame: &Frame, node: &Node) -> Result<ArrayRef, EngineE
     };
     strict_cast(&value, &ty.arrow()).map_err(|e| fail(format!("as {}: {e}", ty.name())))
 }
+
+/// A Rust resolver: a batch with one column per declared input (named as the plan's frame
+/// columns: `amount`, `user__num_transactions__1d`) in, a batch with one column per declared
+/// output (named as the output feature: `basket_class`) and as many rows out.
+pub type Function =
+    Arc<dyn Fn(&RecordBatch) -> Result<RecordBatch, String> + Send + Sync + 'static>;
+
+/// The Rust resolvers a program registers with its engine, by the name its project declares.
+#[derive(Clone, Default)]
+pub struct Functions(HashMap<String, Function>);
+
+impl Functions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `f` as the function resolver `name` (a `kind: function` resolver file).
+    pub fn register(
+        mut self,
+        name: &str,
+        f: impl Fn(&RecordBatch) -> Result<RecordBatch, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.0.insert(name.to_string(), Arc::new(f));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Function> {
+        self.0.get(name)
+    }
+}
+
+impl std::fmt::Debug for Functions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Calls a function node over the frame; checks what it returns against its declaration.
+pub(crate) fn function(
+    frame: &Frame,
+    node: &Node,
+    functions: &Functions,
+) -> Result<Vec<ArrayRef>, EngineError> {
+    let Node::Function {
+        resolver,
+        inputs,
+        outputs,
+    } = node
+    else {
+        return Err(EngineError::Internal("not a function".into()));
+    };
+    let fail = |reason: String| EngineError::Function {
+        name: resolver.name.clone(),
+        reason,
+    };
+    let f = functions.get(&resolver.name).ok_or_else(|| {
+        fail("not registered with this engine; register it with `Engine::with_functions`".into())
+    })?;
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for c in inputs {
+        let a = frame.column(c)?;
+        fields.push(arrow::datatypes::Field::new(c, a.data_type().clone(), true));
+        columns.push(a.clone());
+    }
+    let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?;
+    let out = f(&batch).map_err(fail)?;
+    if out.num_rows() != frame.rows {
+        return Err(fail(format!(
+            "returned {} rows for {} input rows",
+            out.num_rows(),
+            frame.rows
+        )));
+    }
+    let mut arrays = Vec::new();
+    for (o, (_, ty)) in resolver.outputs.iter().zip(outputs) {
+        let col = out
+            .schema()
+            .fields()
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(&o.feature))
+            .map(|i| out.column(i).clone())
+            .ok_or_else(|| fail(format!("returned no `{}` column", o.feature)))?;
+        arrays.push(
+            strict_cast(&col, &ty.arrow())
+                .map_err(|e| fail(format!("`{}` is not a valid {}: {e}", o.feature, ty.name())))?,
+        );
+    }
+    Ok(arrays)
+}

@@ -56,6 +56,7 @@ impl Engine {
         at: Option<i64>,
     ) -> Result<Dataset, EngineError> {
         let _lock = self.lock()?;
+        self.check_functions(plan)?;
         let mut models: HashMap<String, OnnxModel> = HashMap::new();
         for m in plan.models() {
             models.insert(m.name.clone(), OnnxModel::load(&m.model_path)?);

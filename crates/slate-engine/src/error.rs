@@ -20,6 +20,8 @@ pub enum EngineError {
     Model(#[from] slate_model::ModelError),
     #[error("another run holds the state directory {state_dir}; try again when it has finished")]
     Busy { state_dir: String },
+    #[error("function resolver `{name}`: {reason}")]
+    Function { name: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -46,7 +48,8 @@ impl EngineError {
             EngineError::UnknownQuery { .. }
             | EngineError::UnknownEnvironment { .. }
             | EngineError::Plan { .. }
-            | EngineError::BadValue { .. } => ErrorKind::User,
+            | EngineError::BadValue { .. }
+            | EngineError::Function { .. } => ErrorKind::User,
             EngineError::Busy { .. } => ErrorKind::External,
             EngineError::Source(e) => e.kind(),
             EngineError::Store(e) => e.kind(),

@@ -10,6 +10,7 @@ mod frame;
 mod plan;
 mod run;
 
+pub use compute::{Function, Functions};
 pub use dataset::{Dataset, Spine, write_parquet};
 pub use error::EngineError;
 pub use plan::{

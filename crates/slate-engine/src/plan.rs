@@ -74,6 +74,12 @@ pub enum Node {
         uses_now: bool,
         ty: ValueType,
     },
+    /// A Rust function registered through the library, over frame columns.
+    Function {
+        resolver: Box<slate_project::FunctionResolver>,
+        inputs: Vec<String>,
+        outputs: Vec<(String, ValueType)>,
+    },
     /// An ONNX model over frame columns; writes its label (and score) columns.
     Model {
         resolver: Box<ModelResolver>,
@@ -92,6 +98,7 @@ impl Node {
             | Node::Lookup { column, .. }
             | Node::Aggregate { column, .. }
             | Node::Expression { column, .. } => vec![column],
+            Node::Function { outputs, .. } => outputs.iter().map(|o| o.0.as_str()).collect(),
             Node::Model { label, score, .. } => {
                 let mut v = vec![label.as_str()];
                 v.extend(score.as_deref());
@@ -140,6 +147,14 @@ impl QueryPlan {
     /// Offline table of the root class's ingested rows.
     pub fn root_table(&self) -> String {
         self.root_scan().table()
+    }
+
+    /// The function resolvers the plan calls, in order.
+    pub fn functions(&self) -> impl Iterator<Item = &slate_project::FunctionResolver> {
+        self.nodes.iter().filter_map(|n| match n {
+            Node::Function { resolver, .. } => Some(resolver.as_ref()),
+            _ => None,
+        })
     }
 
     /// The model nodes, in order.
@@ -230,6 +245,16 @@ impl QueryPlan {
                 ),
                 Node::Expression { feature, sql, .. } => {
                     writeln!(s, "              {feature}  (expression {sql})")
+                }
+                Node::Function { resolver, .. } => {
+                    let outs: Vec<String> =
+                        resolver.outputs.iter().map(|o| o.to_string()).collect();
+                    writeln!(
+                        s,
+                        "              {}  (function {})",
+                        outs.join(", "),
+                        resolver.name
+                    )
                 }
                 Node::Model { resolver, .. } => writeln!(
                     s,
@@ -361,6 +386,11 @@ impl<'p> Planner<'p> {
             | Node::Aggregate { column, ty, .. }
             | Node::Expression { column, ty, .. } => {
                 self.types.insert(column.clone(), ty.arrow());
+            }
+            Node::Function { outputs, .. } => {
+                for (c, ty) in outputs {
+                    self.types.insert(c.clone(), ty.arrow());
+                }
             }
             Node::Model {
                 label,
@@ -594,6 +624,11 @@ impl<'p> Planner<'p> {
                 });
                 // A projection Slate cannot read statically (`SELECT *`) may return anything.
                 let maybe = columns.is_empty();
+                let function = self.project.function_resolver_for(r);
+                if !from_rows && let Some(f) = function {
+                    self.function(f)?;
+                    return Ok(column);
+                }
                 match (from_rows || (maybe && model.is_none()), model) {
                     (true, _) => {
                         self.push(Node::Column {
@@ -607,7 +642,7 @@ impl<'p> Planner<'p> {
                         Ok(column)
                     }
                     (false, None) => Err(format!(
-                        "no resolver computes {r}: `{}` does not return it and no model writes it",
+                        "no resolver computes {r}: `{}` does not return it and no model or function writes it",
                         self.scans[0].resolver.name
                     )),
                 }
@@ -678,6 +713,51 @@ impl<'p> Planner<'p> {
             ty,
         });
         Ok(column)
+    }
+
+    fn function(&mut self, f: &slate_project::FunctionResolver) -> Result<(), String> {
+        if let Some(o) = f.outputs.first()
+            && !o.class.eq_ignore_ascii_case(&self.root.name)
+        {
+            return Err(format!(
+                "function `{}` writes {o}, not a feature of the root class {}",
+                f.name, self.root.name
+            ));
+        }
+        let id = format!("function {}", f.name);
+        if self.visiting.contains(&id) {
+            let mut cycle = self.visiting.clone();
+            cycle.push(id);
+            return Err(format!(
+                "features depend on each other in a cycle: {}",
+                cycle.join(" -> ")
+            ));
+        }
+        self.visiting.push(id);
+        let mut inputs = Vec::new();
+        for i in &f.inputs {
+            inputs.push(self.feature(i)?);
+        }
+        self.visiting.pop();
+        let mut outputs = Vec::new();
+        for o in &f.outputs {
+            let ty = match self.root.feature(&o.feature).map(|x| &x.kind) {
+                Some(FeatureKind::Scalar { ty, .. }) => *ty,
+                _ => {
+                    return Err(format!(
+                        "function `{}`: {o} is not a scalar feature",
+                        f.name
+                    ));
+                }
+            };
+            outputs.push((column_name(o), ty));
+        }
+        self.push(Node::Function {
+            resolver: Box::new(f.clone()),
+            inputs,
+            outputs,
+        });
+        Ok(())
     }
 
     fn model(&mut self, m: &ModelResolver) -> Result<(), String> {

@@ -93,6 +93,7 @@ impl OutputSummary {
 pub struct Engine {
     cfg: EngineConfig,
     state_dir: PathBuf,
+    functions: compute::Functions,
 }
 
 fn ts_type() -> DataType {
@@ -109,7 +110,30 @@ impl Engine {
             Some(d) => d.clone(),
             None => cfg.project.root.join(&env.state_dir).join(&cfg.env),
         };
-        Ok(Engine { cfg, state_dir })
+        Ok(Engine {
+            cfg,
+            state_dir,
+            functions: compute::Functions::default(),
+        })
+    }
+
+    /// The engine with these Rust function resolvers available to its plans.
+    pub fn with_functions(mut self, functions: compute::Functions) -> Self {
+        self.functions = functions;
+        self
+    }
+
+    /// Fails, before anything is written, when the plan calls a function this engine lacks.
+    pub(crate) fn check_functions(&self, plan: &QueryPlan) -> Result<(), EngineError> {
+        for f in plan.functions() {
+            if self.functions.get(&f.name).is_none() {
+                return Err(EngineError::Function {
+                    name: f.name.clone(),
+                    reason: "not registered with this engine: it is Rust code, run through a program that registers it with `Engine::with_functions`".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn state_dir(&self) -> &std::path::Path {
@@ -191,7 +215,9 @@ impl Engine {
             stages.push((name.to_string(), took));
         };
 
-        // Models are loaded before anything is written, so a bad model file leaves no trace.
+        // Functions are checked and models loaded before anything is written, so a missing
+        // function or a bad model file leaves no trace.
+        self.check_functions(plan)?;
         let mut models: HashMap<String, OnnxModel> = HashMap::new();
         for m in plan.models() {
             models.insert(m.name.clone(), OnnxModel::load(&m.model_path)?);
@@ -378,6 +404,12 @@ impl Engine {
                 n @ Node::Lookup { column, .. } => {
                     let a = compute::lookup(&offline, &*frame, n).await?;
                     frame.columns.insert(column.clone(), a);
+                }
+                n @ Node::Function { .. } => {
+                    let arrays = compute::function(frame, n, &self.functions)?;
+                    for (c, a) in n.columns().into_iter().zip(arrays) {
+                        frame.columns.insert(c.to_string(), a);
+                    }
                 }
                 n @ Node::Expression { column, .. } => {
                     let a = compute::expression(frame, n)?;

@@ -14,7 +14,23 @@ pub struct Project {
     pub classes: Vec<FeatureClass>,
     pub sql_resolvers: Vec<SqlResolver>,
     pub model_resolvers: Vec<ModelResolver>,
+    pub function_resolvers: Vec<FunctionResolver>,
     pub queries: Vec<ScheduledQuery>,
+}
+
+/// A resolver written in Rust and registered through the library (`kind: function`): the
+/// project declares its inputs and outputs; the program that runs the engine supplies the
+/// function.
+#[derive(Debug, Clone)]
+pub struct FunctionResolver {
+    pub name: String,
+    pub file: PathBuf,
+    pub span: Span,
+    /// Features the function reads, in order; its input batch has one column per input.
+    pub inputs: Vec<FeatureRef>,
+    /// Scalar features of the row's own class that the function returns, in order.
+    pub outputs: Vec<FeatureRef>,
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +248,13 @@ impl Project {
 
     pub fn sql_resolver(&self, name: &str) -> Option<&SqlResolver> {
         self.sql_resolvers.iter().find(|r| r.name == name)
+    }
+
+    /// The function resolver that produces `feature`, if any.
+    pub fn function_resolver_for(&self, feature: &FeatureRef) -> Option<&FunctionResolver> {
+        self.function_resolvers
+            .iter()
+            .find(|f| f.outputs.iter().any(|o| same_feature(o, feature)))
     }
 
     /// The model resolver that produces `feature`, if any.

@@ -3,6 +3,8 @@
 //! aggregated field, orders of customers the customer table does not know, stores whose first
 //! version comes after some of their orders.
 
+pub mod functions;
+
 use arrow_array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,

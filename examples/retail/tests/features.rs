@@ -465,3 +465,77 @@ async fn customer_features_are_computed_as_of_the_run() {
         assert_eq!(floats(&again, name), floats(&b, name));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_function_resolver_runs_when_registered_and_is_refused_otherwise() {
+    let cfg = Config {
+        seed: 9,
+        orders: 3_000,
+        customers: 80,
+        ..Config::default()
+    };
+    let w = generate(&cfg);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, state) = (tmp.path().join("data"), tmp.path().join("state"));
+    write_warehouse(&data, &w, None).expect("write");
+    let plan = plan_query(&project(), "order_labels").expect("plan");
+    let now = START_MICROS + 60 * DAY;
+
+    // Without the function: refused before anything is written.
+    let err = engine(&data, &state, now)
+        .run(&plan, &SilentProgress)
+        .await
+        .expect_err("not registered");
+    assert!(
+        err.to_string().contains("`basket_class`") && err.to_string().contains("not registered"),
+        "{err}"
+    );
+    assert!(!state.join("ledger.redb").exists());
+    assert!(!state.join("online.redb").exists());
+
+    let functions = slate_engine::Functions::new()
+        .register("basket_class", retail_example::functions::basket_class);
+    let s = engine(&data, &state, now)
+        .with_functions(functions)
+        .run(&plan, &SilentProgress)
+        .await
+        .expect("run");
+    assert_eq!(s.rows_scored, w.orders.len());
+    let online = engine(&data, &state, now).online().expect("online");
+    let mut classes = BTreeSet::new();
+    for o in &w.orders {
+        let want = o.amount.map(|a| {
+            let per_item = a / o.quantity.unwrap_or(1).max(1) as f64;
+            if per_item < 20.0 {
+                "small"
+            } else if per_item < 100.0 {
+                "medium"
+            } else {
+                "large"
+            }
+        });
+        let got = online
+            .get("order.basket_class", &o.id)
+            .expect("get")
+            .expect("stored");
+        assert_eq!(
+            got.json,
+            want.map_or("null".to_string(), |c| format!("\"{c}\"")),
+            "basket_class of {}",
+            o.id
+        );
+        classes.insert(got.json);
+        let big = online
+            .get("order.big_order", &o.id)
+            .expect("get")
+            .expect("stored");
+        assert_eq!(
+            big.json,
+            o.amount
+                .map_or("null".to_string(), |a| (a >= 200.0).to_string()),
+            "big_order of {}",
+            o.id
+        );
+    }
+    assert_eq!(classes.len(), 4, "every class and null occur: {classes:?}");
+}

@@ -154,8 +154,13 @@ impl Resolver {
         self.check_sources();
         let mut models = Vec::new();
         self.model_nodes_total = self.model_nodes.len();
+        let mut functions = Vec::new();
         for (file, node) in std::mem::take(&mut self.model_nodes) {
-            if let Some(m) = self.resolve_model(&file, &node) {
+            if node.get("kind").and_then(Node::as_str) == Some("function") {
+                if let Some(f) = self.resolve_function(&file, &node) {
+                    functions.push(f);
+                }
+            } else if let Some(m) = self.resolve_model(&file, &node) {
                 models.push(m);
             }
         }
@@ -175,6 +180,7 @@ impl Resolver {
             classes: self.classes,
             sql_resolvers: self.sql_resolvers,
             model_resolvers: models,
+            function_resolvers: functions,
             queries,
         })
     }

@@ -327,7 +327,7 @@ impl Resolver {
             self.err(
                 &span,
                 format!("unknown resolver kind `{kind}`"),
-                "declarative resolvers are `kind: onnx`; Rust resolvers are registered in code",
+                "resolver files are `kind: onnx` (a model) or `kind: function` (a Rust function registered through the library)",
             );
         }
         let Some(model) = node.get("model") else {
@@ -433,6 +433,76 @@ impl Resolver {
             output,
             score_output,
             tags,
+        })
+    }
+
+    pub(super) fn resolve_function(
+        &mut self,
+        file: &Path,
+        node: &Node,
+    ) -> Option<FunctionResolver> {
+        self.expect_map(node, "a function resolver")?;
+        self.unknown_keys(
+            node,
+            "a function resolver",
+            &["name", "kind", "inputs", "outputs", "tags", "description"],
+        );
+        let name = node
+            .get("name")
+            .and_then(Node::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                file.file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_string()
+            });
+        let list = |this: &mut Self, key: &str| -> Option<Vec<(FeatureRef, FeatureKind, Span)>> {
+            let items = match node.get(key).map(|n| &n.kind) {
+                Some(NodeKind::Seq(items)) if !items.is_empty() => items.clone(),
+                _ => {
+                    this.err(
+                        &node.span,
+                        format!("function resolver `{name}` needs a list of `{key}`"),
+                        "list features such as `Order.amount`",
+                    );
+                    return None;
+                }
+            };
+            let mut out = Vec::new();
+            let mut ok = true;
+            for item in &items {
+                match this.feature_ref(item.as_str().unwrap_or_default(), &item.span) {
+                    Some((r, kind)) => out.push((r, kind, item.span.clone())),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(out)
+        };
+        let inputs = list(self, "inputs");
+        let outputs = list(self, "outputs")?;
+        let class = &outputs[0].0.class;
+        for (r, kind, span) in &outputs {
+            if !matches!(kind, FeatureKind::Scalar { .. })
+                || !r.path.is_empty()
+                || !r.class.eq_ignore_ascii_case(class)
+            {
+                self.err(
+                    span,
+                    format!("`{r}` cannot be an output of function `{name}`"),
+                    "outputs are scalar features of one class, the rows the function is given",
+                );
+                return None;
+            }
+        }
+        let inputs = inputs?;
+        Some(FunctionResolver {
+            name,
+            file: file.to_path_buf(),
+            span: node.span.clone(),
+            inputs: inputs.into_iter().map(|i| i.0).collect(),
+            outputs: outputs.into_iter().map(|o| o.0).collect(),
+            tags: node.get("tags").and_then(str_list).unwrap_or_default(),
         })
     }
 }
