@@ -38,23 +38,6 @@ fn stringify(b: &RecordBatch, columns: &[(&str, &str)]) -> RecordBatch {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("batch")
 }
 
-fn copy_project(to: &Path) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for rel in [
-        "slate.yaml",
-        "src/models.yaml",
-        "src/queries.yaml",
-        "src/resolvers/fraud_model.yaml",
-        "src/resolvers/sql/get_transactions_offline.chalk.sql",
-        "src/resolvers/sql/get_users_offline.chalk.sql",
-        "models/fraud_model.onnx",
-    ] {
-        let dst = to.join(rel);
-        std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
-        std::fs::copy(from.join(rel), dst).expect("copy");
-    }
-}
-
 async fn run_and_read(project_dir: &Path, data: &Path, state: &Path) -> RecordBatch {
     let project = slate_project::load_project(project_dir).expect("valid project");
     let plan = plan_query(&project, "run_fraud_model").expect("plan");
@@ -106,7 +89,7 @@ async fn string_ids_give_the_same_features_and_predictions_as_int_ids() {
     )
     .expect("write");
     let str_project = tmp.path().join("str-project");
-    copy_project(&str_project);
+    common::copy_project(&str_project);
     let models = str_project.join("src/models.yaml");
     let text = std::fs::read_to_string(&models).expect("models.yaml");
     let edited = text

@@ -1,7 +1,9 @@
 //! Helpers shared by the example's integration tests.
 
 use arrow::array::RecordBatch;
+use std::path::Path;
 
+#[allow(dead_code)]
 /// A prediction table without its `run_id` column, rows in `id` order: what two runs over the
 /// same data must agree on byte for byte.
 pub fn without_run_id_by_id(b: &RecordBatch) -> RecordBatch {
@@ -19,4 +21,23 @@ pub fn without_run_id_by_id(b: &RecordBatch) -> RecordBatch {
             .collect(),
     )
     .expect("batch")
+}
+
+/// Copies the example project (not its data or state) to `to`, for tests that edit it.
+#[allow(dead_code)]
+pub fn copy_project(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for rel in [
+        "slate.yaml",
+        "src/models.yaml",
+        "src/queries.yaml",
+        "src/resolvers/fraud_model.yaml",
+        "src/resolvers/sql/get_transactions_offline.chalk.sql",
+        "src/resolvers/sql/get_users_offline.chalk.sql",
+        "models/fraud_model.onnx",
+    ] {
+        let dst = to.join(rel);
+        std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(from.join(rel), dst).expect("copy");
+    }
 }
