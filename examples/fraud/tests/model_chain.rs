@@ -140,9 +140,9 @@ score_output: Transaction.second_score
     let positive = direct.positive_scores();
     assert_eq!(flags.len(), b.num_rows());
     assert!(b.num_rows() > 300, "{} rows", b.num_rows());
-    for i in 0..b.num_rows() {
-        assert_eq!(flags.value(i), direct.labels[i] != 0, "row {i}");
-        assert_eq!(scores.value(i), f64::from(positive[i]), "row {i}");
+    for (i, (label, score)) in direct.labels.iter().zip(&positive).enumerate() {
+        assert_eq!(flags.value(i), *label != 0, "row {i}");
+        assert_eq!(scores.value(i), f64::from(*score), "row {i}");
     }
     assert!(flags.null_count() == 0);
 }
