@@ -321,15 +321,18 @@ impl Engine {
         }
         if plan.query.store_online {
             let online = self.online()?;
+            let mut features = Vec::with_capacity(published.len());
             for (f, c) in &published {
                 let json = json_values(frame.column(c)?)?;
                 let rows = keys
                     .iter()
                     .zip(&frame.now)
                     .zip(json)
-                    .filter_map(|((k, t), j)| Some((k.clone()?, *t, j)));
-                online.put(&f.column_name(), rows)?;
+                    .filter_map(|((k, t), j)| Some((k.clone()?, *t, j)))
+                    .collect();
+                features.push((f.column_name(), rows));
             }
+            online.put_all(features)?;
         }
         if plan.query.store_offline {
             let batch = self.output_batch(plan, &frame, Some(&run_id), &models)?;

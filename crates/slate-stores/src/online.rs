@@ -37,11 +37,21 @@ impl OnlineStore {
         feature: &str,
         rows: impl IntoIterator<Item = (String, i64, String)>,
     ) -> Result<usize, StoreError> {
+        self.put_all(vec![(feature.to_string(), rows.into_iter().collect())])
+    }
+
+    /// Upserts rows of several features in one transaction: readers see all of a run's values
+    /// or none. Rows are inserted in key order, which keeps the B-tree walks short.
+    pub fn put_all(
+        &self,
+        features: Vec<(String, Vec<(String, i64, String)>)>,
+    ) -> Result<usize, StoreError> {
         let tx = self.db.begin_write().map_err(|e| io("online write")(&e))?;
         let mut written = 0;
-        {
+        for (feature, mut rows) in features {
+            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
             let mut t = tx
-                .open_table(table(feature))
+                .open_table(table(&feature))
                 .map_err(|e| io("online write")(&e))?;
             for (key, ft, json) in rows {
                 // Insert first and put the old value back in the rare case it was newer: one
