@@ -12,6 +12,9 @@ fn table(feature: &str) -> TableDefinition<'_, &'static str, (i64, &'static str)
     TableDefinition::new(feature)
 }
 
+/// Rows of one feature to upsert: `(key, feature time, JSON value)`.
+pub type FeatureRows = (String, Vec<(String, i64, String)>);
+
 /// A stored value: its feature time (microseconds) and the value as JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnlineValue {
@@ -42,10 +45,7 @@ impl OnlineStore {
 
     /// Upserts rows of several features in one transaction: readers see all of a run's values
     /// or none. Rows are inserted in key order, which keeps the B-tree walks short.
-    pub fn put_all(
-        &self,
-        features: Vec<(String, Vec<(String, i64, String)>)>,
-    ) -> Result<usize, StoreError> {
+    pub fn put_all(&self, features: Vec<FeatureRows>) -> Result<usize, StoreError> {
         let tx = self.db.begin_write().map_err(|e| io("online write")(&e))?;
         let mut written = 0;
         for (feature, mut rows) in features {
