@@ -330,11 +330,28 @@ pub fn resolver_for<'p>(
     query: &ScheduledQuery,
     class: &str,
 ) -> Result<&'p SqlResolver, String> {
-    let all: Vec<&SqlResolver> = project
+    let of_class: Vec<&SqlResolver> = project
         .sql_resolvers
         .iter()
         .filter(|r| r.resolves.eq_ignore_ascii_case(class))
         .collect();
+    let required = &query.required_resolver_tags;
+    let all: Vec<&SqlResolver> = of_class
+        .iter()
+        .copied()
+        .filter(|r| required.iter().all(|t| r.tags.contains(t)))
+        .collect();
+    if all.is_empty() && !of_class.is_empty() {
+        return Err(format!(
+            "no SQL resolver of {class} carries the query's required_resolver_tags [{}] (not: {})",
+            required.join(", "),
+            of_class
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if let Some(r) = all
         .iter()
         .find(|r| query.incremental_resolvers.contains(&r.name))
@@ -724,6 +741,17 @@ impl<'p> Planner<'p> {
                 f.name, self.root.name
             ));
         }
+        if let Some(t) = self
+            .query
+            .required_resolver_tags
+            .iter()
+            .find(|t| !f.tags.contains(t))
+        {
+            return Err(format!(
+                "function `{}` lacks the query's required resolver tag `{t}`",
+                f.name
+            ));
+        }
         let id = format!("function {}", f.name);
         if self.visiting.contains(&id) {
             let mut cycle = self.visiting.clone();
@@ -765,6 +793,17 @@ impl<'p> Planner<'p> {
             return Err(format!(
                 "model `{}` writes {}, not a feature of the root class {}",
                 m.name, m.output, self.root.name
+            ));
+        }
+        if let Some(t) = self
+            .query
+            .required_resolver_tags
+            .iter()
+            .find(|t| !m.tags.contains(t))
+        {
+            return Err(format!(
+                "model `{}` lacks the query's required resolver tag `{t}`",
+                m.name
             ));
         }
         let id = format!("model {}", m.name);

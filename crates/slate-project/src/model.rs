@@ -229,7 +229,10 @@ pub struct ScheduledQuery {
     pub output_spans: Vec<Span>,
     pub store_online: bool,
     pub store_offline: bool,
+    /// Tags that choose among several resolvers of one class (a resolver carrying all of them).
     pub tags: Vec<String>,
+    /// Tags every resolver the query uses must carry (Chalk's `required_resolver_tags`).
+    pub required_resolver_tags: Vec<String>,
     pub incremental_resolvers: Vec<String>,
     /// Earliest `incremental_column` value the first run reads, in microseconds.
     pub lower_bound_micros: Option<i64>,

@@ -120,6 +120,7 @@ impl Resolver {
                     "store_online",
                     "store_offline",
                     "tags",
+                    "required_resolver_tags",
                     "incremental_resolvers",
                     "lower_bound",
                     "description",
@@ -200,6 +201,10 @@ impl Resolver {
                 store_online: q.get("store_online").and_then(as_bool).unwrap_or(false),
                 store_offline: q.get("store_offline").and_then(as_bool).unwrap_or(false),
                 tags: q.get("tags").and_then(str_list).unwrap_or_default(),
+                required_resolver_tags: q
+                    .get("required_resolver_tags")
+                    .and_then(str_list)
+                    .unwrap_or_default(),
                 incremental_resolvers,
                 lower_bound_micros,
             });
