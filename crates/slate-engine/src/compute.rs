@@ -606,3 +606,78 @@ pub(crate) fn function(
     }
     Ok(arrays)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    /// `min`, `max`, `latest` and `count_distinct` over strings, through the engine's encoding
+    /// (sorted ranks, dictionary codes) and back, against a brute force over the strings.
+    fn check(
+        rows: &[(i64, i64, Option<String>)],
+        queries: &[(i64, i64)],
+        window: Option<i64>,
+    ) -> Result<(), TestCaseError> {
+        let col: ArrayRef = Arc::new(StringArray::from(
+            rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+        ));
+        let qs: Vec<Query> = queries
+            .iter()
+            .map(|&(entity, now)| Query { entity, now })
+            .collect();
+        for agg in [Agg::Min, Agg::Max, Agg::Latest, Agg::CountDistinct] {
+            let (values, decoder) = kernel_values(&col, use_of(agg)).expect("encode");
+            let events = Events {
+                entity: rows.iter().map(|r| r.0).collect(),
+                ts: rows.iter().map(|r| r.1).collect(),
+                value: values,
+            };
+            let out = Prepared::new(&events)
+                .aggregate(&qs, agg, window)
+                .expect("aggregate");
+            let got = decode(out, &decoder).expect("decode");
+            for (i, q) in qs.iter().enumerate() {
+                let lower = window.map_or(i64::MIN, |w| q.now - w);
+                let inside: Vec<(i64, &String)> = rows
+                    .iter()
+                    .filter(|r| r.0 == q.entity && r.1 >= lower && r.1 < q.now)
+                    .filter_map(|r| r.2.as_ref().map(|v| (r.1, v)))
+                    .collect();
+                if agg == Agg::CountDistinct {
+                    let want = inside.iter().map(|p| p.1).collect::<BTreeSet<_>>().len();
+                    let got = got.as_primitive::<Int64Type>().value(i);
+                    prop_assert_eq!(got, want as i64, "distinct, query {:?}", q);
+                    continue;
+                }
+                let want = match agg {
+                    Agg::Min => inside.iter().map(|p| p.1).min(),
+                    Agg::Max => inside.iter().map(|p| p.1).max(),
+                    _ => inside.iter().max().map(|p| p.1),
+                };
+                let s = got.as_string::<i32>();
+                let got = (!s.is_null(i)).then(|| s.value(i).to_string());
+                prop_assert_eq!(got, want.cloned(), "{:?}, query {:?}", agg, q);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, rng_seed: proptest::test_runner::RngSeed::Fixed(3), ..ProptestConfig::default() })]
+
+        #[test]
+        fn string_aggregations_equal_the_brute_force(
+            rows in prop::collection::vec(
+                (0i64..5, 0i64..30, prop::option::weighted(0.85, "[a-c]{0,3}|é|Z|aa")),
+                0..80,
+            ),
+            queries in prop::collection::vec((0i64..6, 0i64..35), 0..40),
+            w in prop::option::of(1i64..15),
+        ) {
+            check(&rows, &queries, w)?;
+        }
+    }
+}
