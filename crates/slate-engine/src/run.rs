@@ -320,8 +320,9 @@ impl Engine {
             outputs.push(OutputSummary::of(f.to_string(), frame.column(c)?.as_ref()));
         }
         if plan.query.store_online {
+            // One feature's rows at a time, all in one transaction.
             let online = self.online()?;
-            let mut features = Vec::with_capacity(published.len());
+            let mut writer = online.writer()?;
             for (f, c) in &published {
                 let json = json_values(frame.column(c)?)?;
                 let rows = keys
@@ -330,9 +331,9 @@ impl Engine {
                     .zip(json)
                     .filter_map(|((k, t), j)| Some((k.clone()?, *t, j)))
                     .collect();
-                features.push((f.column_name(), rows));
+                writer.put(&f.column_name(), rows)?;
             }
-            online.put_all(features)?;
+            writer.commit()?;
         }
         if plan.query.store_offline {
             let batch = self.output_batch(plan, &frame, Some(&run_id), &models)?;

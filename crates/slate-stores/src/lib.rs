@@ -8,7 +8,7 @@ mod online;
 
 pub use ledger::{Ledger, RunRecord, Watermark};
 pub use offline::{OfflineStore, ReplaceRange};
-pub use online::{FeatureRows, OnlineStore, OnlineValue};
+pub use online::{OnlineStore, OnlineValue, OnlineWriter};
 
 use slate_types::ErrorKind;
 use std::path::PathBuf;

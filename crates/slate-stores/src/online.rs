@@ -12,8 +12,48 @@ fn table(feature: &str) -> TableDefinition<'_, &'static str, (i64, &'static str)
     TableDefinition::new(feature)
 }
 
-/// Rows of one feature to upsert: `(key, feature time, JSON value)`.
-pub type FeatureRows = (String, Vec<(String, i64, String)>);
+/// Upserts of several features in one transaction; nothing is visible before `commit`.
+pub struct OnlineWriter {
+    tx: redb::WriteTransaction,
+}
+
+impl OnlineWriter {
+    /// Upserts `(key, feature_time, json)` rows of `feature`, in key order (which keeps the
+    /// B-tree walks short); returns how many rows were newer than what was stored.
+    pub fn put(
+        &mut self,
+        feature: &str,
+        mut rows: Vec<(String, i64, String)>,
+    ) -> Result<usize, StoreError> {
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut t = self
+            .tx
+            .open_table(table(feature))
+            .map_err(|e| io("online write")(&e))?;
+        let mut written = 0;
+        for (key, ft, json) in rows {
+            // Insert first and put the old value back in the rare case it was newer: one tree
+            // walk per row instead of two.
+            let older = t
+                .insert(key.as_str(), (ft, json.as_str()))
+                .map_err(|e| io("online write")(&e))?
+                .map(|old| (old.value().0, old.value().1.to_string()))
+                .filter(|(old_ft, _)| *old_ft > ft);
+            match older {
+                Some((old_ft, old_json)) => {
+                    t.insert(key.as_str(), (old_ft, old_json.as_str()))
+                        .map_err(|e| io("online write")(&e))?;
+                }
+                None => written += 1,
+            }
+        }
+        Ok(written)
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().map_err(|e| io("online commit")(&e))
+    }
+}
 
 /// A stored value: its feature time (microseconds) and the value as JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,38 +80,18 @@ impl OnlineStore {
         feature: &str,
         rows: impl IntoIterator<Item = (String, i64, String)>,
     ) -> Result<usize, StoreError> {
-        self.put_all(vec![(feature.to_string(), rows.into_iter().collect())])
+        let mut w = self.writer()?;
+        let n = w.put(feature, rows.into_iter().collect())?;
+        w.commit()?;
+        Ok(n)
     }
 
-    /// Upserts rows of several features in one transaction: readers see all of a run's values
-    /// or none. Rows are inserted in key order, which keeps the B-tree walks short.
-    pub fn put_all(&self, features: Vec<FeatureRows>) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| io("online write")(&e))?;
-        let mut written = 0;
-        for (feature, mut rows) in features {
-            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-            let mut t = tx
-                .open_table(table(&feature))
-                .map_err(|e| io("online write")(&e))?;
-            for (key, ft, json) in rows {
-                // Insert first and put the old value back in the rare case it was newer: one
-                // tree walk per row instead of two.
-                let older = t
-                    .insert(key.as_str(), (ft, json.as_str()))
-                    .map_err(|e| io("online write")(&e))?
-                    .map(|old| (old.value().0, old.value().1.to_string()))
-                    .filter(|(old_ft, _)| *old_ft > ft);
-                match older {
-                    Some((old_ft, old_json)) => {
-                        t.insert(key.as_str(), (old_ft, old_json.as_str()))
-                            .map_err(|e| io("online write")(&e))?;
-                    }
-                    None => written += 1,
-                }
-            }
-        }
-        tx.commit().map_err(|e| io("online commit")(&e))?;
-        Ok(written)
+    /// A write transaction for several features: readers see all of a run's values or none,
+    /// and the caller builds one feature's rows at a time.
+    pub fn writer(&self) -> Result<OnlineWriter, StoreError> {
+        Ok(OnlineWriter {
+            tx: self.db.begin_write().map_err(|e| io("online write")(&e))?,
+        })
     }
 
     pub fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError> {
