@@ -76,6 +76,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Serve the online store and the run API over HTTP until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on (loopback by default).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// Inspect or change incremental watermarks.
     Incremental {
         #[command(subcommand)]
@@ -188,6 +194,28 @@ fn environment_diagnostics(cli: &Cli, project: &Project) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
@@ -390,6 +418,29 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     versions.join(", ")
                 }
             );
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            let project = load(&cli)?;
+            let problems = environment_diagnostics(&cli, &project);
+            if !problems.is_empty() {
+                let mut d = Diagnostics(problems);
+                d.sort();
+                return Err(Failure {
+                    text: d.render(&cli.project),
+                    code: 2,
+                });
+            }
+            let state = slate_server::AppState::new(engine(&cli, project)?)?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let addr = listener.local_addr().map_err(anyhow::Error::from)?;
+            println!("slate serve: listening on http://{addr}");
+            slate_server::serve(listener, state, shutdown_signal())
+                .await
+                .map_err(anyhow::Error::from)?;
+            println!("slate serve: stopped");
             Ok(())
         }
         Command::Incremental { action } => {

@@ -94,6 +94,8 @@ pub struct Engine {
     cfg: EngineConfig,
     state_dir: PathBuf,
     functions: compute::Functions,
+    /// An online store shared with readers in the same process (redb opens a file once).
+    shared_online: Option<Arc<OnlineStore>>,
 }
 
 fn ts_type() -> DataType {
@@ -114,7 +116,20 @@ impl Engine {
             cfg,
             state_dir,
             functions: compute::Functions::default(),
+            shared_online: None,
         })
+    }
+
+    /// The engine writing through `online`, opened once and shared with in-process readers
+    /// (a server that serves while runs write).
+    pub fn with_online(mut self, online: Arc<OnlineStore>) -> Self {
+        self.shared_online = Some(online);
+        self
+    }
+
+    /// The project the engine runs.
+    pub fn project(&self) -> &Project {
+        &self.cfg.project
     }
 
     /// The engine with these Rust function resolvers available to its plans.
@@ -144,8 +159,14 @@ impl Engine {
         Ok(Ledger::open(&self.state_dir.join("ledger.redb"))?)
     }
 
-    pub fn online(&self) -> Result<OnlineStore, EngineError> {
-        Ok(OnlineStore::open(&self.state_dir.join("online.redb"))?)
+    /// The online store: the shared one when set, else the file opened now.
+    pub fn online(&self) -> Result<Arc<OnlineStore>, EngineError> {
+        match &self.shared_online {
+            Some(o) => Ok(o.clone()),
+            None => Ok(Arc::new(OnlineStore::open(
+                &self.state_dir.join("online.redb"),
+            )?)),
+        }
     }
 
     pub fn offline(&self) -> OfflineStore {
