@@ -437,9 +437,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr().map_err(anyhow::Error::from)?;
             println!("slate serve: listening on http://{addr}");
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let scheduler = slate_server::spawn_scheduler(state.clone(), stopped);
             slate_server::serve(listener, state, shutdown_signal())
                 .await
                 .map_err(anyhow::Error::from)?;
+            // A scheduled run in progress finishes (or its process is killed, and the rerun
+            // repeats its tick from the same watermark).
+            let _ = stop.send(true);
+            let _ = scheduler.await;
             println!("slate serve: stopped");
             Ok(())
         }

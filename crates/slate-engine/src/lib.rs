@@ -9,6 +9,7 @@ mod error;
 mod frame;
 mod plan;
 mod run;
+mod schedule;
 
 pub use compute::{Function, Functions};
 pub use dataset::{Dataset, Spine, write_parquet};
@@ -18,3 +19,4 @@ pub use plan::{
     validate_models,
 };
 pub use run::{Engine, EngineConfig, OutputSummary, Progress, RunSummary, SilentProgress};
+pub use schedule::{Scheduler, due, ticks_between};

@@ -220,15 +220,25 @@ impl Engine {
         Ok((dir, dialect.clone()))
     }
 
-    /// One run of `plan` now.
+    /// One run of `plan` now, on demand: its tick is its start time.
     pub async fn run(
         &self,
         plan: &QueryPlan,
         progress: &dyn Progress,
     ) -> Result<RunSummary, EngineError> {
+        self.run_tick(plan, None, progress).await
+    }
+
+    /// One run of `plan` for a schedule's tick (or, with `None`, on demand); the run is
+    /// identified and recorded by `query@tick`.
+    pub async fn run_tick(
+        &self,
+        plan: &QueryPlan,
+        tick: Option<i64>,
+        progress: &dyn Progress,
+    ) -> Result<RunSummary, EngineError> {
         let started = self.cfg.clock.now_micros();
-        // An on-demand run's tick is its start time; a scheduled run's would be its cron tick.
-        let tick = started;
+        let tick = tick.unwrap_or(started);
         let run_id = format!("{}@{}", plan.query.name, slate_types::format_rfc3339(tick));
         let mut stages = Vec::new();
         let mut took = |name: &str, detail: String, took: Duration| {

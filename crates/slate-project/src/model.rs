@@ -234,8 +234,20 @@ pub struct ScheduledQuery {
     /// Tags every resolver the query uses must carry (Chalk's `required_resolver_tags`).
     pub required_resolver_tags: Vec<String>,
     pub incremental_resolvers: Vec<String>,
+    /// What `slate serve` does with ticks missed while it was down.
+    pub catch_up: CatchUp,
     /// Earliest `incremental_column` value the first run reads, in microseconds.
     pub lower_bound_micros: Option<i64>,
+}
+
+/// Ticks missed while the scheduler was down: run only the latest (the default), all of them
+/// in order, or none (only ticks after the scheduler started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatchUp {
+    #[default]
+    Latest,
+    All,
+    None,
 }
 
 impl Project {

@@ -19,7 +19,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use slate_engine::{Engine, SilentProgress, plan_query};
+use slate_engine::{Engine, Scheduler, SilentProgress, plan_query};
 use slate_project::{FeatureKind, Project};
 use slate_stores::OnlineStore;
 use slate_types::{FeatureRef, ValueType};
@@ -40,6 +40,8 @@ struct ApiRun {
     rows_ingested: Option<usize>,
     rows_scored: Option<usize>,
     error: Option<String>,
+    /// `api` or `schedule`.
+    trigger: &'static str,
 }
 
 #[derive(Default)]
@@ -91,6 +93,71 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Runs the project's schedules until `stop` turns true: at each tick, the due runs (recorded
+/// as `schedule` runs), then sleeps until the next tick. A run in progress when `stop` turns
+/// true finishes before the task ends.
+pub fn spawn_scheduler(
+    state: Arc<AppState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64)
+        };
+        let since = now();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let engine = state.engine.clone();
+            let scheduler = Scheduler::new(&engine, since);
+            for (query, tick, result) in scheduler.step(now(), &SilentProgress).await {
+                let status = if result.is_ok() {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                state.count(format!(
+                    "slate_runs_total{{query=\"{query}\",status=\"{status}\"}}"
+                ));
+                if let Ok(mut sh) = state.shared.lock() {
+                    let id = format!("{query}@{}", slate_types::format_rfc3339(tick));
+                    let (run_id, rows_ingested, rows_scored, error) = match result {
+                        Ok(s) => (
+                            Some(s.run_id),
+                            Some(s.rows_ingested),
+                            Some(s.rows_scored),
+                            None,
+                        ),
+                        Err(e) => (None, None, None, Some(e.to_string())),
+                    };
+                    sh.runs.push(ApiRun {
+                        id,
+                        query,
+                        status,
+                        idempotency_key: None,
+                        run_id,
+                        rows_ingested,
+                        rows_scored,
+                        error,
+                        trigger: "schedule",
+                    });
+                }
+            }
+            let Some(next) = scheduler.next_tick(now()) else {
+                return;
+            };
+            let wait = std::time::Duration::from_micros((next - now()).max(0) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    })
 }
 
 /// Serves until `shutdown` completes, then lets requests in flight finish.
@@ -326,6 +393,7 @@ async fn trigger_run(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
             rows_ingested: None,
             rows_scored: None,
             error: None,
+            trigger: "api",
         });
         if let Some(k) = key {
             let i = sh.runs.len() - 1;
@@ -373,7 +441,7 @@ async fn list_runs(State(s): State<Arc<AppState>>) -> Response {
             runs.push(json!({
                 "id": r.id,
                 "query": r.query,
-                "trigger": "api",
+                "trigger": r.trigger,
                 "status": r.status,
                 "idempotency_key": r.idempotency_key,
                 "run_id": r.run_id,
@@ -416,6 +484,10 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             out.push_str(&format!("{series} {v}\n"));
         }
         let running = sh.runs.iter().filter(|r| r.status == "running").count();
+        out.push_str(&format!(
+            "# TYPE slate_scheduled_runs gauge\nslate_scheduled_runs {}\n",
+            sh.runs.iter().filter(|r| r.trigger == "schedule").count()
+        ));
         out.push_str(&format!(
             "# TYPE slate_runs_running gauge\nslate_runs_running {running}\n"
         ));

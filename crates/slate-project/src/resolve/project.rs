@@ -123,6 +123,7 @@ impl Resolver {
                     "required_resolver_tags",
                     "incremental_resolvers",
                     "lower_bound",
+                    "catch_up",
                     "description",
                 ],
             );
@@ -192,6 +193,22 @@ impl Resolver {
                     }
                 }
             });
+            let catch_up = match q.get("catch_up") {
+                None => CatchUp::Latest,
+                Some(n) => match n.as_str().unwrap_or_default() {
+                    "latest" => CatchUp::Latest,
+                    "all" => CatchUp::All,
+                    "none" => CatchUp::None,
+                    other => {
+                        self.err(
+                            &n.span,
+                            format!("unknown catch_up policy `{other}`"),
+                            "`latest` (the default), `all` or `none`",
+                        );
+                        CatchUp::Latest
+                    }
+                },
+            };
             out.push(ScheduledQuery {
                 name,
                 span: q.span.clone(),
@@ -207,6 +224,7 @@ impl Resolver {
                     .unwrap_or_default(),
                 incremental_resolvers,
                 lower_bound_micros,
+                catch_up,
             });
         }
         out
