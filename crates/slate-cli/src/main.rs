@@ -6,7 +6,7 @@ mod output;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use slate_engine::{
-    Engine, EngineConfig, EngineError, plan_diagnostics, plan_query, validate_models,
+    Engine, EngineConfig, EngineError, QueryPlan, plan_diagnostics, plan_query, validate_models,
 };
 use slate_project::{Diagnostic, Diagnostics, Project, SourceConfig, load_project};
 use slate_types::{ErrorKind, SystemClock};
@@ -196,6 +196,30 @@ fn environment_diagnostics(cli: &Cli, project: &Project) -> Vec<Diagnostic> {
     out
 }
 
+/// Every problem of the project in this environment (models, plans, data directories), as
+/// located diagnostics with exit code 2.
+fn check_environment(cli: &Cli, project: &Project) -> Result<(), Failure> {
+    let problems = environment_diagnostics(cli, project);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let mut d = Diagnostics(problems);
+    d.sort();
+    Err(Failure {
+        text: d.render(&cli.project),
+        code: 2,
+    })
+}
+
+/// The plan of `query`, once the project is known to be valid in this environment.
+fn checked_plan(cli: &Cli, project: &Project, query: &str) -> Result<QueryPlan, Failure> {
+    if project.query(query).is_none() {
+        return Err(EngineError::unknown_query(project, query).into());
+    }
+    check_environment(cli, project)?;
+    Ok(plan_query(project, query)?)
+}
+
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -225,15 +249,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if project.environment(&cli.env).is_none() {
                 return Err(EngineError::unknown_environment(&project, &cli.env).into());
             }
-            let problems = environment_diagnostics(&cli, &project);
-            if !problems.is_empty() {
-                let mut d = Diagnostics(problems);
-                d.sort();
-                return Err(Failure {
-                    text: d.render(&cli.project),
-                    code: 2,
-                });
-            }
+            check_environment(&cli, &project)?;
             let plans = project
                 .queries
                 .iter()
@@ -244,19 +260,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Run { query } => {
             let project = load(&cli)?;
-            if project.query(query).is_none() {
-                return Err(EngineError::unknown_query(&project, query).into());
-            }
-            let problems = environment_diagnostics(&cli, &project);
-            if !problems.is_empty() {
-                let mut d = Diagnostics(problems);
-                d.sort();
-                return Err(Failure {
-                    text: d.render(&cli.project),
-                    code: 2,
-                });
-            }
-            let plan = plan_query(&project, query)?;
+            let plan = checked_plan(&cli, &project, query)?;
             let engine = engine(&cli, project)?;
             let progress = output::CliProgress::new();
             let summary = engine.run(&plan, &progress).await;
@@ -362,19 +366,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             out,
         } => {
             let project = load(&cli)?;
-            if project.query(query).is_none() {
-                return Err(EngineError::unknown_query(&project, query).into());
-            }
-            let problems = environment_diagnostics(&cli, &project);
-            if !problems.is_empty() {
-                let mut d = Diagnostics(problems);
-                d.sort();
-                return Err(Failure {
-                    text: d.render(&cli.project),
-                    code: 2,
-                });
-            }
-            let plan = plan_query(&project, query)?;
+            let plan = checked_plan(&cli, &project, query)?;
             let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, Failure> {
                 match v {
                     None => Ok(None),
@@ -422,15 +414,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Serve { listen } => {
             let project = load(&cli)?;
-            let problems = environment_diagnostics(&cli, &project);
-            if !problems.is_empty() {
-                let mut d = Diagnostics(problems);
-                d.sort();
-                return Err(Failure {
-                    text: d.render(&cli.project),
-                    code: 2,
-                });
-            }
+            check_environment(&cli, &project)?;
             let state = slate_server::AppState::new(engine(&cli, project)?)?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

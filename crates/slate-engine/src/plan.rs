@@ -529,12 +529,7 @@ impl<'p> Planner<'p> {
         }
         let id = r.to_string();
         if self.visiting.contains(&id) {
-            let mut cycle = self.visiting.clone();
-            cycle.push(id);
-            return Err(format!(
-                "features depend on each other in a cycle: {}",
-                cycle.join(" -> ")
-            ));
+            return Err(self.cycle(id));
         }
         self.visiting.push(id);
         let out = self.feature_inner(r, column);
@@ -732,6 +727,48 @@ impl<'p> Planner<'p> {
         Ok(column)
     }
 
+    /// Plans the inputs of a model or function resolver: checks the query's required tags and
+    /// reports a cycle through the resolver.
+    fn resolver_inputs(
+        &mut self,
+        kind: &str,
+        name: &str,
+        tags: &[String],
+        inputs: &[FeatureRef],
+    ) -> Result<Vec<String>, String> {
+        if let Some(t) = self
+            .query
+            .required_resolver_tags
+            .iter()
+            .find(|t| !tags.contains(t))
+        {
+            return Err(format!(
+                "{kind} `{name}` lacks the query's required resolver tag `{t}`"
+            ));
+        }
+        let id = format!("{kind} {name}");
+        if self.visiting.contains(&id) {
+            return Err(self.cycle(id));
+        }
+        self.visiting.push(id);
+        let mut columns = Vec::new();
+        for i in inputs {
+            columns.push(self.feature(i)?);
+        }
+        self.visiting.pop();
+        Ok(columns)
+    }
+
+    /// The message for a cycle closed by `id`.
+    fn cycle(&self, id: String) -> String {
+        let mut cycle = self.visiting.clone();
+        cycle.push(id);
+        format!(
+            "features depend on each other in a cycle: {}",
+            cycle.join(" -> ")
+        )
+    }
+
     fn function(&mut self, f: &slate_project::FunctionResolver) -> Result<(), String> {
         if let Some(o) = f.outputs.first()
             && !o.class.eq_ignore_ascii_case(&self.root.name)
@@ -741,32 +778,7 @@ impl<'p> Planner<'p> {
                 f.name, self.root.name
             ));
         }
-        if let Some(t) = self
-            .query
-            .required_resolver_tags
-            .iter()
-            .find(|t| !f.tags.contains(t))
-        {
-            return Err(format!(
-                "function `{}` lacks the query's required resolver tag `{t}`",
-                f.name
-            ));
-        }
-        let id = format!("function {}", f.name);
-        if self.visiting.contains(&id) {
-            let mut cycle = self.visiting.clone();
-            cycle.push(id);
-            return Err(format!(
-                "features depend on each other in a cycle: {}",
-                cycle.join(" -> ")
-            ));
-        }
-        self.visiting.push(id);
-        let mut inputs = Vec::new();
-        for i in &f.inputs {
-            inputs.push(self.feature(i)?);
-        }
-        self.visiting.pop();
+        let inputs = self.resolver_inputs("function", &f.name, &f.tags, &f.inputs)?;
         let mut outputs = Vec::new();
         for o in &f.outputs {
             let ty = match self.root.feature(&o.feature).map(|x| &x.kind) {
@@ -795,32 +807,7 @@ impl<'p> Planner<'p> {
                 m.name, m.output, self.root.name
             ));
         }
-        if let Some(t) = self
-            .query
-            .required_resolver_tags
-            .iter()
-            .find(|t| !m.tags.contains(t))
-        {
-            return Err(format!(
-                "model `{}` lacks the query's required resolver tag `{t}`",
-                m.name
-            ));
-        }
-        let id = format!("model {}", m.name);
-        if self.visiting.contains(&id) {
-            let mut cycle = self.visiting.clone();
-            cycle.push(id);
-            return Err(format!(
-                "features depend on each other in a cycle: {}",
-                cycle.join(" -> ")
-            ));
-        }
-        self.visiting.push(id);
-        let mut inputs = Vec::new();
-        for i in m.model_inputs() {
-            inputs.push(self.feature(i)?);
-        }
-        self.visiting.pop();
+        let inputs = self.resolver_inputs("model", &m.name, &m.tags, m.model_inputs())?;
         let label_ty = match self.root.feature(&m.output.feature).map(|f| &f.kind) {
             Some(FeatureKind::Scalar { ty, .. }) => *ty,
             _ => ValueType::Int,
