@@ -78,9 +78,14 @@ enum Command {
     },
     /// Serve the online store and the run API over HTTP until SIGINT or SIGTERM.
     Serve {
-        /// Address to listen on (loopback by default).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
+        /// Address to listen on (default: `serve.listen` in slate.yaml, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Committed runs from the ledger (all queries, or one), oldest first.
+    Runs {
+        /// Only this scheduled query's runs.
+        query: Option<String>,
     },
     /// Inspect or change incremental watermarks.
     Incremental {
@@ -415,8 +420,25 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Serve { listen } => {
             let project = load(&cli)?;
             check_environment(&cli, &project)?;
-            let state = slate_server::AppState::new(engine(&cli, project)?)?;
-            let listener = tokio::net::TcpListener::bind(listen)
+            let listen = listen
+                .clone()
+                .or_else(|| project.serve.listen.clone())
+                .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+            // The token is read from the environment variable slate.yaml names; never printed.
+            let token = match &project.serve.auth_token_env {
+                None => None,
+                Some(var) => match std::env::var(var) {
+                    Ok(t) if !t.is_empty() => Some(t),
+                    _ => {
+                        return Err(anyhow::anyhow!(
+                            "serve.auth_token_env names `{var}`, but that environment variable is not set: set it to the bearer token clients will send"
+                        )
+                        .into());
+                    }
+                },
+            };
+            let state = slate_server::AppState::new(engine(&cli, project)?, token)?;
+            let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr().map_err(anyhow::Error::from)?;
@@ -431,6 +453,23 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let _ = stop.send(true);
             let _ = scheduler.await;
             println!("slate serve: stopped");
+            Ok(())
+        }
+        Command::Runs { query } => {
+            let project = load(&cli)?;
+            if let Some(q) = query
+                && project.query(q).is_none()
+            {
+                return Err(EngineError::unknown_query(&project, q).into());
+            }
+            let engine = engine(&cli, project)?;
+            let mut runs = match engine.state_dir().join("ledger.redb").exists() {
+                true => engine.ledger()?.runs().map_err(EngineError::from)?,
+                false => vec![],
+            };
+            runs.retain(|r| query.as_ref().is_none_or(|q| &r.query == q));
+            runs.sort_by_key(|r| r.tick_micros);
+            print!("{}", output::runs(&runs));
             Ok(())
         }
         Command::Incremental { action } => {

@@ -95,6 +95,29 @@ pub fn summary(s: &RunSummary) -> String {
     out
 }
 
+pub fn runs(runs: &[slate_stores::RunRecord]) -> String {
+    if runs.is_empty() {
+        return "no committed runs yet\n".into();
+    }
+    let wm = |w: Option<i64>| w.map_or("-".to_string(), time);
+    let mut s = format!(
+        "{:<24} {:<28} {:>12} {:>12}  {}\n",
+        "QUERY", "TICK", "INGESTED", "COMPUTED", "WATERMARK"
+    );
+    for r in runs {
+        s.push_str(&format!(
+            "{:<24} {:<28} {:>12} {:>12}  {} -> {}\n",
+            r.query,
+            time(r.tick_micros),
+            thousands(r.rows_ingested),
+            thousands(r.rows_scored),
+            wm(r.watermark_before),
+            wm(r.watermark_after)
+        ));
+    }
+    s
+}
+
 pub fn watermarks(w: &[Watermark]) -> String {
     if w.is_empty() {
         return "no watermarks yet: the next run of each query reads all rows\n".into();

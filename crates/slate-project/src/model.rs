@@ -16,6 +16,17 @@ pub struct Project {
     pub model_resolvers: Vec<ModelResolver>,
     pub function_resolvers: Vec<FunctionResolver>,
     pub queries: Vec<ScheduledQuery>,
+    pub serve: ServeConfig,
+}
+
+/// `serve:` in slate.yaml: how `slate serve` listens and authenticates.
+#[derive(Debug, Clone, Default)]
+pub struct ServeConfig {
+    /// Address to listen on when `--listen` is not given.
+    pub listen: Option<String>,
+    /// Name of the environment variable holding the bearer token every request must carry
+    /// (except `GET /healthz`); no authentication when unset.
+    pub auth_token_env: Option<String>,
 }
 
 /// A resolver written in Rust and registered through the library (`kind: function`): the

@@ -57,12 +57,17 @@ pub struct AppState {
     engine: Arc<Engine>,
     online: Arc<OnlineStore>,
     shared: Mutex<Shared>,
+    /// The bearer token every request but `GET /healthz` must carry, when set.
+    token: Option<String>,
 }
 
 impl AppState {
     /// The service's state over `engine`, whose online store is opened once here and shared
-    /// by readers and runs.
-    pub fn new(engine: Engine) -> Result<Arc<Self>, slate_engine::EngineError> {
+    /// by readers and runs; with `token`, requests need `Authorization: Bearer <token>`.
+    pub fn new(
+        engine: Engine,
+        token: Option<String>,
+    ) -> Result<Arc<Self>, slate_engine::EngineError> {
         std::fs::create_dir_all(engine.state_dir()).map_err(|e| {
             slate_engine::EngineError::Store(slate_stores::StoreError::Io {
                 what: "state directory",
@@ -75,6 +80,7 @@ impl AppState {
             engine: Arc::new(engine),
             online,
             shared: Mutex::new(Shared::default()),
+            token,
         }))
     }
 
@@ -85,6 +91,31 @@ impl AppState {
     }
 }
 
+/// Refuses a request without the service's bearer token (health checks need none).
+async fn auth(
+    State(s): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &s.token
+        && req.uri().path() != "/healthz"
+    {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            s.count("slate_http_unauthorized_total".into());
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send `Authorization: Bearer <token>`",
+            );
+        }
+    }
+    next.run(req).await
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -92,6 +123,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs", post(trigger_run).get(list_runs))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
 

@@ -61,7 +61,7 @@ async fn runs_and_online_values_over_http() {
     })
     .expect("engine");
     let offline = engine.offline();
-    let app = slate_server::AppState::new(engine).expect("state");
+    let app = slate_server::AppState::new(engine, None).expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -231,6 +231,54 @@ async fn runs_and_online_values_over_http() {
             .filter(|l| !l.starts_with('#'))
             .all(|l| l.starts_with("slate_"))
     );
+    let _ = stop.send(());
+    server.await.expect("join").expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_token_is_required_except_for_health_checks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud");
+    let engine = Engine::new(EngineConfig {
+        project: slate_project::load_project(&project_dir).expect("project"),
+        env: "default".into(),
+        data_dir: Some(tmp.path().join("warehouse")),
+        state_dir: Some(tmp.path().join("state")),
+        clock: Arc::new(FixedClock(START_MICROS)),
+    })
+    .expect("engine");
+    let app = slate_server::AppState::new(engine, Some("s3cret".into())).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(slate_server::serve(listener, app, async {
+        let _ = stopped.await;
+    }));
+    assert_eq!(http(addr, "GET", "/healthz", String::new()).await.0, 200);
+    let (code, body) = http(addr, "GET", "/v1/runs", String::new()).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        json_of(&body)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Bearer"))
+    );
+    let authed = |path: &str| {
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).expect("write");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            buf
+        })
+    };
+    let reply = authed("/v1/runs").await.expect("request");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let _ = stop.send(());
     server.await.expect("join").expect("serve");
 }

@@ -41,6 +41,7 @@ pub(crate) struct Resolver {
     root: PathBuf,
     pub diags: Vec<Diagnostic>,
     name: String,
+    serve: ServeConfig,
     environments: BTreeMap<String, Environment>,
     classes: Vec<FeatureClass>,
     pending_aggs: Vec<PendingAggregate>,
@@ -78,6 +79,7 @@ impl Resolver {
             root: root.to_path_buf(),
             diags: Vec::new(),
             name: String::new(),
+            serve: ServeConfig::default(),
             environments: BTreeMap::new(),
             classes: Vec::new(),
             pending_aggs: Vec::new(),
@@ -176,6 +178,7 @@ impl Resolver {
         Ok(Project {
             root: self.root,
             name: self.name,
+            serve: self.serve,
             environments: self.environments,
             classes: self.classes,
             sql_resolvers: self.sql_resolvers,

@@ -7,7 +7,20 @@ impl Resolver {
         let Some(entries) = self.expect_map(node, "slate.yaml") else {
             return;
         };
-        self.unknown_keys(node, "slate.yaml", &["name", "environments"]);
+        self.unknown_keys(node, "slate.yaml", &["name", "environments", "serve"]);
+        if let Some(serve) = node.get("serve") {
+            self.unknown_keys(serve, "`serve`", &["listen", "auth_token_env"]);
+            self.serve = ServeConfig {
+                listen: serve
+                    .get("listen")
+                    .and_then(Node::as_str)
+                    .map(str::to_string),
+                auth_token_env: serve
+                    .get("auth_token_env")
+                    .and_then(Node::as_str)
+                    .map(str::to_string),
+            };
+        }
         self.name = node
             .get("name")
             .and_then(Node::as_str)
