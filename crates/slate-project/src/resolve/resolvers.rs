@@ -311,16 +311,7 @@ impl Resolver {
                 "description",
             ],
         );
-        let name = node
-            .get("name")
-            .and_then(Node::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                file.file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_string()
-            });
+        let name = resolver_name(file, node);
         let kind = node.get("kind").and_then(Node::as_str).unwrap_or("onnx");
         if kind != "onnx" {
             let span = node.span_of("kind");
@@ -447,16 +438,7 @@ impl Resolver {
             "a function resolver",
             &["name", "kind", "inputs", "outputs", "tags", "description"],
         );
-        let name = node
-            .get("name")
-            .and_then(Node::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                file.file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_string()
-            });
+        let name = resolver_name(file, node);
         let list = |this: &mut Self, key: &str| -> Option<Vec<(FeatureRef, FeatureKind, Span)>> {
             let items = match node.get(key).map(|n| &n.kind) {
                 Some(NodeKind::Seq(items)) if !items.is_empty() => items.clone(),
@@ -505,4 +487,17 @@ impl Resolver {
             tags: node.get("tags").and_then(str_list).unwrap_or_default(),
         })
     }
+}
+
+/// A resolver file's `name`, or its file name without the extension.
+fn resolver_name(file: &Path, node: &Node) -> String {
+    node.get("name")
+        .and_then(Node::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            file.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string()
+        })
 }
