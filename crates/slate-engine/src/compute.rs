@@ -47,7 +47,8 @@ impl Frame {
     }
 }
 
-fn strict_cast(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, EngineError> {
+/// `a` as `to`; a value the cast cannot carry is an error, never a null.
+pub(crate) fn strict_cast(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, EngineError> {
     if a.data_type() == to {
         return Ok(a.clone());
     }

@@ -4,12 +4,12 @@
 //! version of every table it read, so it can be rebuilt.
 
 use crate::EngineError;
-use crate::compute::{Frame, keyed_read};
+use crate::compute::{Frame, keyed_read, strict_cast};
 use crate::frame::ts_column;
 use crate::plan::{Node, QueryPlan};
 use crate::run::Engine;
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use arrow::compute::{cast_with_options, concat_batches, filter_record_batch, take};
+use arrow::compute::{concat_batches, filter_record_batch, take};
 use slate_model::OnnxModel;
 use slate_project::FeatureKind;
 use std::collections::HashMap;
@@ -36,14 +36,6 @@ fn bad(reason: String) -> EngineError {
         resolver: "spine".into(),
         reason,
     }
-}
-
-fn strict_cast(a: &ArrayRef, to: &arrow::datatypes::DataType) -> Result<ArrayRef, EngineError> {
-    let options = arrow::compute::CastOptions {
-        safe: false,
-        ..Default::default()
-    };
-    Ok(cast_with_options(a, to, &options)?)
 }
 
 impl Engine {
