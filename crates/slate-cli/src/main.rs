@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "slate",
     version,
@@ -37,7 +37,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Command {
     /// Validate the whole project and print each scheduled query's plan. Writes nothing.
     Apply,
@@ -81,8 +81,14 @@ enum Command {
         /// Address to listen on (default: `serve.listen` in slate.yaml, else 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<String>,
+        /// On SIGTERM or SIGINT, how long a run in progress may take to finish before it is
+        /// abandoned (nothing of it is committed; its tick reruns at the next start), e.g.
+        /// `30s`, `10m`.
+        #[arg(long, default_value = "10m")]
+        grace: String,
     },
-    /// Committed runs from the ledger (all queries, or one), oldest first.
+    /// Runs recorded in the ledger (all queries, or one): committed runs and the service's
+    /// failed runs, in start order.
     Runs {
         /// Only this scheduled query's runs.
         query: Option<String>,
@@ -94,7 +100,7 @@ enum Command {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum IncrementalCmd {
     /// Show every watermark.
     Status,
@@ -150,7 +156,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(dispatch(cli)) {
+    let result = rt.block_on(dispatch(cli));
+    // A run abandoned at shutdown may still hold blocking threads: they end with the process.
+    rt.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprint!("{}", f.text);
@@ -223,6 +232,58 @@ fn checked_plan(cli: &Cli, project: &Project, query: &str) -> Result<QueryPlan, 
     }
     check_environment(cli, project)?;
     Ok(plan_query(project, query)?)
+}
+
+/// The project directory as the service sees it: a fingerprint of its files' names, sizes and
+/// times, and a fresh load with every check `slate serve` makes at start.
+struct ProjectFiles {
+    cli: Cli,
+}
+
+impl ProjectFiles {
+    fn walk(dir: &std::path::Path, depth: usize, out: &mut Vec<(PathBuf, u64, std::time::SystemTime)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                // State, build output and hidden directories are not the project.
+                if depth < 4 && !name.starts_with('.') && name != "target" {
+                    Self::walk(&path, depth + 1, out);
+                }
+            } else if matches!(
+                path.extension().and_then(|x| x.to_str()),
+                Some("yaml" | "yml" | "sql" | "onnx")
+            ) {
+                out.push((path, meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH)));
+            }
+        }
+    }
+}
+
+impl slate_server::ProjectSource for ProjectFiles {
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut files = Vec::new();
+        Self::walk(&self.cli.project, 0, &mut files);
+        files.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        files.hash(&mut h);
+        h.finish()
+    }
+
+    fn load(&self) -> Result<Engine, String> {
+        let project = load(&self.cli).map_err(|f| f.text)?;
+        check_environment(&self.cli, &project).map_err(|f| f.text)?;
+        for q in &project.queries {
+            plan_query(&project, &q.name).map_err(|e| e.to_string())?;
+        }
+        engine(&self.cli, project).map_err(|f| f.text)
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -417,7 +478,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Serve { listen } => {
+        Command::Serve { listen, grace } => {
+            let grace = slate_types::parse_duration_secs(grace)
+                .map_err(|e| anyhow::anyhow!("--grace {grace}: {e}"))?;
             let project = load(&cli)?;
             check_environment(&cli, &project)?;
             let listen = listen
@@ -437,7 +500,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     }
                 },
             };
-            let state = slate_server::AppState::new(engine(&cli, project)?, token)?;
+            let source = Box::new(ProjectFiles { cli: cli.clone() });
+            let state =
+                slate_server::AppState::with_source(engine(&cli, project)?, token, Some(source))?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -445,14 +510,28 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             println!("slate serve: listening on http://{addr}");
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let scheduler = slate_server::spawn_scheduler(state.clone(), stopped);
-            slate_server::serve(listener, state, shutdown_signal())
+            slate_server::serve(listener, state.clone(), shutdown_signal())
                 .await
                 .map_err(anyhow::Error::from)?;
-            // A scheduled run in progress finishes (or its process is killed, and the rerun
-            // repeats its tick from the same watermark).
+            // No new run starts; the one in progress has the grace period to finish. Past it
+            // the process exits without committing it: the ledger commit is a run's last
+            // write, so its tick reruns from the same watermark and replaces what it wrote.
+            state.stop_runs();
             let _ = stop.send(true);
-            let _ = scheduler.await;
-            println!("slate serve: stopped");
+            let wait = async {
+                let _ = scheduler.await;
+                state.runs_finished().await;
+            };
+            let limit = std::time::Duration::from_secs(grace.max(0) as u64);
+            if let Some(stage) = state.active_stage() {
+                println!("slate serve: stopping; waiting up to {limit:?} for the run in progress ({stage})");
+            }
+            match tokio::time::timeout(limit, wait).await {
+                Ok(()) => println!("slate serve: stopped"),
+                Err(_) => println!(
+                    "slate serve: stopped; the run in progress was abandoned after the grace period, uncommitted (it reruns at the next start or trigger)"
+                ),
+            }
             Ok(())
         }
         Command::Runs { query } => {
@@ -468,7 +547,6 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 false => vec![],
             };
             runs.retain(|r| query.as_ref().is_none_or(|q| &r.query == q));
-            runs.sort_by_key(|r| r.tick_micros);
             print!("{}", output::runs(&runs));
             Ok(())
         }

@@ -86,6 +86,17 @@ pub fn summary(s: &RunSummary) -> String {
         }
         out.push('\n');
     }
+    if let Some(l) = s.late_rows {
+        out.push_str(&format!(
+            "  late rows      {}{}\n",
+            thousands(l),
+            if l > 0 {
+                " (arrived after their range was read; a longer lookback_period would catch them)"
+            } else {
+                ""
+            }
+        ));
+    }
     out.push_str(&format!(
         "  watermark      {} -> {}\n  time           {}\n",
         wm(s.watermark_before),
@@ -97,23 +108,35 @@ pub fn summary(s: &RunSummary) -> String {
 
 pub fn runs(runs: &[slate_stores::RunRecord]) -> String {
     if runs.is_empty() {
-        return "no committed runs yet\n".into();
+        return "no runs recorded yet\n".into();
     }
     let wm = |w: Option<i64>| w.map_or("-".to_string(), time);
     let mut s = format!(
-        "{:<24} {:<28} {:>12} {:>12}  {}\n",
-        "QUERY", "TICK", "INGESTED", "COMPUTED", "WATERMARK"
+        "{:<24} {:<28} {:<10} {:<9} {:>12} {:>12} {:>6} {:>8}  {}\n",
+        "QUERY", "TICK", "STATUS", "TRIGGER", "INGESTED", "COMPUTED", "LATE", "SECONDS", "WATERMARK"
     );
     for r in runs {
+        let secs = if r.finished_micros >= r.started_micros && r.started_micros > 0 {
+            format!("{:.2}", (r.finished_micros - r.started_micros) as f64 / 1e6)
+        } else {
+            "-".into()
+        };
         s.push_str(&format!(
-            "{:<24} {:<28} {:>12} {:>12}  {} -> {}\n",
+            "{:<24} {:<28} {:<10} {:<9} {:>12} {:>12} {:>6} {:>8}  {} -> {}\n",
             r.query,
             time(r.tick_micros),
+            r.status.as_str(),
+            if r.trigger.is_empty() { "-" } else { &r.trigger },
             thousands(r.rows_ingested),
             thousands(r.rows_scored),
+            r.late_rows.map_or("-".into(), thousands),
+            secs,
             wm(r.watermark_before),
             wm(r.watermark_after)
         ));
+        if let Some(e) = &r.error {
+            s.push_str(&format!("  error: {e}\n"));
+        }
     }
     s
 }
@@ -205,6 +228,25 @@ mod tests {
             watermark_before: None,
             watermark_after: None,
             stages: vec![("ingest".into(), Duration::from_millis(20))],
+            late_rows: Some(7),
+            record: slate_stores::RunRecord {
+                run_id: "q@2026-01-01T00:00:00Z".into(),
+                query: "q".into(),
+                tick_micros: 0,
+                status: slate_stores::RunStatus::Succeeded,
+                trigger: "on_demand".into(),
+                started_micros: 0,
+                finished_micros: 0,
+                rows_ingested: 1200,
+                rows_scored: 1000,
+                late_rows: Some(7),
+                watermark_before: None,
+                watermark_after: None,
+                scans: vec![],
+                outputs: vec![],
+                stages: vec![],
+                error: None,
+            },
         };
         let text = summary(&s);
         assert!(
@@ -217,6 +259,7 @@ mod tests {
             text.contains("  output         Order.eta      1,000 rows, 3 null\n"),
             "{text}"
         );
+        assert!(text.contains("  late rows      7 (arrived after"), "{text}");
         assert!(!text.to_lowercase().contains("fraud"));
     }
 }

@@ -1,18 +1,13 @@
 //! Exactly-once under SIGKILL: `slate run` killed at seeded random moments, then run again to
 //! completion, leaves the stores exactly as one uninterrupted run does: no duplicate, no gap.
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::compute::{concat_batches, sort_to_indices, take};
-use arrow::datatypes::Int64Type;
+mod common;
+
+use common::{project, stores};
 use fraud_example::{Config, write_warehouse};
-use slate_stores::{OfflineStore, OnlineStore};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn project() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud")
-}
 
 fn slate(data: &Path, state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_slate"));
@@ -26,41 +21,6 @@ fn slate(data: &Path, state: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c
-}
-
-/// The predictions table without run ids, sorted by transaction id, and the online values.
-async fn stores(state: &Path) -> (RecordBatch, Vec<Option<(i64, String)>>) {
-    let batches = OfflineStore::new(&state.join("offline"))
-        .read_all("run_fraud_model")
-        .await
-        .expect("read");
-    let b = concat_batches(&batches[0].schema(), &batches).expect("concat");
-    let keep: Vec<usize> = (0..b.num_columns())
-        .filter(|&i| b.schema().field(i).name() != "run_id")
-        .collect();
-    let b = b.project(&keep).expect("project");
-    let order = sort_to_indices(b.column_by_name("id").expect("id"), None, None).expect("sort");
-    let cols = b
-        .columns()
-        .iter()
-        .map(|c| take(c, &order, None).expect("take"))
-        .collect();
-    let b = RecordBatch::try_new(b.schema(), cols).expect("batch");
-    let online = OnlineStore::open(&state.join("online.redb")).expect("online");
-    let ids = b
-        .column_by_name("id")
-        .expect("id")
-        .as_primitive::<Int64Type>()
-        .clone();
-    let values = (0..ids.len())
-        .map(|i| {
-            online
-                .get("transaction.is_fraud", &ids.value(i).to_string())
-                .expect("get")
-                .map(|v| (v.feature_time, v.json))
-        })
-        .collect();
-    (b, values)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,10 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use slate_model::OnnxModel;
 use slate_project::{IncrementalTimestamp, Project, SourceConfig};
 use slate_sources::{EmbeddedSource, IncrementalBound};
-use slate_stores::{Ledger, OfflineStore, OnlineStore, ReplaceRange, RunRecord};
+use slate_stores::{
+    Ledger, OfflineStore, OnlineStore, OutputRecord, ReplaceRange, RunRecord, RunStatus,
+    ScanRecord,
+};
 use slate_types::Clock;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,11 +50,15 @@ pub struct RunSummary {
     pub run_id: String,
     pub rows_ingested: usize,
     pub rows_scored: usize,
+    /// Root rows that arrived too late to be read (`None`: not counted on this run).
+    pub late_rows: Option<usize>,
     /// One entry per feature the run computed as an output, in plan order.
     pub outputs: Vec<OutputSummary>,
     pub watermark_before: Option<i64>,
     pub watermark_after: Option<i64>,
     pub stages: Vec<(String, Duration)>,
+    /// What the ledger recorded.
+    pub record: RunRecord,
 }
 
 /// What a run computed for one output feature.
@@ -229,6 +236,63 @@ impl Engine {
         self.run_tick(plan, None, progress).await
     }
 
+    /// [`Engine::run_tick`], and when the run fails, a record of the failure in the ledger
+    /// (its watermarks unchanged): what a service runs, so that its history shows failures.
+    /// Returns the run's id with its outcome.
+    pub async fn run_recorded(
+        &self,
+        plan: &QueryPlan,
+        tick: Option<i64>,
+        progress: &dyn Progress,
+    ) -> (String, Result<RunSummary, EngineError>) {
+        let started = self.cfg.clock.now_micros();
+        let result = self.run_tick(plan, tick, progress).await;
+        let tick_micros = tick.unwrap_or(started);
+        let run_id = match &result {
+            Ok(s) => s.run_id.clone(),
+            Err(_) => format!(
+                "{}@{}",
+                plan.query.name,
+                slate_types::format_rfc3339(tick_micros)
+            ),
+        };
+        if let Err(e) = &result {
+            let record = RunRecord {
+                run_id: run_id.clone(),
+                query: plan.query.name.clone(),
+                tick_micros,
+                status: RunStatus::Failed,
+                trigger: if tick.is_some() {
+                    "schedule"
+                } else {
+                    "on_demand"
+                }
+                .into(),
+                started_micros: started,
+                finished_micros: self.cfg.clock.now_micros(),
+                rows_ingested: 0,
+                rows_scored: 0,
+                late_rows: None,
+                watermark_before: None,
+                watermark_after: None,
+                scans: vec![],
+                outputs: vec![],
+                stages: vec![],
+                error: Some(e.to_string()),
+            };
+            // A failure that cannot be recorded is reported with the run's own error.
+            if let Err(le) = std::fs::create_dir_all(&self.state_dir)
+                .map_err(|e| e.to_string())
+                .and_then(|_| self.ledger().map_err(|e| e.to_string()))
+                .and_then(|l| l.record_failure(&record).map_err(|e| e.to_string()))
+            {
+                let e = EngineError::Internal(format!("{e}; recording the failure failed: {le}"));
+                return (run_id, Err(e));
+            }
+        }
+        (run_id, result)
+    }
+
     /// One run of `plan` for a schedule's tick (or, with `None`, on demand); the run is
     /// identified and recorded by `query@tick`.
     pub async fn run_tick(
@@ -238,6 +302,11 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<RunSummary, EngineError> {
         let started = self.cfg.clock.now_micros();
+        let trigger = if tick.is_some() {
+            "schedule"
+        } else {
+            "on_demand"
+        };
         let tick = tick.unwrap_or(started);
         let run_id = format!("{}@{}", plan.query.name, slate_types::format_rfc3339(tick));
         let mut stages = Vec::new();
@@ -254,14 +323,32 @@ impl Engine {
             models.insert(m.name.clone(), OnnxModel::load(&m.model_path)?);
         }
 
+        // An online store another process holds (a running service) refuses the run now,
+        // before anything is written, rather than at the write stage.
+        let early_online = match (plan.query.store_online, &self.shared_online) {
+            (true, None) if self.state_dir.join("online.redb").exists() => Some(self.online()?),
+            _ => None,
+        };
+
         // 1. Ingest every scan; the rows are persisted before anything is computed from them.
         progress.stage("ingest");
         let t = Instant::now();
         // The ledger is created at the first commit, so a run that fails early leaves no state.
         let ledger_exists = self.state_dir.join("ledger.redb").exists();
+        let previous = match ledger_exists {
+            true => self
+                .ledger()?
+                .committed_runs()?
+                .into_iter()
+                .rfind(|r| r.query == plan.query.name),
+            false => None,
+        };
         let mut ingested = Vec::new();
         for scan in &plan.scans {
-            ingested.push(self.ingest(plan, scan, ledger_exists, started).await?);
+            ingested.push(
+                self.ingest(plan, scan, ledger_exists, started, previous.as_ref())
+                    .await?,
+            );
         }
         // One run at a time writes a state directory. The OS releases the lock when the process
         // dies, so a killed run never blocks the rerun.
@@ -281,7 +368,14 @@ impl Engine {
             .scans
             .iter()
             .zip(&ingested)
-            .map(|(s, i)| format!("{} rows from {}", i.rows.num_rows(), s.resolver.name))
+            .map(|(s, i)| match i.late {
+                Some(l) if l > 0 => format!(
+                    "{} rows from {} ({l} late rows missed)",
+                    i.rows.num_rows(),
+                    s.resolver.name
+                ),
+                _ => format!("{} rows from {}", i.rows.num_rows(), s.resolver.name),
+            })
             .collect();
         took("ingest", detail.join(", "), t.elapsed());
 
@@ -352,7 +446,10 @@ impl Engine {
         }
         if plan.query.store_online {
             // One feature's rows at a time, all in one transaction.
-            let online = self.online()?;
+            let online = match early_online {
+                Some(o) => o,
+                None => self.online()?,
+            };
             let mut writer = online.writer()?;
             for (f, c) in &published {
                 let json = json_values(frame.column(c)?)?;
@@ -382,15 +479,52 @@ impl Engine {
         let t = Instant::now();
         let before = ingested[0].before;
         let after = ingested[0].after;
-        let record = RunRecord {
+        let commit_detail = format!(
+            "watermark {}",
+            after.map_or("unset".into(), slate_types::format_rfc3339)
+        );
+        let mut record = RunRecord {
             run_id: run_id.clone(),
             query: plan.query.name.clone(),
             tick_micros: tick,
+            status: RunStatus::Succeeded,
+            trigger: trigger.to_string(),
+            started_micros: started,
+            finished_micros: self.cfg.clock.now_micros(),
             rows_ingested: rows.num_rows(),
             rows_scored: frame.rows,
+            late_rows: ingested[0].late,
             watermark_before: before,
             watermark_after: after,
+            scans: plan
+                .scans
+                .iter()
+                .zip(&ingested)
+                .map(|(s, i)| ScanRecord {
+                    resolver: s.resolver.name.clone(),
+                    rows: i.rows.num_rows(),
+                    bound_micros: i.bound.as_ref().map(|b| b.micros),
+                    watermark_before: i.before,
+                    watermark_after: i.after,
+                    late_rows: i.late,
+                })
+                .collect(),
+            outputs: outputs
+                .iter()
+                .map(|o| OutputRecord {
+                    feature: o.feature.clone(),
+                    rows: o.rows,
+                    nulls: o.nulls,
+                })
+                .collect(),
+            stages: Vec::new(),
+            error: None,
         };
+        // The commit's own time is the one stage the record cannot hold.
+        record.stages = stages
+            .iter()
+            .map(|(n, d)| (n.clone(), d.as_secs_f64()))
+            .collect();
         let marks: Vec<(String, i64)> = plan
             .scans
             .iter()
@@ -398,23 +532,19 @@ impl Engine {
             .filter_map(|(s, i)| i.after.map(|a| (s.resolver.name.clone(), a)))
             .collect();
         self.ledger()?.commit_run(&record, &marks)?;
-        took(
-            "commit",
-            format!(
-                "watermark {}",
-                after.map_or("unset".into(), slate_types::format_rfc3339)
-            ),
-            t.elapsed(),
-        );
+        progress.done("commit", &commit_detail, t.elapsed());
+        stages.push(("commit".to_string(), t.elapsed()));
 
         Ok(RunSummary {
             run_id,
             rows_ingested: record.rows_ingested,
             rows_scored: record.rows_scored,
+            late_rows: record.late_rows,
             outputs,
             watermark_before: before,
             watermark_after: after,
             stages,
+            record,
         })
     }
 
@@ -511,6 +641,7 @@ impl Engine {
         scan: &Scan,
         ledger_exists: bool,
         started: i64,
+        previous: Option<&RunRecord>,
     ) -> Result<Ingested, EngineError> {
         let r = &scan.resolver;
         let inc = r.incremental.as_ref().filter(|_| scan.incremental);
@@ -545,6 +676,28 @@ impl Engine {
             versions,
             &r.name,
         )?;
+        // Late rows: the range between the previous run's bound and this one's was read by the
+        // previous run; what the source holds there now beyond what was stored came too late.
+        let previous_bound = previous
+            .and_then(|p| p.scans.iter().find(|s| s.resolver == r.name))
+            .map(|s| s.bound_micros);
+        let late = match (&bound, previous_bound) {
+            (Some(b), Some(from)) if from.is_none_or(|f| f < b.micros) => {
+                let mut distinct = vec![class.primary_key.as_str()];
+                if versions && let Some(t) = class.feature_time.as_deref() {
+                    distinct.push(t);
+                }
+                let now = source
+                    .count_distinct_between(&r.name, &r.sql, &distinct, &b.column, from, b.micros)
+                    .await?;
+                self.offline()
+                    .count_distinct_between(&scan.table(), &distinct, &b.column, from, b.micros)
+                    .await?
+                    .map(|stored| now.saturating_sub(stored))
+            }
+            (Some(_), Some(_)) => Some(0),
+            _ => None,
+        };
         let after = match inc {
             Some(i) if i.timestamp == IncrementalTimestamp::ResolverExecutionTime => Some(started),
             Some(i) => {
@@ -558,6 +711,7 @@ impl Engine {
             bound,
             before,
             after,
+            late,
         })
     }
 
@@ -625,6 +779,8 @@ struct Ingested {
     bound: Option<IncrementalBound>,
     before: Option<i64>,
     after: Option<i64>,
+    /// Rows that arrived too late to be read (see `ScanRecord::late_rows`).
+    late: Option<usize>,
 }
 
 /// The online store's key of each row: the primary key as text (`None` for a null key).

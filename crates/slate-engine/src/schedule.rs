@@ -76,7 +76,7 @@ impl<'e> Scheduler<'e> {
         Ok(self
             .engine
             .ledger()?
-            .runs()?
+            .committed_runs()?
             .into_iter()
             .filter(|r| r.query == query)
             .map(|r| r.tick_micros)
@@ -108,7 +108,12 @@ impl<'e> Scheduler<'e> {
             };
             for tick in ticks {
                 let result = match plan_query(self.engine.project(), &q.name) {
-                    Ok(plan) => self.engine.run_tick(&plan, Some(tick), progress).await,
+                    Ok(plan) => {
+                        self.engine
+                            .run_recorded(&plan, Some(tick), progress)
+                            .await
+                            .1
+                    }
                     Err(e) => Err(e),
                 };
                 let failed = result.is_err();

@@ -90,25 +90,36 @@ async fn runs_and_online_values_over_http() {
     assert_eq!(json_of(&body)["id"], json!(id));
     assert_eq!(json_of(&body)["duplicate"], json!(true));
     let mut status = String::new();
+    let mut run = Value::Null;
     for _ in 0..600 {
         let (_, body) = http(addr, "GET", "/v1/runs", String::new()).await;
         let runs = json_of(&body)["runs"]
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let api: Vec<&Value> = runs.iter().filter(|r| r["trigger"] == "api").collect();
-        assert_eq!(api.len(), 1, "one run for one key: {body}");
-        status = api[0]["status"].as_str().unwrap_or_default().to_string();
-        if status != "running" {
-            assert!(
-                runs.iter().any(|r| r["trigger"] == "ledger"),
-                "the ledger lists it: {body}"
-            );
+        let mine: Vec<&Value> = runs.iter().filter(|r| r["id"] == json!(id)).collect();
+        assert_eq!(mine.len(), 1, "one run for one key: {body}");
+        assert_eq!(runs.len(), 1, "no other run: {body}");
+        status = mine[0]["status"].as_str().unwrap_or_default().to_string();
+        run = mine[0].clone();
+        if status != "running" && status != "queued" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, "succeeded", "{run}");
+    // The record carries what the run did.
+    assert_eq!(run["trigger"], json!("api"));
+    assert_eq!(run["idempotency_key"], json!("nightly-1"));
+    assert!(run["rows_ingested"].as_u64().is_some_and(|n| n > 0), "{run}");
+    assert!(run["duration_seconds"].as_f64().is_some_and(|d| d > 0.0), "{run}");
+    assert!(run["watermark_after"].is_string(), "{run}");
+    assert!(run["outputs"].as_array().is_some_and(|o| !o.is_empty()), "{run}");
+    let stages: Vec<&str> = run["stages"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["stage"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(stages, ["ingest", "compute", "predict", "write"], "{run}");
 
     // Online values equal the offline record of the same run.
     let batches = offline.read_all("run_fraud_model").await.expect("read");
@@ -223,9 +234,20 @@ async fn runs_and_online_values_over_http() {
     let (code, text) = http(addr, "GET", "/metrics", String::new()).await;
     assert_eq!(code, 200);
     assert!(
-        text.contains("slate_runs_total{query=\"run_fraud_model\",status=\"succeeded\"} 1"),
+        text.contains(
+            "slate_runs_total{query=\"run_fraud_model\",trigger=\"api\",status=\"succeeded\"} 1"
+        ),
         "{text}"
     );
+    for series in [
+        "slate_rows_ingested_total{query=\"run_fraud_model\"}",
+        "slate_run_duration_seconds_count{query=\"run_fraud_model\"} 1",
+        "slate_watermark_lag_seconds{query=\"run_fraud_model\",resolver=",
+        "slate_http_request_duration_seconds_bucket{route=\"/v1/query/online\",method=\"POST\",le=",
+        "slate_http_requests_total{route=\"/v1/query/online\",method=\"POST\",code=\"400\"}",
+    ] {
+        assert!(text.contains(series), "{series} in {text}");
+    }
     assert!(
         text.lines()
             .filter(|l| !l.starts_with('#'))

@@ -195,6 +195,59 @@ impl EmbeddedSource {
     }
 }
 
+impl EmbeddedSource {
+    /// The number of distinct `distinct` tuples among the resolver's rows whose `column` lies
+    /// in `[from, to)` (`from` `None`: unbounded below). Both bounds are bound parameters.
+    pub async fn count_distinct_between(
+        &self,
+        resolver: &str,
+        sql: &str,
+        distinct: &[&str],
+        column: &str,
+        from: Option<i64>,
+        to: i64,
+    ) -> Result<usize, SourceError> {
+        let err = |reason: String| SourceError::Query {
+            resolver: resolver.into(),
+            source_name: self.name.clone(),
+            reason,
+        };
+        let q = |c: &str| format!("\"{}\"", c.replace('"', ""));
+        let sql = sql.trim().trim_end_matches(';');
+        let cols: Vec<String> = distinct.iter().map(|c| q(c)).collect();
+        let mut filter = format!("{} < $1", q(column));
+        let ts = |m: i64| ScalarValue::TimestampMicrosecond(Some(m), Some("UTC".into()));
+        let mut params = vec![ts(to)];
+        if let Some(f) = from {
+            filter.push_str(&format!(" AND {} >= $2", q(column)));
+            params.push(ts(f));
+        }
+        let wrapped = format!(
+            "SELECT count(*) AS n FROM (SELECT DISTINCT {} FROM ({sql}) AS slate_late WHERE {filter}) AS slate_distinct",
+            cols.join(", ")
+        );
+        let batches = self
+            .ctx
+            .sql(&wrapped)
+            .await
+            .and_then(|df| df.with_param_values(params))
+            .map_err(|e| err(e.to_string()))?
+            .collect()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let n = batches
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .map(|a| a.value(0))
+            })
+            .unwrap_or(0);
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
 /// Every row of one Parquet or CSV file (a dataset's spine), by its extension.
 pub async fn read_file(path: &Path) -> Result<Vec<RecordBatch>, SourceError> {
     let err = |reason: String| SourceError::Spine {

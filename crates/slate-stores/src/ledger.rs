@@ -1,6 +1,6 @@
-//! The run ledger: per (scheduled query, resolver) watermarks and one record per committed run,
-//! in an embedded redb database. A run's watermark moves in the same transaction that records
-//! the run, after everything else the run writes.
+//! The run ledger: per (scheduled query, resolver) watermarks, one record per committed run and
+//! one per failed run of the service, in an embedded redb database. A run's watermark moves in
+//! the same transaction that records the run, after everything else the run writes.
 
 use crate::{StoreError, io};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -9,6 +9,8 @@ use std::path::Path;
 
 const WATERMARKS: TableDefinition<(&str, &str), i64> = TableDefinition::new("watermarks");
 const RUNS: TableDefinition<&str, &str> = TableDefinition::new("runs");
+/// Failed runs, keyed by run id and start time: a tick that failed and then succeeded keeps both.
+const FAILURES: TableDefinition<(&str, i64), &str> = TableDefinition::new("failed_runs");
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watermark {
@@ -17,16 +19,79 @@ pub struct Watermark {
     pub micros: i64,
 }
 
-/// What a committed run did.
+/// How a recorded run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    #[default]
+    Succeeded,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// What a run did: its identity, outcome, rows, watermarks and stage timings. Records written
+/// by earlier versions lack the later fields; they read back as their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
     pub query: String,
     pub tick_micros: i64,
+    #[serde(default)]
+    pub status: RunStatus,
+    /// `schedule` (a cron tick) or `on_demand` (the CLI or the API).
+    #[serde(default)]
+    pub trigger: String,
+    #[serde(default)]
+    pub started_micros: i64,
+    #[serde(default)]
+    pub finished_micros: i64,
     pub rows_ingested: usize,
     pub rows_scored: usize,
+    /// Rows of the root resolver that arrived too late to be read (see [`ScanRecord::late_rows`]).
+    #[serde(default)]
+    pub late_rows: Option<usize>,
     pub watermark_before: Option<i64>,
     pub watermark_after: Option<i64>,
+    #[serde(default)]
+    pub scans: Vec<ScanRecord>,
+    #[serde(default)]
+    pub outputs: Vec<OutputRecord>,
+    /// Stage name and seconds, in order.
+    #[serde(default)]
+    pub stages: Vec<(String, f64)>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One resolver read by a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanRecord {
+    pub resolver: String,
+    pub rows: usize,
+    /// The lower bound the run read from (`None`: every row).
+    pub bound_micros: Option<i64>,
+    pub watermark_before: Option<i64>,
+    pub watermark_after: Option<i64>,
+    /// Rows the source now holds between the previous run's bound and this run's bound that
+    /// the offline store lacks: they arrived after the range was read and are now below the
+    /// lookback, so no run will read them. `None` when not counted (a first run, a full scan).
+    pub late_rows: Option<usize>,
+}
+
+/// One output feature of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub feature: String,
+    pub rows: usize,
+    pub nulls: usize,
 }
 
 #[derive(Debug)]
@@ -117,18 +182,62 @@ impl Ledger {
         tx.commit().map_err(|e| io("ledger commit")(&e))
     }
 
+    /// Records a run that failed; watermarks do not move.
+    pub fn record_failure(&self, record: &RunRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| io("ledger encode")(&e))?;
+        let tx = self.db.begin_write().map_err(|e| io("ledger write")(&e))?;
+        {
+            let mut f = tx.open_table(FAILURES).map_err(|e| io("ledger write")(&e))?;
+            f.insert(
+                (record.run_id.as_str(), record.started_micros),
+                json.as_str(),
+            )
+            .map_err(|e| io("ledger write")(&e))?;
+        }
+        tx.commit().map_err(|e| io("ledger commit")(&e))
+    }
+
+    /// Every recorded run, committed and failed, in start order.
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("ledger read")(&e))?;
-        let t = match tx.open_table(RUNS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
-            Err(e) => return Err(io("ledger read")(&e)),
+        let mut out: Vec<RunRecord> = Vec::new();
+        let decode = |v: &str| -> Result<RunRecord, StoreError> {
+            serde_json::from_str(v).map_err(|e| io("ledger decode")(&e))
         };
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| io("ledger read")(&e))? {
-            let (_, v) = item.map_err(|e| io("ledger read")(&e))?;
-            out.push(serde_json::from_str(v.value()).map_err(|e| io("ledger decode")(&e))?);
+        match tx.open_table(RUNS) {
+            Ok(t) => {
+                for item in t.iter().map_err(|e| io("ledger read")(&e))? {
+                    let (_, v) = item.map_err(|e| io("ledger read")(&e))?;
+                    out.push(decode(v.value())?);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(io("ledger read")(&e)),
         }
+        match tx.open_table(FAILURES) {
+            Ok(t) => {
+                for item in t.iter().map_err(|e| io("ledger read")(&e))? {
+                    let (_, v) = item.map_err(|e| io("ledger read")(&e))?;
+                    out.push(decode(v.value())?);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(io("ledger read")(&e)),
+        }
+        out.sort_by(|a, b| {
+            (a.started_micros, a.tick_micros, &a.run_id).cmp(&(
+                b.started_micros,
+                b.tick_micros,
+                &b.run_id,
+            ))
+        });
         Ok(out)
+    }
+
+    /// The committed runs only.
+    pub fn committed_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut runs = self.runs()?;
+        runs.retain(|r| r.status == RunStatus::Succeeded);
+        Ok(runs)
     }
 }

@@ -6,7 +6,7 @@ mod ledger;
 mod offline;
 mod online;
 
-pub use ledger::{Ledger, RunRecord, Watermark};
+pub use ledger::{Ledger, OutputRecord, RunRecord, RunStatus, ScanRecord, Watermark};
 pub use offline::{OfflineStore, ReplaceRange};
 pub use online::{OnlineStore, OnlineValue, OnlineWriter};
 
@@ -21,6 +21,10 @@ pub enum StoreError {
         path: PathBuf,
         reason: String,
     },
+    #[error(
+        "the {what} at {path} is open in another process (a running `slate serve`?): trigger runs through that service (`POST /v1/runs`), or stop it first"
+    )]
+    InUse { what: &'static str, path: PathBuf },
     #[error("{what} failed: {reason}")]
     Io { what: &'static str, reason: String },
     #[error("offline table {table}: {reason}")]
@@ -59,5 +63,11 @@ fn open_db(what: &'static str, path: &std::path::Path) -> Result<redb::Database,
         drop(redb::Database::create(&tmp).map_err(|e| fail(&e))?);
         std::fs::rename(&tmp, path).map_err(|e| fail(&e))?;
     }
-    redb::Database::open(path).map_err(|e| fail(&e))
+    redb::Database::open(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            what,
+            path: path.into(),
+        },
+        e => fail(&e),
+    })
 }

@@ -173,6 +173,48 @@ impl OfflineStore {
         df.collect().await.map_err(|e| err(&e))
     }
 
+    /// The number of distinct `distinct` tuples among `table`'s rows whose `column` lies in
+    /// `[from, to)`; `None` when the table lacks one of the columns.
+    pub async fn count_distinct_between(
+        &self,
+        table: &str,
+        distinct: &[&str],
+        column: &str,
+        from: Option<i64>,
+        to: i64,
+    ) -> Result<Option<usize>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        };
+        let ctx = self.session(&[table]).await?;
+        let Ok(df) = ctx.table(table).await else {
+            return Ok(Some(0));
+        };
+        let schema = df.schema().clone();
+        if distinct
+            .iter()
+            .chain([&column])
+            .any(|c| schema.field_with_unqualified_name(c).is_err())
+        {
+            return Ok(None);
+        }
+        let quoted = |c: &str| col(format!("\"{c}\""));
+        let mut cond = quoted(column).lt(ts_lit(to));
+        if let Some(f) = from {
+            cond = cond.and(quoted(column).gt_eq(ts_lit(f)));
+        }
+        let n = df
+            .filter(cond)
+            .and_then(|d| d.select(distinct.iter().map(|c| quoted(c)).collect::<Vec<_>>()))
+            .and_then(|d| d.distinct())
+            .map_err(|e| err(&e))?
+            .count()
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(Some(n))
+    }
+
     /// Every row of `table` (empty when the table was never written).
     pub async fn read_all(&self, table: &str) -> Result<Vec<RecordBatch>, StoreError> {
         let ctx = self.session(&[table]).await?;
