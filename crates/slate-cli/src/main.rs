@@ -83,7 +83,7 @@ enum Command {
         listen: Option<String>,
         /// On SIGTERM or SIGINT, how long a run in progress may take to finish before it is
         /// abandoned (nothing of it is committed; its tick reruns at the next start), e.g.
-        /// `30s`, `10m`.
+        /// `30s`, `10m`; `0s` abandons it at once.
         #[arg(long, default_value = "10m")]
         grace: String,
     },
@@ -232,6 +232,17 @@ fn checked_plan(cli: &Cli, project: &Project, query: &str) -> Result<QueryPlan, 
     }
     check_environment(cli, project)?;
     Ok(plan_query(project, query)?)
+}
+
+/// A line on stdout that a closed pipe does not turn into a panic (a service outlives the
+/// terminal or the pipe that started it).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($t)*);
+        let _ = out.flush();
+    }};
 }
 
 /// The project directory as the service sees it: a fingerprint of its files' names, sizes and
@@ -479,8 +490,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Serve { listen, grace } => {
-            let grace = slate_types::parse_duration_secs(grace)
-                .map_err(|e| anyhow::anyhow!("--grace {grace}: {e}"))?;
+            let grace = match grace.trim() {
+                "0" | "0s" => 0,
+                g => slate_types::parse_duration_secs(g)
+                    .map_err(|e| anyhow::anyhow!("--grace {grace}: {e}"))?,
+            };
             let project = load(&cli)?;
             check_environment(&cli, &project)?;
             let listen = listen
@@ -507,7 +521,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr().map_err(anyhow::Error::from)?;
-            println!("slate serve: listening on http://{addr}");
+            say!("slate serve: listening on http://{addr}");
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let scheduler = slate_server::spawn_scheduler(state.clone(), stopped);
             slate_server::serve(listener, state.clone(), shutdown_signal())
@@ -524,11 +538,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             };
             let limit = std::time::Duration::from_secs(grace.max(0) as u64);
             if let Some(stage) = state.active_stage() {
-                println!("slate serve: stopping; waiting up to {limit:?} for the run in progress ({stage})");
+                say!("slate serve: stopping; waiting up to {limit:?} for the run in progress ({stage})");
             }
             match tokio::time::timeout(limit, wait).await {
-                Ok(()) => println!("slate serve: stopped"),
-                Err(_) => println!(
+                Ok(()) => say!("slate serve: stopped"),
+                Err(_) => say!(
                     "slate serve: stopped; the run in progress was abandoned after the grace period, uncommitted (it reruns at the next start or trigger)"
                 ),
             }

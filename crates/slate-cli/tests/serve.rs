@@ -65,6 +65,14 @@ fn start(project: &Path, data: &Path, state: &Path, extra: &[&str]) -> Service {
     }
 }
 
+/// A test that fails does not leave its service running.
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Service {
     fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let mut s = TcpStream::connect(self.addr).expect("connect");

@@ -103,6 +103,8 @@ pub struct Engine {
     functions: compute::Functions,
     /// An online store shared with readers in the same process (redb opens a file once).
     shared_online: Option<Arc<OnlineStore>>,
+    /// The run ledger shared with the rest of the process (redb opens a file once).
+    shared_ledger: Option<Arc<Ledger>>,
 }
 
 fn ts_type() -> DataType {
@@ -124,6 +126,7 @@ impl Engine {
             state_dir,
             functions: compute::Functions::default(),
             shared_online: None,
+            shared_ledger: None,
         })
     }
 
@@ -131,6 +134,12 @@ impl Engine {
     /// (a server that serves while runs write).
     pub fn with_online(mut self, online: Arc<OnlineStore>) -> Self {
         self.shared_online = Some(online);
+        self
+    }
+
+    /// The engine recording runs through `ledger`, opened once and shared in the process.
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.shared_ledger = Some(ledger);
         self
     }
 
@@ -162,8 +171,12 @@ impl Engine {
         &self.state_dir
     }
 
-    pub fn ledger(&self) -> Result<Ledger, EngineError> {
-        Ok(Ledger::open(&self.state_dir.join("ledger.redb"))?)
+    /// The run ledger: the shared one when set, else the file opened now.
+    pub fn ledger(&self) -> Result<Arc<Ledger>, EngineError> {
+        match &self.shared_ledger {
+            Some(l) => Ok(l.clone()),
+            None => Ok(Arc::new(Ledger::open(&self.state_dir.join("ledger.redb"))?)),
+        }
     }
 
     /// The online store: the shared one when set, else the file opened now.

@@ -56,6 +56,7 @@ struct Shared {
 pub struct AppState {
     engine: RwLock<Arc<Engine>>,
     online: Arc<OnlineStore>,
+    ledger: Arc<slate_stores::Ledger>,
     shared: Mutex<Shared>,
     metrics: Mutex<metrics::Metrics>,
     /// The bearer token every request but `GET /healthz` must carry, when set.
@@ -90,11 +91,15 @@ impl AppState {
             })
         })?;
         let online = engine.online()?;
-        let engine = engine.with_online(online.clone());
+        // The service holds the stores and the ledger open for its lifetime: readers, runs
+        // and reloaded engines share them.
+        let ledger = engine.ledger()?;
+        let engine = engine.with_online(online.clone()).with_ledger(ledger.clone());
         let fingerprint = source.as_ref().map(|s| s.fingerprint());
         Ok(Arc::new(AppState {
             engine: RwLock::new(Arc::new(engine)),
             online,
+            ledger,
             shared: Mutex::new(Shared::default()),
             metrics: Mutex::new(metrics::Metrics::default()),
             token,
@@ -142,7 +147,10 @@ impl AppState {
             *seen = Some(fp);
         }
         let result = source.load().map(|e| {
-            let e = Arc::new(e.with_online(self.online.clone()));
+            let e = Arc::new(
+                e.with_online(self.online.clone())
+                    .with_ledger(self.ledger.clone()),
+            );
             if let Ok(mut cur) = self.engine.write() {
                 *cur = e;
             }
@@ -242,19 +250,11 @@ async fn healthz() -> Response {
 }
 
 async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
-    let engine = s.engine();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
     // Watermarks come from the ledger, so runs of other processes count too.
-    let marks = if engine.state_dir().join("ledger.redb").exists() {
-        engine
-            .ledger()
-            .and_then(|l| Ok(l.watermarks()?))
-            .unwrap_or_default()
-    } else {
-        vec![]
-    };
+    let marks = s.ledger.watermarks().unwrap_or_default();
     let (queued, running) = match s.shared.lock() {
         Ok(sh) => (
             sh.runs.iter().filter(|r| r.status == "queued").count(),

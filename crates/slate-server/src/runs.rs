@@ -289,14 +289,9 @@ fn record_json(r: &RunRecord) -> Value {
 /// Every run in the ledger (committed and failed) in start order, then the API's runs that
 /// have not ended; a ledger run the API started carries the API's id and idempotency key.
 pub(crate) async fn list_runs(State(s): State<Arc<AppState>>) -> Response {
-    let engine = s.engine();
-    let records = if engine.state_dir().join("ledger.redb").exists() {
-        match engine.ledger().and_then(|l| Ok(l.runs()?)) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger: {e}")),
-        }
-    } else {
-        vec![]
+    let records = match s.ledger.runs() {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger: {e}")),
     };
     let api: Vec<ApiRun> = match s.shared.lock() {
         Ok(sh) => sh.runs.clone(),
