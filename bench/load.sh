@@ -5,12 +5,12 @@
 # store. Needs redis-server on 127.0.0.1:6379 (REDIS=host:port to change) and the bench venv
 # (bench/run.sh makes it) for reading ids. Prints a Markdown table; bench/RESULTS.md holds one.
 #
-#   bash bench/load.sh                 # rates 1000 5000 20000, 10 s each, 64 connections
+#   bash bench/load.sh                 # rates 1000 5000 10000 20000, 10 s each, 64 connections
 #   RATES="1000 2000" SECONDS_EACH=5 bash bench/load.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-rates="${RATES:-1000 5000 20000}"
+rates="${RATES:-1000 5000 10000 20000}"
 secs="${SECONDS_EACH:-10}"
 conns="${CONNECTIONS:-64}"
 redis="${REDIS:-127.0.0.1:6379}"
@@ -51,7 +51,7 @@ done
 
 declare -a rows
 row() { # label json
-  python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(f"| {sys.argv[1]} | {r[\"rate\"]:.0f} | {r[\"achieved_rps\"]:.0f} | {r[\"p50_ms\"]:.3f} | {r[\"p99_ms\"]:.3f} | {r[\"p999_ms\"]:.3f} | {r[\"max_ms\"]:.2f} | {r[\"errors\"]} |")' "$1" "$2"
+  python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print("| {} | {:.0f} | {:.0f} | {:.3f} | {:.3f} | {:.3f} | {:.2f} | {} |".format(sys.argv[1], r["rate"], r["achieved_rps"], r["p50_ms"], r["p99_ms"], r["p999_ms"], r["max_ms"], r["errors"]))' "$1" "$2"
 }
 for r in $rates; do
   rows+=("$(row "Slate POST /v1/query/online" "$("$load" http "$listen" "$r" "$secs" "$conns" "$work/keys.txt" transaction.is_fraud)")")
@@ -71,7 +71,7 @@ for _ in $(seq 600); do
   [ "$s" = succeeded ] || [ "$s" = failed ] && break
   sleep 0.5
 done
-runinfo=$(curl -sf "http://$listen/v1/runs" | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][-1]; print(f"{r[\"status\"]}, {r[\"rows_scored\"]} rows, {r[\"duration_seconds\"]:.1f} s")')
+runinfo=$(curl -sf "http://$listen/v1/runs" | python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][-1]; print("{}, {} rows scored, {:.1f} s".format(r["status"], r["rows_scored"], r["duration_seconds"]))')
 kill -TERM $pid
 wait $pid || true
 trap - EXIT

@@ -1,7 +1,8 @@
 //! `slate-load`: an open-loop load generator. Each connection sends requests on a fixed
-//! schedule (the total rate split across connections) and a request's latency runs from its
-//! scheduled send time, so a slow response delays the requests behind it and shows in the
-//! percentiles (no coordinated omission). One JSON line of results per run.
+//! schedule (the total rate split across connections); a request sent more than 2 ms after its
+//! scheduled time (held up by a slow response before it) counts its latency from the scheduled
+//! time, so slowness shows in the percentiles (no coordinated omission), while the timer's
+//! millisecond granularity does not. One JSON line of results per run.
 //!
 //! ```text
 //! slate-load http  ADDR RATE SECONDS CONNECTIONS KEYS_FILE FEATURE [TOKEN]
@@ -174,12 +175,21 @@ async fn connection(
             }
         }
         let Some(s) = stream.as_mut() else { continue };
+        // Latency runs from the scheduled time when the generator is behind it (the server
+        // held it up: no coordinated omission), else from the send, so that the timer's own
+        // millisecond granularity is not counted.
+        let sent = tokio::time::Instant::now();
+        let from = if sent.duration_since(at) > Duration::from_millis(2) {
+            at
+        } else {
+            sent
+        };
         let ok = match s.write_all(&request(&target, &addr, key)).await {
             Ok(()) => response(&target, s, &mut buf).await,
             Err(e) => Err(e.to_string()),
         };
         match ok {
-            Ok(true) => out.latencies.push(at.elapsed()),
+            Ok(true) => out.latencies.push(from.elapsed()),
             Ok(false) => out.errors += 1,
             Err(_) => {
                 out.errors += 1;
@@ -304,42 +314,48 @@ fn arg<T: std::str::FromStr>(a: &[String], i: usize, name: &str) -> Res<T> {
 async fn main() {
     let a: Vec<String> = std::env::args().collect();
     let result = match a.get(1).map(String::as_str) {
-        Some("http") => async {
-            let target = Target::Http {
-                feature: arg(&a, 7, "FEATURE")?,
-                token: a.get(8).cloned(),
-            };
-            load(
-                target,
-                arg(&a, 2, "ADDR")?,
-                arg(&a, 3, "RATE")?,
-                arg(&a, 4, "SECONDS")?,
-                arg(&a, 5, "CONNECTIONS")?,
-                keys(&a[6])?,
-            )
+        Some("http") => {
+            async {
+                let target = Target::Http {
+                    feature: arg(&a, 7, "FEATURE")?,
+                    token: a.get(8).cloned(),
+                };
+                load(
+                    target,
+                    arg(&a, 2, "ADDR")?,
+                    arg(&a, 3, "RATE")?,
+                    arg(&a, 4, "SECONDS")?,
+                    arg(&a, 5, "CONNECTIONS")?,
+                    keys(&a[6])?,
+                )
+                .await
+            }
             .await
         }
-        .await,
-        Some("redis") => async {
-            let target = Target::Redis {
-                prefix: arg(&a, 7, "PREFIX")?,
-            };
-            load(
-                target,
-                arg(&a, 2, "ADDR")?,
-                arg(&a, 3, "RATE")?,
-                arg(&a, 4, "SECONDS")?,
-                arg(&a, 5, "CONNECTIONS")?,
-                keys(&a[6])?,
-            )
+        Some("redis") => {
+            async {
+                let target = Target::Redis {
+                    prefix: arg(&a, 7, "PREFIX")?,
+                };
+                load(
+                    target,
+                    arg(&a, 2, "ADDR")?,
+                    arg(&a, 3, "RATE")?,
+                    arg(&a, 4, "SECONDS")?,
+                    arg(&a, 5, "CONNECTIONS")?,
+                    keys(&a[6])?,
+                )
+                .await
+            }
             .await
         }
-        .await,
-        Some("redis-fill") => async {
-            let addr: String = arg(&a, 2, "ADDR")?;
-            redis_fill(&addr, &keys(&a[3])?, &arg::<String>(&a, 4, "PREFIX")?).await
+        Some("redis-fill") => {
+            async {
+                let addr: String = arg(&a, 2, "ADDR")?;
+                redis_fill(&addr, &keys(&a[3])?, &arg::<String>(&a, 4, "PREFIX")?).await
+            }
+            .await
         }
-        .await,
         _ => Err("usage: slate-load http|redis|redis-fill ... (see the file's header)".into()),
     };
     match result {

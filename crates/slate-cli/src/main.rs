@@ -252,7 +252,11 @@ struct ProjectFiles {
 }
 
 impl ProjectFiles {
-    fn walk(dir: &std::path::Path, depth: usize, out: &mut Vec<(PathBuf, u64, std::time::SystemTime)>) {
+    fn walk(
+        dir: &std::path::Path,
+        depth: usize,
+        out: &mut Vec<(PathBuf, u64, std::time::SystemTime)>,
+    ) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
@@ -270,7 +274,11 @@ impl ProjectFiles {
                 path.extension().and_then(|x| x.to_str()),
                 Some("yaml" | "yml" | "sql" | "onnx")
             ) {
-                out.push((path, meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH)));
+                out.push((
+                    path,
+                    meta.len(),
+                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                ));
             }
         }
     }
@@ -538,7 +546,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             };
             let limit = std::time::Duration::from_secs(grace.max(0) as u64);
             if let Some(stage) = state.active_stage() {
-                say!("slate serve: stopping; waiting up to {limit:?} for the run in progress ({stage})");
+                say!(
+                    "slate serve: stopping; waiting up to {limit:?} for the run in progress ({stage})"
+                );
             }
             match tokio::time::timeout(limit, wait).await {
                 Ok(()) => say!("slate serve: stopped"),

@@ -113,7 +113,15 @@ pub fn runs(runs: &[slate_stores::RunRecord]) -> String {
     let wm = |w: Option<i64>| w.map_or("-".to_string(), time);
     let mut s = format!(
         "{:<24} {:<28} {:<10} {:<9} {:>12} {:>12} {:>6} {:>8}  {}\n",
-        "QUERY", "TICK", "STATUS", "TRIGGER", "INGESTED", "COMPUTED", "LATE", "SECONDS", "WATERMARK"
+        "QUERY",
+        "TICK",
+        "STATUS",
+        "TRIGGER",
+        "INGESTED",
+        "COMPUTED",
+        "LATE",
+        "SECONDS",
+        "WATERMARK"
     );
     for r in runs {
         let secs = if r.finished_micros >= r.started_micros && r.started_micros > 0 {
@@ -126,7 +134,11 @@ pub fn runs(runs: &[slate_stores::RunRecord]) -> String {
             r.query,
             time(r.tick_micros),
             r.status.as_str(),
-            if r.trigger.is_empty() { "-" } else { &r.trigger },
+            if r.trigger.is_empty() {
+                "-"
+            } else {
+                &r.trigger
+            },
             thousands(r.rows_ingested),
             thousands(r.rows_scored),
             r.late_rows.map_or("-".into(), thousands),

@@ -10,8 +10,7 @@ use slate_model::OnnxModel;
 use slate_project::{IncrementalTimestamp, Project, SourceConfig};
 use slate_sources::{EmbeddedSource, IncrementalBound};
 use slate_stores::{
-    Ledger, OfflineStore, OnlineStore, OutputRecord, ReplaceRange, RunRecord, RunStatus,
-    ScanRecord,
+    Ledger, OfflineStore, OnlineStore, OutputRecord, ReplaceRange, RunRecord, RunStatus, ScanRecord,
 };
 use slate_types::Clock;
 use std::collections::HashMap;

@@ -74,7 +74,10 @@ pub struct AppState {
 impl AppState {
     /// The service's state over `engine`, whose online store is opened once here and shared
     /// by readers and runs; with `token`, requests need `Authorization: Bearer <token>`.
-    pub fn new(engine: Engine, token: Option<String>) -> Result<Arc<Self>, slate_engine::EngineError> {
+    pub fn new(
+        engine: Engine,
+        token: Option<String>,
+    ) -> Result<Arc<Self>, slate_engine::EngineError> {
         Self::with_source(engine, token, None)
     }
 
@@ -94,7 +97,9 @@ impl AppState {
         // The service holds the stores and the ledger open for its lifetime: readers, runs
         // and reloaded engines share them.
         let ledger = engine.ledger()?;
-        let engine = engine.with_online(online.clone()).with_ledger(ledger.clone());
+        let engine = engine
+            .with_online(online.clone())
+            .with_ledger(ledger.clone());
         let fingerprint = source.as_ref().map(|s| s.fingerprint());
         Ok(Arc::new(AppState {
             engine: RwLock::new(Arc::new(engine)),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 /// Request latency buckets, in seconds: 50 µs to 5 s.
 const LATENCY: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 ];
 
 /// Run duration buckets, in seconds: 100 ms to 2 h.
@@ -70,7 +70,12 @@ pub(crate) fn labels(pairs: &[(&str, &str)]) -> String {
 }
 
 impl Metrics {
-    fn family(&mut self, name: &'static str, kind: &'static str, help: &'static str) -> &mut Family {
+    fn family(
+        &mut self,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+    ) -> &mut Family {
         self.families.entry(name).or_insert_with(|| Family {
             kind,
             help,
@@ -148,10 +153,7 @@ impl Metrics {
                 let mut cumulative = 0;
                 for (i, b) in h.bounds.iter().enumerate() {
                     cumulative += h.counts[i];
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{{inner}{sep}le=\"{b}\"}} {cumulative}"
-                    );
+                    let _ = writeln!(out, "{name}_bucket{{{inner}{sep}le=\"{b}\"}} {cumulative}");
                 }
                 cumulative += h.counts[h.bounds.len()];
                 let _ = writeln!(out, "{name}_bucket{{{inner}{sep}le=\"+Inf\"}} {cumulative}");

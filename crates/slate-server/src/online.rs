@@ -161,4 +161,3 @@ fn online_inner(s: &AppState, body: &[u8]) -> Result<Response, (StatusCode, Stri
     )
         .into_response())
 }
-

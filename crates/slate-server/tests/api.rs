@@ -111,10 +111,19 @@ async fn runs_and_online_values_over_http() {
     // The record carries what the run did.
     assert_eq!(run["trigger"], json!("api"));
     assert_eq!(run["idempotency_key"], json!("nightly-1"));
-    assert!(run["rows_ingested"].as_u64().is_some_and(|n| n > 0), "{run}");
-    assert!(run["duration_seconds"].as_f64().is_some_and(|d| d >= 0.0), "{run}");
+    assert!(
+        run["rows_ingested"].as_u64().is_some_and(|n| n > 0),
+        "{run}"
+    );
+    assert!(
+        run["duration_seconds"].as_f64().is_some_and(|d| d >= 0.0),
+        "{run}"
+    );
     assert!(run["watermark_after"].is_string(), "{run}");
-    assert!(run["outputs"].as_array().is_some_and(|o| !o.is_empty()), "{run}");
+    assert!(
+        run["outputs"].as_array().is_some_and(|o| !o.is_empty()),
+        "{run}"
+    );
     let stages: Vec<&str> = run["stages"]
         .as_array()
         .map(|a| a.iter().filter_map(|s| s["stage"].as_str()).collect())

@@ -187,7 +187,9 @@ impl Ledger {
         let json = serde_json::to_string(record).map_err(|e| io("ledger encode")(&e))?;
         let tx = self.db.begin_write().map_err(|e| io("ledger write")(&e))?;
         {
-            let mut f = tx.open_table(FAILURES).map_err(|e| io("ledger write")(&e))?;
+            let mut f = tx
+                .open_table(FAILURES)
+                .map_err(|e| io("ledger write")(&e))?;
             f.insert(
                 (record.run_id.as_str(), record.started_micros),
                 json.as_str(),

@@ -2,7 +2,9 @@
 //! below the next run's lookback, are counted by the run that misses them, on the summary and
 //! in the ledger record, and are not ingested.
 
-use fraud_example::{Config, START_MICROS, Txn, to_batch, transactions, write_parquet, write_warehouse};
+use fraud_example::{
+    Config, START_MICROS, Txn, to_batch, transactions, write_parquet, write_warehouse,
+};
 use slate_engine::{Engine, EngineConfig, RunSummary, SilentProgress, plan_query};
 use slate_types::FixedClock;
 use std::path::Path;

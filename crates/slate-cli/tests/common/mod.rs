@@ -45,4 +45,3 @@ pub async fn stores(state: &Path) -> (RecordBatch, Vec<Option<(i64, String)>>) {
         .collect();
     (b, values)
 }
-
