@@ -142,11 +142,9 @@ impl EvalOp for TreeClassifierOp {
         }
         let c = self.0.n_classes();
         let data: Vec<f32> = view.iter().copied().collect();
-        let mut labels = Vec::with_capacity(n);
+        let mut labels = vec![0i64; n];
         let mut scores = vec![0f32; n * c];
-        for (row, out) in data.chunks_exact(f).zip(scores.chunks_exact_mut(c)) {
-            labels.push(self.0.predict_row(row, out));
-        }
+        self.0.predict_rows(&data, f, &mut labels, &mut scores);
         let labels = Tensor::from_shape(&[n], &labels)?;
         let scores = Tensor::from_shape(&[n, c], &scores)?;
         Ok(tvec!(labels.into_tvalue(), scores.into_tvalue()))

@@ -1,0 +1,78 @@
+"""Scoring speed: Slate's tree-ensemble evaluator against onnxruntime on the same models and rows.
+
+Trains gradient-boosted classifiers with scikit-learn (300 trees of depth 4 and 500 of depth 8,
+8 features), exports them with skl2onnx (ai.onnx.ml TreeEnsembleClassifier, zipmap off), draws
+1M rows, and times onnxruntime (1 and 2 threads) and `slate-model`'s `score` example (best of
+three each, model loaded, input in memory). Checks that labels agree and scores are within 1e-5.
+
+    bench/.venv/bin/python bench/scoring.py [--rows 1000000]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import time
+
+import numpy as np
+import onnxruntime as ort
+from skl2onnx import to_onnx
+from sklearn.ensemble import GradientBoostingClassifier
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/data/scoring"))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    subprocess.run(
+        ["cargo", "build", "--locked", "-p", "slate-model", "--example", "score"],
+        cwd=ROOT,
+        check=True,
+    )
+    score = os.path.join(ROOT, "target/debug/examples/score")
+    rng = np.random.default_rng(7)
+    f = 8
+    xt = rng.normal(size=(6000, f)).astype(np.float32)
+    yt = ((xt[:, 0] * xt[:, 1] + np.sin(3 * xt[:, 2]) + xt[:, 3] ** 2 - 1 + rng.normal(scale=0.5, size=6000)) > 0).astype(np.int64)
+    rows = rng.normal(size=(args.rows, f)).astype(np.float32)
+    rows_path = os.path.join(args.out, "rows.f32")
+    rows.tofile(rows_path)
+    print(f"| model | rows | onnxruntime 1 thread (s) | onnxruntime 2 threads (s) | Slate (s) | Slate vs ORT 1 thread | Slate vs ORT 2 threads |")
+    print("|---|---|---|---|---|---|---|")
+    for trees, depth in [(300, 4), (500, 8)]:
+        clf = GradientBoostingClassifier(n_estimators=trees, max_depth=depth, random_state=0).fit(xt, yt)
+        onx = to_onnx(clf, xt[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+        path = os.path.join(args.out, f"gbc_{trees}x{depth}.onnx")
+        with open(path, "wb") as fh:
+            fh.write(onx.SerializeToString())
+        times = {}
+        for threads in (1, 2):
+            o = ort.SessionOptions()
+            o.intra_op_num_threads = threads
+            o.inter_op_num_threads = 1
+            s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+            name = s.get_inputs()[0].name
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                labels, probs = s.run(None, {name: rows})
+                best = min(best, time.perf_counter() - t)
+            times[threads] = best
+        out_path = os.path.join(args.out, "slate.out")
+        r = json.loads(subprocess.run([score, path, rows_path, str(f), out_path], check=True, capture_output=True, text=True).stdout)
+        raw = open(out_path, "rb").read()
+        n = args.rows
+        s_labels = np.frombuffer(raw[: 8 * n], dtype="<i8")
+        s_scores = np.frombuffer(raw[8 * n :], dtype="<f4").reshape(n, -1)
+        assert (s_labels == labels).all(), "labels differ"
+        assert np.abs(s_scores - probs).max() <= 1e-5, f"scores differ by {np.abs(s_scores - probs).max()}"
+        sl = r["seconds"]
+        print(f"| {trees} trees, depth {depth} | {n:,} | {times[1]:.3f} | {times[2]:.3f} | {sl:.3f} | {times[1] / sl:.2f}x | {times[2] / sl:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
