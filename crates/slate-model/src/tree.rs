@@ -427,9 +427,9 @@ impl TreeEnsemble {
                     }
                 }
             }
-            for i in 0..m {
+            for (i, label) in l.iter_mut().enumerate() {
                 let r = i * c..(i + 1) * c;
-                l[i] = self.finish(&mut acc[r.clone()], &mut has[r.clone()], &mut sc[r]);
+                *label = self.finish(&mut acc[r.clone()], &mut has[r.clone()], &mut sc[r]);
             }
         }
     }
