@@ -345,7 +345,9 @@ pub(crate) async fn aggregates(
         ts,
     });
     let mut prepared: HashMap<(Option<String>, Use), (Prepared, Decode)> = HashMap::new();
-    let mut out = Vec::with_capacity(nodes.len());
+    // Each field's values are prepared once; then the aggregations, independent of each other,
+    // run on every core.
+    let mut jobs = Vec::with_capacity(nodes.len());
     for n in nodes {
         let Node::Aggregate {
             field,
@@ -374,7 +376,13 @@ pub(crate) async fn aggregates(
             };
             prepared.insert(slot.clone(), entry);
         }
-        let (p, decoder) = &prepared[&slot];
+        jobs.push((slot, *agg, *window, *ty, feature));
+    }
+    let one = |i: usize| -> Result<ArrayRef, EngineError> {
+        let (slot, agg, window, ty, feature) = &jobs[i];
+        let (p, decoder) = prepared
+            .get(slot)
+            .ok_or_else(|| EngineError::Internal("aggregation input not prepared".into()))?;
         let result = p
             .aggregate_ordered(&queries, &order, *agg, *window)
             .map_err(|e| EngineError::Plan {
@@ -382,9 +390,51 @@ pub(crate) async fn aggregates(
                 reason: format!("{feature}: {e}"),
             })?;
         let array = decode(result, decoder)?;
-        out.push(strict_cast(&array, &ty.arrow())?);
+        strict_cast(&array, &ty.arrow())
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(jobs.len());
+    if threads <= 1 {
+        return (0..jobs.len()).map(one).collect();
     }
-    Ok(out)
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, Result<ArrayRef, EngineError>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= jobs.len() {
+                            return mine;
+                        }
+                        mine.push((i, one(i)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    vec![(
+                        usize::MAX,
+                        Err(EngineError::Internal(
+                            "an aggregation thread panicked".into(),
+                        )),
+                    )]
+                })
+            })
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    if done.len() != jobs.len() {
+        return Err(EngineError::Internal(
+            "an aggregation thread panicked".into(),
+        ));
+    }
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The label column of a model's predicted labels, typed as the output feature.
