@@ -63,6 +63,18 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// How much of a table's history a read needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Since {
+    /// Every row.
+    All,
+    /// The rows at or after a time.
+    From(i64),
+    /// The rows at or after `from` and, before it, those an unbounded `latest` or time since
+    /// the latest row needs (the table's entity state, moved on to `advance_to`).
+    Latest { from: i64, advance_to: i64 },
+}
+
 /// Encodes the frame's key column and reads the rows of `table` whose `table_key` is among
 /// its values: `(queries, history rows)`, keys as shared dictionary codes (a null or unknown
 /// key has none).
@@ -73,15 +85,37 @@ pub(crate) async fn keyed_read(
     table: &str,
     table_key: &str,
     columns: &[&str],
-    time: Option<(&str, Option<i64>)>,
+    time: Option<(&str, Since)>,
 ) -> Result<(Vec<Option<u32>>, Option<RecordBatch>, Vec<Option<u32>>), EngineError> {
     let keys = frame.column(key)?;
     let mut dict = Dictionary::keeping_values(keys.data_type())?;
     let codes = dict.encode(keys)?;
-    let (time_col, from) = time.unwrap_or((table_key, None));
-    let batches = store
-        .read_for_keys(table, columns, table_key, dict.values()?, time_col, from)
-        .await?;
+    let (time_col, since) = time.unwrap_or((table_key, Since::All));
+    let batches = match since {
+        Since::All => {
+            store
+                .read_for_keys(table, columns, table_key, dict.values()?, time_col, None)
+                .await?
+        }
+        Since::From(f) => {
+            store
+                .read_for_keys(table, columns, table_key, dict.values()?, time_col, Some(f))
+                .await?
+        }
+        Since::Latest { from, advance_to } => {
+            store
+                .read_latest_for_keys(
+                    table,
+                    columns,
+                    table_key,
+                    dict.values()?,
+                    time_col,
+                    from,
+                    advance_to,
+                )
+                .await?
+        }
+    };
     let Some(first) = batches.first() else {
         return Ok((codes, None, vec![]));
     };
@@ -285,8 +319,15 @@ pub(crate) async fn aggregates(
     };
     let mut fields: Vec<&str> = Vec::new();
     let mut widest = Some(0i64);
+    // Unbounded aggregations that only need each entity's latest rows (kept in the table's
+    // entity state) do not widen the read.
+    let mut latest_only = true;
+    let mut finite = 0i64;
     for n in nodes {
-        if let Node::Aggregate { field, window, .. } = n {
+        if let Node::Aggregate {
+            field, window, agg, ..
+        } = n
+        {
             if let Some(f) = field
                 && !fields.contains(&f.as_str())
                 && f != table_key
@@ -298,9 +339,23 @@ pub(crate) async fn aggregates(
                 (Some(a), Some(w)) => Some(a.max(*w)),
                 _ => None,
             };
+            match window {
+                Some(w) => finite = finite.max(*w),
+                None => latest_only &= matches!(agg, Agg::Latest | Agg::TimeSinceLatest),
+            }
         }
     }
-    let from = widest.and_then(|w| frame.now.iter().min().map(|m| m.saturating_sub(w)));
+    let (first, last) = (frame.now.iter().min(), frame.now.iter().max());
+    let since = match (widest, first, last) {
+        (Some(w), Some(m), _) => Since::From(m.saturating_sub(w)),
+        (None, Some(m), Some(l)) if latest_only => Since::Latest {
+            from: m.saturating_sub(finite),
+            // A day before the last row's widest window: below any later run's window and,
+            // for daily runs, below the next lookback.
+            advance_to: l.saturating_sub(finite).saturating_sub(86_400_000_000),
+        },
+        _ => Since::All,
+    };
     let mut columns = vec![table_key.as_str(), table_time.as_str()];
     columns.extend(fields.iter().copied());
     let (codes, batch, table_codes) = keyed_read(
@@ -310,7 +365,7 @@ pub(crate) async fn aggregates(
         table,
         table_key,
         &columns,
-        Some((table_time, from)),
+        Some((table_time, since)),
     )
     .await?;
     // A null key has no code and matches no history.

@@ -213,7 +213,8 @@ impl Engine {
                 frame.columns.insert(m.to_string(), a);
             }
         }
-        self.compute_nodes(plan, &mut frame, &models).await?;
+        self.compute_nodes(&offline, plan, &mut frame, &models)
+            .await?;
         let batch = self.output_batch(plan, &frame, None, &models)?;
         Ok(Dataset { batch, versions })
     }

@@ -99,6 +99,7 @@ impl OutputSummary {
 pub struct Engine {
     cfg: EngineConfig,
     state_dir: PathBuf,
+    offline_retention_micros: i64,
     functions: compute::Functions,
     /// An online store shared with readers in the same process (redb opens a file once).
     shared_online: Option<Arc<OnlineStore>>,
@@ -120,9 +121,11 @@ impl Engine {
             Some(d) => d.clone(),
             None => cfg.project.root.join(&env.state_dir).join(&cfg.env),
         };
+        let offline_retention_micros = env.offline_retention_secs.saturating_mul(1_000_000);
         Ok(Engine {
             cfg,
             state_dir,
+            offline_retention_micros,
             functions: compute::Functions::default(),
             shared_online: None,
             shared_ledger: None,
@@ -190,6 +193,7 @@ impl Engine {
 
     pub fn offline(&self) -> OfflineStore {
         OfflineStore::new(&self.state_dir.join("offline"))
+            .with_retention(self.offline_retention_micros)
     }
 
     pub(crate) fn lock(&self) -> Result<std::fs::File, EngineError> {
@@ -372,7 +376,12 @@ impl Engine {
                 from_micros: b.micros,
             });
             offline
-                .write(&scan.table(), vec![i.rows.clone()], replace.as_ref())
+                .write(
+                    &scan.table(),
+                    vec![i.rows.clone()],
+                    replace.as_ref(),
+                    scan.class.feature_time.as_deref(),
+                )
                 .await?;
         }
         let rows = &ingested[0].rows;
@@ -402,7 +411,9 @@ impl Engine {
             None => vec![tick; rows.num_rows()],
         };
         let mut frame = Frame::new(rows, now);
-        let predict_time = self.compute_nodes(plan, &mut frame, &models).await?;
+        let predict_time = self
+            .compute_nodes(&offline, plan, &mut frame, &models)
+            .await?;
         // Models are timed apart: the features and the scoring are different costs.
         let n_models = plan.models().count();
         let n_features = plan
@@ -482,7 +493,12 @@ impl Engine {
                 from_micros: b.micros,
             });
             offline
-                .write(&plan.query.name, vec![batch], replace.as_ref())
+                .write(
+                    &plan.query.name,
+                    vec![batch],
+                    replace.as_ref(),
+                    Some("feature_time"),
+                )
                 .await?;
         }
         took("write", format!("{} rows", frame.rows), t.elapsed());
@@ -563,11 +579,11 @@ impl Engine {
     /// Executes the plan's nodes over `frame`, in order; returns the time spent in models.
     pub(crate) async fn compute_nodes(
         &self,
+        offline: &OfflineStore,
         plan: &QueryPlan,
         frame: &mut Frame,
         models: &HashMap<String, OnnxModel>,
     ) -> Result<Duration, EngineError> {
-        let offline = self.offline();
         let mut predict_time = std::time::Duration::ZERO;
         let mut done = vec![false; plan.nodes.len()];
         for i in 0..plan.nodes.len() {
@@ -579,7 +595,7 @@ impl Engine {
                     frame.column(column)?;
                 }
                 n @ Node::Lookup { column, .. } => {
-                    let a = compute::lookup(&offline, &*frame, n).await?;
+                    let a = compute::lookup(offline, &*frame, n).await?;
                     frame.columns.insert(column.clone(), a);
                 }
                 n @ Node::Function { .. } => {
@@ -603,7 +619,7 @@ impl Engine {
                         .collect();
                     let nodes: Vec<&Node> = group.iter().map(|&j| &plan.nodes[j]).collect();
                     let arrays =
-                        compute::aggregates(&offline, &*frame, &nodes, &plan.query.name).await?;
+                        compute::aggregates(offline, &*frame, &nodes, &plan.query.name).await?;
                     for (&j, a) in group.iter().zip(arrays) {
                         if let Node::Aggregate { column, .. } = &plan.nodes[j] {
                             frame.columns.insert(column.clone(), a);

@@ -50,6 +50,9 @@ pub struct Environment {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Where embedded stores and the run ledger live, relative to the project root unless absolute.
     pub state_dir: PathBuf,
+    /// How long the offline store keeps files a write replaced, for readers of older table
+    /// versions (`offline_retention`, default 7 days).
+    pub offline_retention_secs: i64,
 }
 
 #[derive(Debug, Clone)]

@@ -2,12 +2,13 @@
 //! serving), the offline store (Delta Lake tables, for analysis and training) and the run
 //! ledger (watermarks and run records).
 
+mod latest;
 mod ledger;
 mod offline;
 mod online;
 
 pub use ledger::{Ledger, OutputRecord, RunRecord, RunStatus, ScanRecord, Watermark};
-pub use offline::{OfflineStore, ReplaceRange};
+pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, day_of};
 pub use online::{OnlineStore, OnlineValue, OnlineWriter};
 
 use slate_types::ErrorKind;

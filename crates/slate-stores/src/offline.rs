@@ -1,19 +1,46 @@
 //! The embedded offline store: one Delta Lake table per dataset under the state directory,
 //! readable by DuckDB, Polars, pandas and Spark. Writes replace a time range atomically
 //! (`replace_where column >= from`), so a rerun over the same range leaves no duplicate.
+//!
+//! A table with a time column is partitioned by its UTC day (the `slate_day` column): a write
+//! that replaces `time >= from` rewrites the days from `from`'s on (the kept rows of `from`'s
+//! own day read back and written with the new ones, so a day is one file however many runs
+//! touched it), and a history read from `from` prunes to those days. Files a write replaced are
+//! deleted once older than the retention period.
 
 use crate::StoreError;
-use arrow::array::ArrayRef;
-use arrow::datatypes::{Field, Schema};
+use arrow::array::{Array, ArrayRef, Date32Array, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::datafusion::common::JoinType;
 use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::prelude::{Expr, SessionContext, col, lit};
 use deltalake::protocol::SaveMode;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use url::Url;
+
+/// The partition column of a table with a time column: that column's UTC day.
+pub const DAY_COLUMN: &str = "slate_day";
+const DAY_MICROS: i64 = 86_400_000_000;
+/// How long a file a write replaced stays on disk for readers of older versions (Delta's
+/// default `delta.deletedFileRetentionDuration`).
+pub const DEFAULT_RETENTION_MICROS: i64 = 7 * DAY_MICROS;
+
+/// A table written by one daily run after another is opened several times a run: a checkpoint
+/// every 10 commits keeps each open to a checkpoint and at most 9 commit files.
+const TABLE_PROPERTIES: [(&str, Option<&str>); 1] = [("delta.checkpointInterval", Some("10"))];
+
+/// The UTC day (days since 1970-01-01) of a time in microseconds.
+pub fn day_of(micros: i64) -> i32 {
+    micros.div_euclid(DAY_MICROS) as i32
+}
+
+fn day_lit(day: i32) -> Expr {
+    lit(ScalarValue::Date32(Some(day)))
+}
 
 /// The rows a write supersedes: `column >= from_micros`. `None` in [`OfflineStore::write`]
 /// replaces the whole table.
@@ -23,9 +50,11 @@ pub struct ReplaceRange {
     pub from_micros: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone, Debug)]
 pub struct OfflineStore {
     root: PathBuf,
+    retention_micros: i64,
+    tables: Arc<Mutex<HashMap<String, DeltaTable>>>,
 }
 
 fn ts_lit(micros: i64) -> Expr {
@@ -39,14 +68,32 @@ impl OfflineStore {
     pub fn new(root: &Path) -> Self {
         OfflineStore {
             root: root.to_path_buf(),
+            retention_micros: DEFAULT_RETENTION_MICROS,
+            tables: Arc::default(),
         }
+    }
+
+    /// Files a write replaced are deleted once `retention_micros` old (by the wall clock, as
+    /// Delta stamps their removal).
+    pub fn with_retention(mut self, retention_micros: i64) -> Self {
+        self.retention_micros = retention_micros.max(0);
+        self
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn table_path(&self, table: &str) -> PathBuf {
         self.root.join(table)
     }
 
+    /// The table's latest version: loaded from its log once, then kept as this store's own
+    /// writes leave it (a store lives for one run, whose lock excludes other writers).
     async fn open(&self, table: &str) -> Result<DeltaTable, StoreError> {
+        if let Some(t) = self.tables.lock().ok().and_then(|t| t.get(table).cloned()) {
+            return Ok(t);
+        }
         let path = self.table_path(table);
         let err = |reason: String| StoreError::Offline {
             table: table.into(),
@@ -56,9 +103,18 @@ impl OfflineStore {
         let abs = std::fs::canonicalize(&path).map_err(|e| err(e.to_string()))?;
         let url = Url::from_directory_path(&abs)
             .map_err(|_| err(format!("bad path {}", abs.display())))?;
-        DeltaTable::try_from_url(url)
+        let t = DeltaTable::try_from_url(url)
             .await
-            .map_err(|e| err(e.to_string()))
+            .map_err(|e| err(e.to_string()))?;
+        self.remember(table, &t);
+        Ok(t)
+    }
+
+    /// Keeps `t` as `table`'s latest version for this store's later opens.
+    fn remember(&self, table: &str, t: &DeltaTable) {
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.insert(table.to_string(), t.clone());
+        }
     }
 
     /// The table's current Delta version (`None` before its first write).
@@ -78,8 +134,125 @@ impl OfflineStore {
     }
 
     /// Writes `batches`, replacing the rows in `replace` (or the whole table) in one commit.
+    /// With `time`, the table is partitioned by that column's UTC day.
     pub async fn write(
         &self,
+        table: &str,
+        batches: Vec<RecordBatch>,
+        replace: Option<&ReplaceRange>,
+        time: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        };
+        // Entity states that summarize rows this write may replace go first, so that a crash
+        // after the commit cannot leave a stale one.
+        let kept_from = replace.filter(|r| Some(r.column.as_str()) == time);
+        self.invalidate_state(table, kept_from.map(|r| r.from_micros))?;
+        let t = self.open(table).await?;
+        let exists = t.version().is_some();
+        let partitioned = exists
+            && t.snapshot()
+                .map_err(|e| err(&e))?
+                .metadata()
+                .partition_columns()
+                .iter()
+                .any(|c| c == DAY_COLUMN);
+        let Some(time) = time else {
+            return self.write_plain(t, table, batches, replace).await;
+        };
+        let mut batches = batches
+            .iter()
+            .map(|b| with_day(b, time))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(&e))?;
+        let new_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let mut w;
+        match replace {
+            Some(r) if exists && partitioned && r.column == time => {
+                // Whole days are replaced: the kept rows of `from`'s day are read back, so the
+                // commit only removes files (no rewrite scan) and each day stays one file.
+                let first = day_of(r.from_micros);
+                let kept = self
+                    .read_where(
+                        table,
+                        col(DAY_COLUMN)
+                            .gt_eq(day_lit(first))
+                            .and(quoted(time).lt(ts_lit(r.from_micros))),
+                    )
+                    .await?;
+                let kept = conform(kept, batches.first()).map_err(|e| err(&e))?;
+                let kept_rows: usize = kept.iter().map(|b| b.num_rows()).sum();
+                if kept_rows + new_rows == 0 {
+                    let (t, _) = t
+                        .delete()
+                        .with_predicate(col(DAY_COLUMN).gt_eq(day_lit(first)))
+                        .await
+                        .map_err(|e| err(&e))?;
+                    return self.vacuum(t, table).await;
+                }
+                batches.splice(0..0, kept);
+                w = t
+                    .write(non_empty(batches))
+                    .with_save_mode(SaveMode::Overwrite)
+                    .with_replace_where(col(DAY_COLUMN).gt_eq(day_lit(first)));
+            }
+            _ if new_rows == 0 && (partitioned || !exists || replace.is_none()) => {
+                return self.write_plain(t, table, vec![], replace).await;
+            }
+            Some(r) if exists && partitioned => {
+                w = t
+                    .write(non_empty(batches))
+                    .with_save_mode(SaveMode::Overwrite)
+                    .with_replace_where(quoted(&r.column).gt_eq(ts_lit(r.from_micros)));
+            }
+            Some(r) if exists => {
+                // A table of the unpartitioned layout: rewritten once, partitioned.
+                let kept = self
+                    .read_where(
+                        table,
+                        quoted(&r.column)
+                            .lt(ts_lit(r.from_micros))
+                            .or(quoted(&r.column).is_null()),
+                    )
+                    .await?;
+                let kept = kept
+                    .iter()
+                    .map(|b| with_day(b, time))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| err(&e))?;
+                let kept = conform(kept, batches.first()).map_err(|e| err(&e))?;
+                if kept.is_empty() && new_rows == 0 {
+                    return self.write_plain(t, table, vec![], None).await;
+                }
+                batches.splice(0..0, kept);
+                w = t
+                    .write(non_empty(batches))
+                    .with_save_mode(SaveMode::Overwrite)
+                    .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+            }
+            _ => {
+                w = t
+                    .write(non_empty(batches))
+                    .with_save_mode(SaveMode::Overwrite);
+                if exists && !partitioned {
+                    w = w.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+                }
+            }
+        }
+        w = w.with_partition_columns([DAY_COLUMN]);
+        if !exists {
+            w = w.with_configuration(TABLE_PROPERTIES);
+        }
+        let t = w.await.map_err(|e| err(&e))?;
+        self.vacuum(t, table).await
+    }
+
+    /// A write of a table without a time column (or with `time` not given).
+    async fn write_plain(
+        &self,
+        t: DeltaTable,
         table: &str,
         batches: Vec<RecordBatch>,
         replace: Option<&ReplaceRange>,
@@ -88,26 +261,79 @@ impl OfflineStore {
             table: table.into(),
             reason: e.to_string(),
         };
-        let t = self.open(table).await?;
         let exists = t.version().is_some();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         if rows == 0 {
-            if let (true, Some(r)) = (exists, replace) {
-                t.delete()
-                    .with_predicate(col(format!("\"{}\"", r.column)).gt_eq(ts_lit(r.from_micros)))
-                    .await
-                    .map_err(err)?;
-            } else if exists {
-                t.delete().await.map_err(err)?;
-            }
-            return Ok(());
+            let t = match (exists, replace) {
+                (true, Some(r)) => {
+                    t.delete()
+                        .with_predicate(quoted(&r.column).gt_eq(ts_lit(r.from_micros)))
+                        .await
+                        .map_err(err)?
+                        .0
+                }
+                (true, None) => t.delete().await.map_err(err)?.0,
+                (false, _) => return Ok(()),
+            };
+            return self.vacuum(t, table).await;
         }
         let mut w = t.write(batches).with_save_mode(SaveMode::Overwrite);
-        if let (true, Some(r)) = (exists, replace) {
-            w = w.with_replace_where(col(format!("\"{}\"", r.column)).gt_eq(ts_lit(r.from_micros)));
+        if !exists {
+            w = w.with_configuration(TABLE_PROPERTIES);
         }
-        w.await.map_err(err)?;
+        if let (true, Some(r)) = (exists, replace) {
+            w = w.with_replace_where(quoted(&r.column).gt_eq(ts_lit(r.from_micros)));
+        }
+        let t = w.await.map_err(err)?;
+        self.vacuum(t, table).await
+    }
+
+    /// Deletes the files that writes replaced more than the retention period ago.
+    async fn vacuum(&self, t: DeltaTable, table: &str) -> Result<(), StoreError> {
+        let retention = chrono::TimeDelta::try_milliseconds(self.retention_micros / 1000)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        self.remember(table, &t);
+        let (t, _) = t
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(|e| StoreError::Offline {
+                table: table.into(),
+                reason: format!("deleting replaced files: {e}"),
+            })?;
+        self.remember(table, &t);
         Ok(())
+    }
+
+    /// The number of data files in the table's current version (0 before its first write).
+    pub async fn file_count(&self, table: &str) -> Result<usize, StoreError> {
+        if !self.exists(table).await? {
+            return Ok(0);
+        }
+        let t = self.open(table).await?;
+        let files = t.get_file_uris().map_err(|e| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(files.count())
+    }
+
+    /// Every row of `table` matching `filter`.
+    async fn read_where(&self, table: &str, filter: Expr) -> Result<Vec<RecordBatch>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        };
+        let ctx = self.session(&[table]).await?;
+        let Ok(df) = ctx.table(table).await else {
+            return Ok(vec![]);
+        };
+        df.filter(filter)
+            .map_err(|e| err(&e))?
+            .collect()
+            .await
+            .map_err(|e| err(&e))
     }
 
     /// A DataFusion session with `tables` registered under their names, for reads.
@@ -147,10 +373,33 @@ impl OfflineStore {
             reason: e.to_string(),
         };
         let ctx = self.session(&[table]).await?;
-        let Ok(df) = ctx.table(table).await else {
+        let Ok(mut df) = ctx.table(table).await else {
             return Ok(vec![]);
         };
-        let quoted = |c: &str| col(format!("\"{c}\""));
+        if let Some(f) = from {
+            let mut cond = quoted(time).gt_eq(ts_lit(f));
+            if df.schema().field_with_unqualified_name(DAY_COLUMN).is_ok() {
+                cond = col(DAY_COLUMN).gt_eq(day_lit(day_of(f))).and(cond);
+            }
+            df = df.filter(cond).map_err(|e| err(&e))?;
+        }
+        self.keyed(table, &ctx, df, columns, key, keys).await
+    }
+
+    /// `columns` of `df`'s rows whose `key` is among `keys`.
+    pub(crate) async fn keyed(
+        &self,
+        table: &str,
+        ctx: &SessionContext,
+        df: deltalake::datafusion::dataframe::DataFrame,
+        columns: &[&str],
+        key: &str,
+        keys: ArrayRef,
+    ) -> Result<Vec<RecordBatch>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        };
         // The touched keys join as a table (a hash semi-join), not as an IN list, so that any
         // number of keys plans in constant stack and time.
         let key_schema = Arc::new(Schema::new(vec![Field::new(
@@ -160,12 +409,6 @@ impl OfflineStore {
         )]));
         let key_batch = RecordBatch::try_new(key_schema, vec![keys]).map_err(|e| err(&e))?;
         let keys_df = ctx.read_batch(key_batch).map_err(|e| err(&e))?;
-        let mut df = df;
-        if let Some(f) = from {
-            df = df
-                .filter(quoted(time).gt_eq(ts_lit(f)))
-                .map_err(|e| err(&e))?;
-        }
         let df = df
             .join(keys_df, JoinType::LeftSemi, &[key], &["slate_key"], None)
             .and_then(|d| d.select(columns.iter().map(|c| quoted(c)).collect::<Vec<_>>()))
@@ -199,10 +442,16 @@ impl OfflineStore {
         {
             return Ok(None);
         }
-        let quoted = |c: &str| col(format!("\"{c}\""));
+        let partitioned = schema.field_with_unqualified_name(DAY_COLUMN).is_ok();
         let mut cond = quoted(column).lt(ts_lit(to));
+        if partitioned {
+            cond = col(DAY_COLUMN).lt_eq(day_lit(day_of(to))).and(cond);
+        }
         if let Some(f) = from {
             cond = cond.and(quoted(column).gt_eq(ts_lit(f)));
+            if partitioned {
+                cond = col(DAY_COLUMN).gt_eq(day_lit(day_of(f))).and(cond);
+            }
         }
         let n = df
             .filter(cond)
@@ -226,4 +475,73 @@ impl OfflineStore {
             reason: e.to_string(),
         })
     }
+}
+
+fn quoted(c: &str) -> Expr {
+    col(format!("\"{c}\""))
+}
+
+/// `batch` with its `time` column's UTC day appended as [`DAY_COLUMN`] (kept when present).
+fn with_day(batch: &RecordBatch, time: &str) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().column_with_name(DAY_COLUMN).is_some() {
+        return Ok(batch.clone());
+    }
+    let ts = batch.column_by_name(time).ok_or_else(|| {
+        arrow::error::ArrowError::SchemaError(format!("no time column {time} to partition by"))
+    })?;
+    let ts = arrow::compute::cast(ts, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    let ts = ts
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .ok_or_else(|| arrow::error::ArrowError::CastError(format!("{time} is not a time")))?;
+    let days: Date32Array = ts.iter().map(|v| v.map(day_of)).collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(DAY_COLUMN, DataType::Date32, true));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(days) as ArrayRef);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// Rows read back from the table, in the column order and types of the new rows.
+fn conform(
+    kept: Vec<RecordBatch>,
+    like: Option<&RecordBatch>,
+) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    let Some(like) = like else {
+        return Ok(kept);
+    };
+    let schema = like.schema();
+    kept.iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = b.column_by_name(f.name()).ok_or_else(|| {
+                        arrow::error::ArrowError::SchemaError(format!(
+                            "the table lacks column {}",
+                            f.name()
+                        ))
+                    })?;
+                    match c.data_type() == f.data_type() {
+                        true => Ok(c.clone()),
+                        false => arrow::compute::cast(c, f.data_type()),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(schema.clone(), columns)
+        })
+        .collect()
+}
+
+/// Delta writes no file for an empty batch list; the partition-only replace still removes
+/// the replaced days.
+fn non_empty(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    batches.into_iter().filter(|b| b.num_rows() > 0).collect()
 }

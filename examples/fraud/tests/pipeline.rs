@@ -288,3 +288,79 @@ async fn fraud_pipeline_end_to_end() {
         "same data, same features and predictions"
     );
 }
+
+/// A year and more of daily runs at midnight (the 60-minute lookback crosses it every time):
+/// every day's offline partition stays one file, and the tables end equal to one run over
+/// everything; every feature matches the brute force, dormant users included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_hundred_daily_runs() {
+    const DAYS: i64 = 400;
+    // Users whose transactions pause for longer than every window: the first seed that has one.
+    let dormant = |rows: &[(i64, i64, i64, i64)]| {
+        let mut last: HashMap<i64, i64> = HashMap::new();
+        rows.iter()
+            .filter(|r| {
+                last.insert(r.1, r.3)
+                    .is_some_and(|prev| r.3 - prev > 31 * DAY)
+            })
+            .count()
+    };
+    let cfg = (1..100)
+        .map(|seed| Config {
+            users: 6,
+            merchants: 12,
+            seed,
+        })
+        .find(|c| dormant(&source_rows(c, DAYS)) > 0)
+        .expect("a seed with a dormant user");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, state) = (tmp.path().join("warehouse"), tmp.path().join("state"));
+    // The warehouse table grows by one file a day; each run at midnight reads the new day.
+    for d in 0..DAYS {
+        write_warehouse(&data, &cfg, d, d + 1).expect("day");
+        run(&data, &state, START_MICROS + (d + 1) * DAY).await;
+    }
+    let all = source_rows(&cfg, DAYS);
+
+    let p = predictions(&state).await;
+    assert_eq!(p.num_rows(), all.len(), "no duplicate, no gap");
+    check_features_against_reference(&p, &all);
+
+    let store = slate_stores::OfflineStore::new(&state.join("offline"));
+    let days_with_rows = all
+        .iter()
+        .map(|r| slate_stores::day_of(r.3))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    for table in ["transaction", "run_fraud_model"] {
+        let files = store.file_count(table).await.expect("files");
+        assert!(
+            files <= days_with_rows,
+            "{table}: {files} files for {days_with_rows} days of rows"
+        );
+    }
+
+    // One run over everything gives the same tables.
+    let state2 = tmp.path().join("state2");
+    run(&data, &state2, START_MICROS + (DAYS + 1) * DAY).await;
+    assert_eq!(
+        common::without_run_id_by_id(&predictions(&state2).await),
+        common::without_run_id_by_id(&p),
+        "daily runs and one run over everything agree"
+    );
+    let ingested = |s: &Path| {
+        let s = slate_stores::OfflineStore::new(&s.join("offline"));
+        async move { concat(&s.read_all("transaction").await.expect("read")) }
+    };
+    let by_id = |b: RecordBatch| {
+        let order =
+            arrow::compute::sort_to_indices(b.column_by_name("id").expect("id"), None, None)
+                .expect("sort");
+        arrow::compute::take_record_batch(&b, &order).expect("take")
+    };
+    assert_eq!(
+        by_id(ingested(&state).await),
+        by_id(ingested(&state2).await),
+        "the ingested table is the same"
+    );
+}

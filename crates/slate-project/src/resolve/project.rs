@@ -57,11 +57,29 @@ impl Resolver {
 
     pub(super) fn environment(&mut self, name: &str, node: &Node) -> Option<Environment> {
         self.expect_map(node, "an environment")?;
-        self.unknown_keys(node, "an environment", &["state_dir", "sources"]);
+        self.unknown_keys(
+            node,
+            "an environment",
+            &["state_dir", "offline_retention", "sources"],
+        );
         let state_dir = node
             .get("state_dir")
             .and_then(Node::as_str)
             .unwrap_or(".slate");
+        let offline_retention_secs = match node.get("offline_retention") {
+            None => 7 * 86_400,
+            Some(n) => match parse_duration_secs(n.as_str().unwrap_or_default()) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.err(
+                        &n.span,
+                        format!("bad offline_retention: {e}"),
+                        "e.g. `offline_retention: 7d` (`0s` deletes replaced files at once)",
+                    );
+                    7 * 86_400
+                }
+            },
+        };
         let mut sources = BTreeMap::new();
         if let Some(srcs) = node
             .get("sources")
@@ -103,6 +121,7 @@ impl Resolver {
             name: name.to_string(),
             sources,
             state_dir: PathBuf::from(state_dir),
+            offline_retention_secs,
         })
     }
 

@@ -1,0 +1,303 @@
+//! The offline store's day-partitioned layout and entity state against brute force on seeded
+//! random rows: replacements across midnight, one file per day, replaced files deleted, the
+//! unpartitioned layout migrated, and the rows an unbounded `latest` needs before a read's start.
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow_array::{
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+};
+use slate_stores::{OfflineStore, ReplaceRange};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const DAY: i64 = 86_400_000_000;
+const HOUR: i64 = 3_600_000_000;
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> i64 {
+        (self.next() % n) as i64
+    }
+}
+
+type Row = (i64, i64, Option<f64>);
+
+/// Rows over `days` days: keys 0..keys, whole-minute times (so equal times occur), a value
+/// that is null one time in four.
+fn rows(seed: u64, n: usize, keys: i64, days: i64) -> Vec<Row> {
+    let mut r = Rng(seed.max(1));
+    (0..n)
+        .map(|_| {
+            let k = r.below(keys as u64);
+            let ts = r.below((days * DAY / 60_000_000) as u64) * 60_000_000;
+            let v = (r.below(4) != 0).then(|| r.below(1000) as f64 / 8.0);
+            (k, ts, v)
+        })
+        .collect()
+}
+
+fn batch(rows: &[Row]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("v", DataType::Float64, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("batch")
+}
+
+fn read_rows(batches: &[RecordBatch]) -> Vec<(i64, i64, Option<u64>)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let k = b.column_by_name("k").expect("k");
+        let k = k.as_any().downcast_ref::<Int64Array>().expect("k i64");
+        let ts = b.column_by_name("ts").expect("ts");
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("ts");
+        let v = b.column_by_name("v").expect("v");
+        let v = v.as_any().downcast_ref::<Float64Array>().expect("v f64");
+        for i in 0..b.num_rows() {
+            out.push((
+                k.value(i),
+                ts.value(i),
+                (!v.is_null(i)).then(|| v.value(i).to_bits()),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn expected(rows: &[Row]) -> Vec<(i64, i64, Option<u64>)> {
+    let mut out: Vec<_> = rows
+        .iter()
+        .map(|r| (r.0, r.1, r.2.map(f64::to_bits)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Parquet data files under a table's directory (replaced ones included until deleted).
+fn parquet_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if !p.ends_with("_delta_log") {
+                n += parquet_files(&p);
+            }
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn replace_from(from: i64) -> ReplaceRange {
+    ReplaceRange {
+        column: "ts".into(),
+        from_micros: from,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_replacements_across_midnight_keep_one_file_per_day() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = OfflineStore::new(tmp.path()).with_retention(0);
+    let all = rows(7, 3_000, 9, 30);
+    // Each run at midnight reads back a 90-minute lookback into the previous day, plus rows a
+    // run ahead (the next day's first hours) that the next run replaces.
+    for d in 1..=30 {
+        let from = d * DAY - DAY - 90 * 60_000_000;
+        let to = d * DAY + 3 * HOUR;
+        let part: Vec<Row> = all
+            .iter()
+            .filter(|r| r.1 >= from && r.1 < to)
+            .copied()
+            .collect();
+        let replace = replace_from(from);
+        store
+            .write("t", vec![batch(&part)], Some(&replace), Some("ts"))
+            .await
+            .expect("write");
+    }
+    let got = read_rows(&store.read_all("t").await.expect("read"));
+    assert_eq!(got, expected(&all), "same rows as written once");
+    let files = store.file_count("t").await.expect("count");
+    assert_eq!(files, 30, "one file per day");
+    assert_eq!(
+        parquet_files(&tmp.path().join("t")),
+        files,
+        "replaced files deleted (retention 0)"
+    );
+    // A replacement with no rows empties the days from its start and keeps the rest.
+    store
+        .write(
+            "t",
+            vec![batch(&[])],
+            Some(&replace_from(25 * DAY + HOUR)),
+            Some("ts"),
+        )
+        .await
+        .expect("empty write");
+    let got = read_rows(&store.read_all("t").await.expect("read"));
+    let kept: Vec<Row> = all
+        .iter()
+        .filter(|r| r.1 < 25 * DAY + HOUR)
+        .copied()
+        .collect();
+    assert_eq!(got, expected(&kept));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpartitioned_table_is_partitioned_by_its_next_write() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = OfflineStore::new(tmp.path());
+    let all = rows(3, 500, 4, 6);
+    let (old, new): (Vec<Row>, Vec<Row>) = all.iter().partition(|r| r.1 < 4 * DAY);
+    store
+        .write("t", vec![batch(&old)], None, None)
+        .await
+        .expect("old layout");
+    let overlap: Vec<Row> = all.iter().filter(|r| r.1 >= 3 * DAY).copied().collect();
+    store
+        .write(
+            "t",
+            vec![batch(&overlap)],
+            Some(&replace_from(3 * DAY)),
+            Some("ts"),
+        )
+        .await
+        .expect("partitioned write");
+    assert!(!new.is_empty());
+    let got = read_rows(&store.read_all("t").await.expect("read"));
+    assert_eq!(got, expected(&all));
+    assert_eq!(store.file_count("t").await.expect("files"), 6);
+}
+
+/// Per key: (greatest time, greatest time with a value, the values at that time) of the rows
+/// before `from`.
+type Latest = BTreeMap<i64, (i64, Option<i64>, Vec<u64>)>;
+
+fn latest_before(rows: &[(i64, i64, Option<u64>)], from: i64, keys: &[i64]) -> Latest {
+    let mut out: Latest = BTreeMap::new();
+    for &(k, ts, v) in rows.iter().filter(|r| r.1 < from && keys.contains(&r.0)) {
+        let e = out.entry(k).or_insert((i64::MIN, None, vec![]));
+        e.0 = e.0.max(ts);
+        if let Some(v) = v {
+            match e.1 {
+                Some(t) if t > ts => {}
+                Some(t) if t == ts => e.2.push(v),
+                _ => {
+                    e.1 = Some(ts);
+                    e.2 = vec![v];
+                }
+            }
+        }
+    }
+    for e in out.values_mut() {
+        e.2.sort();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_state_keeps_what_latest_needs_before_the_read() {
+    for seed in 1..=12u64 {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = OfflineStore::new(tmp.path());
+        let mut r = Rng(seed * 977);
+        // Sparse keys: some stay dormant for weeks, so their latest rows lie far before reads.
+        let all = rows(seed, 400, 40, 120);
+        let mut written = 0;
+        for step in 0..12 {
+            let until = (step + 1) * 10 * DAY;
+            let lookback = r.below(3) * DAY + r.below(24) * HOUR;
+            let from = (written - lookback).max(0);
+            let part: Vec<Row> = all
+                .iter()
+                .filter(|x| x.1 >= from && x.1 < until)
+                .copied()
+                .collect();
+            store
+                .write(
+                    "t",
+                    vec![batch(&part)],
+                    Some(&replace_from(from)),
+                    Some("ts"),
+                )
+                .await
+                .expect("write");
+            written = until;
+            let keys: Vec<i64> = (0..40).filter(|_| r.below(3) != 0).collect();
+            let read_from = until - r.below(40) * DAY;
+            let advance_to = until - r.below(30) * DAY;
+            let got = store
+                .read_latest_for_keys(
+                    "t",
+                    &["k", "ts", "v"],
+                    "k",
+                    Arc::new(Int64Array::from(keys.clone())) as ArrayRef,
+                    "ts",
+                    read_from,
+                    advance_to,
+                )
+                .await
+                .expect("read");
+            let got = read_rows(&got);
+            let truth = expected(
+                &all.iter()
+                    .filter(|x| x.1 < until)
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+            let recent = |rs: &[(i64, i64, Option<u64>)]| -> Vec<(i64, i64, Option<u64>)> {
+                rs.iter()
+                    .filter(|x| x.1 >= read_from && keys.contains(&x.0))
+                    .copied()
+                    .collect()
+            };
+            assert_eq!(
+                recent(&got),
+                recent(&truth),
+                "seed {seed} step {step}: rows since the read's start"
+            );
+            assert!(
+                got.iter().all(|x| keys.contains(&x.0)),
+                "only the asked keys"
+            );
+            assert_eq!(
+                latest_before(&got, read_from, &keys),
+                latest_before(&truth, read_from, &keys),
+                "seed {seed} step {step}: the latest rows before the read's start"
+            );
+        }
+    }
+}
