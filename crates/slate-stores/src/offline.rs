@@ -174,6 +174,15 @@ impl OfflineStore {
                 // Whole days are replaced: the kept rows of `from`'s day are read back, so the
                 // commit only removes files (no rewrite scan) and each day stays one file.
                 let first = day_of(r.from_micros);
+                if let Some(early) = earliest(&batches, time).map_err(|e| err(&e))?
+                    && early < r.from_micros
+                {
+                    return Err(err(&format!(
+                        "a new row's {time} ({}) precedes the replaced range's start ({})",
+                        slate_types::format_rfc3339(early),
+                        slate_types::format_rfc3339(r.from_micros)
+                    )));
+                }
                 let kept = self
                     .read_where(
                         table,
@@ -505,6 +514,23 @@ fn with_day(batch: &RecordBatch, time: &str) -> Result<RecordBatch, arrow::error
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(days) as ArrayRef);
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// The earliest non-null `time` among `batches`.
+fn earliest(batches: &[RecordBatch], time: &str) -> Result<Option<i64>, arrow::error::ArrowError> {
+    let mut min = None;
+    for b in batches {
+        let Some(c) = b.column_by_name(time) else {
+            continue;
+        };
+        let c = arrow::compute::cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+        if let Some(ts) = c.as_any().downcast_ref::<TimestampMicrosecondArray>()
+            && let Some(m) = arrow::compute::min(ts)
+        {
+            min = Some(min.map_or(m, |x: i64| x.min(m)));
+        }
+    }
+    Ok(min)
 }
 
 /// Rows read back from the table, in the column order and types of the new rows.

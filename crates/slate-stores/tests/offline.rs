@@ -301,3 +301,34 @@ async fn entity_state_keeps_what_latest_needs_before_the_read() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_before_the_replaced_range_is_refused_and_nothing_changes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = OfflineStore::new(tmp.path());
+    let all = rows(11, 200, 5, 4);
+    store
+        .write("t", vec![batch(&all)], None, Some("ts"))
+        .await
+        .expect("first write");
+    let bad = [
+        (1, 2 * DAY + HOUR, Some(1.0)),
+        (1, 2 * DAY + 3 * HOUR, None),
+    ];
+    let e = store
+        .write(
+            "t",
+            vec![batch(&bad)],
+            Some(&replace_from(2 * DAY + 2 * HOUR)),
+            Some("ts"),
+        )
+        .await
+        .expect_err("a row before the range");
+    assert!(
+        e.to_string()
+            .contains("precedes the replaced range's start"),
+        "{e}"
+    );
+    let got = read_rows(&store.read_all("t").await.expect("read"));
+    assert_eq!(got, expected(&all), "the table is unchanged");
+}

@@ -4,11 +4,11 @@ use arrow::array::RecordBatch;
 use std::path::Path;
 
 #[allow(dead_code)]
-/// A prediction table without its `run_id` column, rows in `id` order: what two runs over the
-/// same data must agree on byte for byte.
+/// A prediction table without its `run_id` column and its day partition column, rows in `id`
+/// order: what two runs over the same data must agree on byte for byte.
 pub fn without_run_id_by_id(b: &RecordBatch) -> RecordBatch {
     let keep: Vec<usize> = (0..b.num_columns())
-        .filter(|&i| b.schema().field(i).name() != "run_id")
+        .filter(|&i| !["run_id", "slate_day"].contains(&b.schema().field(i).name().as_str()))
         .collect();
     let b = b.project(&keep).expect("project");
     let order = arrow::compute::sort_to_indices(b.column_by_name("id").expect("id"), None, None)
