@@ -711,6 +711,10 @@ impl Engine {
             .map(|s| s.bound_micros);
         let late = match (&bound, previous_bound) {
             (Some(b), Some(from)) if from.is_none_or(|f| f < b.micros) => {
+                // After a run that read everything (a backfill), the check covers the day
+                // before this bound (or the lookback, when longer) rather than all history.
+                let lookback = before.map_or(0, |w| w.saturating_sub(b.micros));
+                let from = from.or(Some(b.micros - lookback.max(86_400_000_000)));
                 let mut distinct = vec![class.primary_key.as_str()];
                 if versions && let Some(t) = class.feature_time.as_deref() {
                     distinct.push(t);
