@@ -92,16 +92,6 @@ pub(crate) async fn keyed_read(
     let codes = dict.encode(keys)?;
     let (time_col, since) = time.unwrap_or((table_key, Since::All));
     let batches = match since {
-        Since::All => {
-            store
-                .read_for_keys(table, columns, table_key, dict.values()?, time_col, None)
-                .await?
-        }
-        Since::From(f) => {
-            store
-                .read_for_keys(table, columns, table_key, dict.values()?, time_col, Some(f))
-                .await?
-        }
         Since::Latest { from, advance_to } => {
             store
                 .read_latest_for_keys(
@@ -113,6 +103,15 @@ pub(crate) async fn keyed_read(
                     from,
                     advance_to,
                 )
+                .await?
+        }
+        Since::From(_) | Since::All => {
+            let from = match since {
+                Since::From(f) => Some(f),
+                _ => None,
+            };
+            store
+                .read_for_keys(table, columns, table_key, dict.values()?, time_col, from)
                 .await?
         }
     };
