@@ -71,51 +71,59 @@ impl OfflineStore {
             .into_iter()
             .filter(|(c, _)| *c <= from)
             .max_by_key(|(c, _)| *c);
-        let mut out = Vec::new();
-        match &state {
-            Some((cutoff, path)) => {
-                let ctx = SessionContext::new();
-                ctx.register_parquet(
-                    "slate_state",
-                    path_str(table, path)?,
-                    ParquetReadOptions::default(),
-                )
-                .await
-                .map_err(|e| state_err(table, &e))?;
-                let df = ctx
-                    .table("slate_state")
-                    .await
-                    .map_err(|e| state_err(table, &e))?;
-                if columns
-                    .iter()
-                    .all(|c| df.schema().field_with_unqualified_name(c).is_ok())
-                {
-                    out = self
-                        .keyed(table, &ctx, df, columns, key, keys.clone())
-                        .await?;
-                    out.extend(
-                        self.read_for_keys(table, columns, key, keys, time, Some(*cutoff))
-                            .await?,
-                    );
-                } else {
-                    out = self
-                        .read_for_keys(table, columns, key, keys, time, None)
-                        .await?;
-                }
-            }
-            None => {
-                out.extend(
-                    self.read_for_keys(table, columns, key, keys, time, None)
-                        .await?,
-                );
-            }
-        }
+        let held = match &state {
+            Some((cutoff, path)) => self
+                .state_rows(table, path, columns, key, &keys)
+                .await?
+                .map(|rows| (*cutoff, rows)),
+            None => None,
+        };
+        // Without a state holding every asked column, the read starts at the table's first row.
+        let since = held.as_ref().map(|(c, _)| *c);
+        let mut out = held.map(|(_, rows)| rows).unwrap_or_default();
+        out.extend(
+            self.read_for_keys(table, columns, key, keys, time, since)
+                .await?,
+        );
         let target = i64::from(day_of(advance_to)) * 86_400_000_000;
         let current = state_files(&dir).into_iter().map(|(c, _)| c).max();
         if current.is_none_or(|c| c < target) {
             self.advance(table, key, time, &dir, target).await?;
         }
         Ok(out)
+    }
+
+    /// `columns` of the state file's rows for `keys` (`None` when the file lacks a column).
+    async fn state_rows(
+        &self,
+        table: &str,
+        path: &Path,
+        columns: &[&str],
+        key: &str,
+        keys: &ArrayRef,
+    ) -> Result<Option<Vec<RecordBatch>>, StoreError> {
+        let ctx = SessionContext::new();
+        ctx.register_parquet(
+            "slate_state",
+            path_str(table, path)?,
+            ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(|e| state_err(table, &e))?;
+        let df = ctx
+            .table("slate_state")
+            .await
+            .map_err(|e| state_err(table, &e))?;
+        if !columns
+            .iter()
+            .all(|c| df.schema().field_with_unqualified_name(c).is_ok())
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.keyed(table, &ctx, df, columns, key, keys.clone())
+                .await?,
+        ))
     }
 
     /// Writes the state at `target` from the newest earlier state and the table's rows since.
@@ -195,21 +203,17 @@ impl OfflineStore {
             ));
             keep.push(format!("(u.{c} IS NOT NULL AND u.{ts} = m.slate_t{i})"));
         }
+        // Ordered by every column, so the same rows give the same file.
+        let selected = columns
+            .iter()
+            .map(|c| format!("u.{}", ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "WITH u AS ({recent}{union}), m AS (SELECT {k} AS slate_k, {} FROM u GROUP BY {k}) \
-             SELECT {} FROM u JOIN m ON u.{k} = m.slate_k WHERE {} ORDER BY {}",
+             SELECT {selected} FROM u JOIN m ON u.{k} = m.slate_k WHERE {} ORDER BY {selected}",
             maxes.join(", "),
-            columns
-                .iter()
-                .map(|c| format!("u.{}", ident(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
             keep.join(" OR "),
-            columns
-                .iter()
-                .map(|c| format!("u.{}", ident(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
         );
         let df = ctx.sql(&sql).await.map_err(|e| err(&e))?;
         let schema = df.schema().as_arrow().clone();

@@ -332,3 +332,173 @@ async fn a_row_before_the_replaced_range_is_refused_and_nothing_changes() {
     let got = read_rows(&store.read_all("t").await.expect("read"));
     assert_eq!(got, expected(&all), "the table is unchanged");
 }
+
+/// String keys and string and boolean values (nulls included) through the state: the state's
+/// rows and the table's come back in one schema (the engine concatenates them) and hold the
+/// latest value of every column before the read's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_state_with_string_keys_and_values() {
+    use arrow_array::{BooleanArray, StringArray};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = OfflineStore::new(tmp.path());
+    let mut r = Rng(4242);
+    // (key, ts, label, flag)
+    let all: Vec<(String, i64, Option<String>, Option<bool>)> = (0..600)
+        .map(|_| {
+            (
+                format!("k{}", r.below(25)),
+                r.below(90 * 24) * HOUR,
+                (r.below(3) != 0).then(|| format!("s{}", r.below(6))),
+                (r.below(3) != 0).then(|| r.below(2) == 0),
+            )
+        })
+        .collect();
+    let batch_of = |rows: &[&(String, i64, Option<String>, Option<bool>)]| {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, true),
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    true,
+                ),
+                Field::new("label", DataType::Utf8, true),
+                Field::new("flag", DataType::Boolean, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|x| x.0.as_str()),
+                )),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(rows.iter().map(|x| x.1))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|x| x.2.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(BooleanArray::from(
+                    rows.iter().map(|x| x.3).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .expect("batch")
+    };
+    let keys: Vec<String> = (0..25)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("k{i}"))
+        .collect();
+    for step in 1..=3i64 {
+        let (from, until) = ((step - 1) * 30 * DAY - HOUR, step * 30 * DAY);
+        let part: Vec<_> = all
+            .iter()
+            .filter(|x| x.1 >= from.max(0) && x.1 < until)
+            .collect();
+        store
+            .write(
+                "t",
+                vec![batch_of(&part)],
+                Some(&replace_from(from.max(0))),
+                Some("ts"),
+            )
+            .await
+            .expect("write");
+        let read_from = until - 20 * DAY;
+        let got = store
+            .read_latest_for_keys(
+                "t",
+                &["k", "ts", "label", "flag"],
+                "k",
+                Arc::new(StringArray::from(keys.clone())) as ArrayRef,
+                "ts",
+                read_from,
+                until - 25 * DAY,
+            )
+            .await
+            .expect("read");
+        let one = arrow::compute::concat_batches(&got[0].schema(), &got).expect("one schema");
+        let text = |c: &str| {
+            let a = arrow::compute::cast(one.column_by_name(c).expect("col"), &DataType::Utf8)
+                .expect("cast");
+            let a = a
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8")
+                .clone();
+            (0..a.len())
+                .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+                .collect::<Vec<_>>()
+        };
+        let ts = arrow::compute::cast(
+            one.column_by_name("ts").expect("ts"),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )
+        .expect("cast");
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("ts")
+            .clone();
+        let got_rows: Vec<(String, i64, Option<String>, Option<bool>)> = text("k")
+            .into_iter()
+            .zip(text("label"))
+            .zip(text("flag"))
+            .enumerate()
+            .map(|(i, ((k, l), f))| (k.expect("key"), ts.value(i), l, f.map(|f| f == "true")))
+            .collect();
+        let truth: Vec<_> = all.iter().filter(|x| x.1 < until).cloned().collect();
+        // Per key: the greatest time before the read's start, and for each value column the
+        // greatest time with a value and the values there.
+        type Summary = (
+            Option<i64>,
+            Option<(i64, Vec<String>)>,
+            Option<(i64, Vec<bool>)>,
+        );
+        let summarize = |rows: &[(String, i64, Option<String>, Option<bool>)], k: &str| {
+            let before: Vec<_> = rows
+                .iter()
+                .filter(|x| x.0 == k && x.1 < read_from)
+                .collect();
+            let last = before.iter().map(|x| x.1).max();
+            let latest_of = |f: &dyn Fn(&(String, i64, Option<String>, Option<bool>)) -> bool| {
+                before.iter().filter(|x| f(x)).map(|x| x.1).max()
+            };
+            let lt = latest_of(&|x| x.2.is_some());
+            let mut ls: Vec<String> = before
+                .iter()
+                .filter(|x| Some(x.1) == lt)
+                .filter_map(|x| x.2.clone())
+                .collect();
+            ls.sort();
+            let ft = latest_of(&|x| x.3.is_some());
+            let mut fs: Vec<bool> = before
+                .iter()
+                .filter(|x| Some(x.1) == ft)
+                .filter_map(|x| x.3)
+                .collect();
+            fs.sort();
+            let s: Summary = (last, lt.map(|t| (t, ls)), ft.map(|t| (t, fs)));
+            s
+        };
+        for k in &keys {
+            assert_eq!(
+                summarize(&got_rows, k),
+                summarize(&truth, k),
+                "step {step}, key {k}: latest rows before the read"
+            );
+            let recent = |rows: &[(String, i64, Option<String>, Option<bool>)]| {
+                let mut v: Vec<_> = rows
+                    .iter()
+                    .filter(|x| &x.0 == k && x.1 >= read_from)
+                    .cloned()
+                    .collect();
+                v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+                v
+            };
+            assert_eq!(
+                recent(&got_rows),
+                recent(&truth),
+                "step {step}, key {k}: recent rows"
+            );
+        }
+    }
+}
