@@ -11,32 +11,21 @@ of the day, and prints wall times, peak RSS and the 360-day / 60-day ratio.
 """
 
 import argparse
-import os
 import pathlib
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
-import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
+
+from bench import measure
+from reference import score
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DAY_US = 86_400_000_000
 START_US = 1_788_220_800_000_000  # day 0 of the example's generator, 2026-09-01
-
-
-def measure(cmd):
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    out, err = p.stdout.read(), p.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{out}\n{err}")
-    return wall, usage.ru_maxrss / 1024, out + err
 
 
 DUCKDB_DAY = """
@@ -69,7 +58,6 @@ ORDER BY id
 def duckdb_day(warehouse, model, out, day_from):
     """Run in a child process: the day's features in DuckDB, scored by onnxruntime."""
     import duckdb
-    import onnxruntime as ort
     import pyarrow as pa
 
     t0 = time.perf_counter()
@@ -81,18 +69,11 @@ def duckdb_day(warehouse, model, out, day_from):
     )
     table = con.sql(sql).to_arrow_table()
     t1 = time.perf_counter()
-    since = table.column("since_us").to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
-    cols = [table.column("amount").to_numpy(zero_copy_only=False).astype(np.float64), since]
-    cols += [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("n1", "n10", "n30", "d1", "d10", "d30")]
-    x = np.column_stack(cols).astype(np.float32)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    labels, probs = sess.run(None, {sess.get_inputs()[0].name: x})
+    labels, probs = score(table, model)
     t2 = time.perf_counter()
     pq.write_table(pa.table({"id": table.column("id"), "is_fraud": pa.array(labels.astype(bool)),
-                             "fraud_score": pa.array(probs[:, 1].astype(np.float64))}), out)
-    print(f"features {t1 - t0:.3f}s, scoring {t2 - t1:.3f}s, rows {len(x)}")
+                             "fraud_score": pa.array(probs[:, 1].astype("float64"))}), out)
+    print(f"features {t1 - t0:.3f}s, scoring {t2 - t1:.3f}s, rows {len(labels)}")
 
 
 def one_history(a, days, work):

@@ -51,6 +51,18 @@ def polars_features(warehouse):
     return out.select("id", "amount", "since_us", "n1", "n10", "n30", "d1", "d10", "d30", "is_fraud", "ts_us").collect().to_arrow()
 
 
+def score(table, model):
+    """The model's labels and fraud probabilities for a feature table (the columns above)."""
+    since = table.column("since_us").to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
+    cols = [table.column("amount").to_numpy(zero_copy_only=False).astype(np.float64), since]
+    cols += [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("n1", "n10", "n30", "d1", "d10", "d30")]
+    x = np.column_stack(cols).astype(np.float32)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--engine", choices=["duckdb", "polars"], required=True)
@@ -61,18 +73,11 @@ def main():
     t0 = time.perf_counter()
     table = duckdb_features(a.warehouse) if a.engine == "duckdb" else polars_features(a.warehouse)
     t1 = time.perf_counter()
-    since = table.column("since_us").to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
-    cols = [table.column("amount").to_numpy(zero_copy_only=False).astype(np.float64), since]
-    cols += [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("n1", "n10", "n30", "d1", "d10", "d30")]
-    x = np.column_stack(cols).astype(np.float32)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
-    labels, probs = sess.run(None, {sess.get_inputs()[0].name: x})
+    labels, probs = score(table, a.model)
     t2 = time.perf_counter()
     out = pa.table({"id": table.column("id"), "is_fraud": pa.array(labels.astype(bool)), "fraud_score": pa.array(probs[:, 1].astype(np.float64))})
     pq.write_table(out, a.out)
-    print(f"features {t1 - t0:.3f}s, scoring {t2 - t1:.3f}s, rows {len(x)}")
+    print(f"features {t1 - t0:.3f}s, scoring {t2 - t1:.3f}s, rows {len(labels)}")
 
 
 if __name__ == "__main__":
