@@ -333,6 +333,9 @@ async fn a_row_before_the_replaced_range_is_refused_and_nothing_changes() {
     assert_eq!(got, expected(&all), "the table is unchanged");
 }
 
+/// (key, time, label, flag).
+type Labeled = (String, i64, Option<String>, Option<bool>);
+
 /// String keys and string and boolean values (nulls included) through the state: the state's
 /// rows and the table's come back in one schema (the engine concatenates them) and hold the
 /// latest value of every column before the read's start.
@@ -342,8 +345,7 @@ async fn entity_state_with_string_keys_and_values() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = OfflineStore::new(tmp.path());
     let mut r = Rng(4242);
-    // (key, ts, label, flag)
-    let all: Vec<(String, i64, Option<String>, Option<bool>)> = (0..600)
+    let all: Vec<Labeled> = (0..600)
         .map(|_| {
             (
                 format!("k{}", r.below(25)),
@@ -353,7 +355,7 @@ async fn entity_state_with_string_keys_and_values() {
             )
         })
         .collect();
-    let batch_of = |rows: &[&(String, i64, Option<String>, Option<bool>)]| {
+    let batch_of = |rows: &[&Labeled]| {
         RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("k", DataType::Utf8, true),
@@ -438,7 +440,7 @@ async fn entity_state_with_string_keys_and_values() {
             .downcast_ref::<TimestampMicrosecondArray>()
             .expect("ts")
             .clone();
-        let got_rows: Vec<(String, i64, Option<String>, Option<bool>)> = text("k")
+        let got_rows: Vec<Labeled> = text("k")
             .into_iter()
             .zip(text("label"))
             .zip(text("flag"))
@@ -453,15 +455,14 @@ async fn entity_state_with_string_keys_and_values() {
             Option<(i64, Vec<String>)>,
             Option<(i64, Vec<bool>)>,
         );
-        let summarize = |rows: &[(String, i64, Option<String>, Option<bool>)], k: &str| {
+        let summarize = |rows: &[Labeled], k: &str| {
             let before: Vec<_> = rows
                 .iter()
                 .filter(|x| x.0 == k && x.1 < read_from)
                 .collect();
             let last = before.iter().map(|x| x.1).max();
-            let latest_of = |f: &dyn Fn(&(String, i64, Option<String>, Option<bool>)) -> bool| {
-                before.iter().filter(|x| f(x)).map(|x| x.1).max()
-            };
+            let latest_of =
+                |f: &dyn Fn(&Labeled) -> bool| before.iter().filter(|x| f(x)).map(|x| x.1).max();
             let lt = latest_of(&|x| x.2.is_some());
             let mut ls: Vec<String> = before
                 .iter()
@@ -485,7 +486,7 @@ async fn entity_state_with_string_keys_and_values() {
                 summarize(&truth, k),
                 "step {step}, key {k}: latest rows before the read"
             );
-            let recent = |rows: &[(String, i64, Option<String>, Option<bool>)]| {
+            let recent = |rows: &[Labeled]| {
                 let mut v: Vec<_> = rows
                     .iter()
                     .filter(|x| &x.0 == k && x.1 >= read_from)
