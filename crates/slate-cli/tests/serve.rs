@@ -155,6 +155,7 @@ fn warehouse(dir: &Path, users: usize, days: i64) {
             users,
             merchants: 80,
             seed: 5,
+            activity: 1.0,
         },
         0,
         days,

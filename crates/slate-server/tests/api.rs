@@ -48,6 +48,7 @@ async fn runs_and_online_values_over_http() {
         users: 80,
         merchants: 30,
         seed: 4,
+        activity: 1.0,
     };
     write_warehouse(&data, &cfg, 0, 12).expect("data");
     let project_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud");

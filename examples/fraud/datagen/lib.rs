@@ -24,6 +24,8 @@ pub struct Config {
     pub users: usize,
     pub merchants: usize,
     pub seed: u64,
+    /// Multiplies every user's mean number of transactions a day (1.0: about 0.9 a day).
+    pub activity: f64,
 }
 
 impl Default for Config {
@@ -32,6 +34,7 @@ impl Default for Config {
             users: 2_000,
             merchants: 500,
             seed: 42,
+            activity: 1.0,
         }
     }
 }
@@ -89,7 +92,7 @@ pub fn transactions(cfg: &Config, days: i64) -> Vec<Txn> {
     for user in 0..cfg.users {
         let mut rng =
             StdRng::seed_from_u64(cfg.seed ^ (user as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let per_day = lognormal(&mut rng, -0.45, 0.8).min(12.0);
+        let per_day = lognormal(&mut rng, -0.45, 0.8).min(12.0) * cfg.activity;
         let favourites: Vec<i64> = (0..rng.random_range(3..9))
             .map(|_| rng.random_range(0..cfg.merchants as i64))
             .collect();

@@ -52,6 +52,7 @@ async fn a_dataset_equals_what_the_scheduled_runs_stored() {
         users: 120,
         merchants: 50,
         seed: 3,
+        activity: 1.0,
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, state) = (tmp.path().join("warehouse"), tmp.path().join("state"));

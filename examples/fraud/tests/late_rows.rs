@@ -53,6 +53,7 @@ async fn rows_arriving_below_the_lookback_are_counted_as_late() {
         users: 40,
         merchants: 15,
         seed: 11,
+        activity: 1.0,
     };
     write_warehouse(&data, &cfg, 0, 10).expect("days 0-10");
     let first = run(&data, &state, START_MICROS + 10 * DAY).await;

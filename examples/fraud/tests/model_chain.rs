@@ -75,6 +75,7 @@ score_output: Transaction.second_score
         users: 100,
         merchants: 40,
         seed: 21,
+        activity: 1.0,
     };
     let data = tmp.path().join("warehouse");
     let state = tmp.path().join("state");

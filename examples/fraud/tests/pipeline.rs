@@ -156,6 +156,7 @@ async fn fraud_pipeline_end_to_end() {
         users: 150,
         merchants: 60,
         seed: 11,
+        activity: 1.0,
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, state) = (tmp.path().join("warehouse"), tmp.path().join("state"));
@@ -310,6 +311,7 @@ async fn four_hundred_daily_runs() {
             users: 6,
             merchants: 12,
             seed,
+            activity: 1.0,
         })
         .find(|c| dormant(&source_rows(c, DAYS)) > 0)
         .expect("a seed with a dormant user");

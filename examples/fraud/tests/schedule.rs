@@ -60,6 +60,7 @@ async fn ticks_run_once_through_midnights_restarts_and_downtime() {
             users: 60,
             merchants: 20,
             seed: 8,
+            activity: 1.0,
         },
         0,
         10,

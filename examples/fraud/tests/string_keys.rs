@@ -63,6 +63,7 @@ async fn string_ids_give_the_same_features_and_predictions_as_int_ids() {
         users: 120,
         merchants: 50,
         seed: 5,
+        activity: 1.0,
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let rows = transactions(&cfg, 25);
