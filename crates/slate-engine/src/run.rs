@@ -370,6 +370,7 @@ impl Engine {
         // dies, so a killed run never blocks the rerun.
         let _lock = self.lock()?;
         let offline = self.offline();
+        let read_time = t.elapsed();
         for (scan, i) in plan.scans.iter().zip(&ingested) {
             let replace = i.bound.as_ref().map(|b| ReplaceRange {
                 column: b.column.clone(),
@@ -398,7 +399,16 @@ impl Engine {
                 _ => format!("{} rows from {}", i.rows.num_rows(), s.resolver.name),
             })
             .collect();
-        took("ingest", detail.join(", "), t.elapsed());
+        took(
+            "ingest",
+            format!(
+                "{} (read {:.2}s, stored {:.2}s)",
+                detail.join(", "),
+                read_time.as_secs_f64(),
+                (t.elapsed() - read_time).as_secs_f64()
+            ),
+            t.elapsed(),
+        );
 
         // 2. Compute the graph's nodes over the root rows, point in time.
         progress.stage("compute");
@@ -442,7 +452,6 @@ impl Engine {
         progress.stage("write");
         let t = Instant::now();
         let key_col = frame.column(&plan.root.primary_key)?.clone();
-        let keys = key_strings(&key_col)?;
         let mut published: Vec<(slate_types::FeatureRef, String)> = plan
             .outputs
             .iter()
@@ -467,26 +476,45 @@ impl Engine {
         for (f, c) in &published {
             outputs.push(OutputSummary::of(f.to_string(), frame.column(c)?.as_ref()));
         }
+        let mut parts = Vec::new();
         if plan.query.store_online {
+            let w = Instant::now();
             // One feature's rows at a time, all in one transaction.
             let online = match early_online {
                 Some(o) => o,
                 None => self.online()?,
             };
+            let keys = key_strings(&key_col)?;
+            let order = slate_stores::key_order(&keys, &frame.now);
             let mut writer = online.writer()?;
-            for (f, c) in &published {
-                let json = json_values(frame.column(c)?)?;
-                let rows = keys
-                    .iter()
-                    .zip(&frame.now)
-                    .zip(json)
-                    .filter_map(|((k, t), j)| Some((k.clone()?, *t, j)))
-                    .collect();
-                writer.put(&f.column_name(), rows)?;
-            }
+            // One feature's JSON values are built on one core while the previous feature's are
+            // inserted on the other.
+            let columns = published
+                .iter()
+                .map(|(_, c)| frame.column(c).cloned())
+                .collect::<Result<Vec<_>, _>>()?;
+            std::thread::scope(|s| -> Result<(), EngineError> {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                s.spawn(move || {
+                    for c in &columns {
+                        if tx.send(json_values(c)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                for (f, _) in &published {
+                    let json = rx.recv().map_err(|_| {
+                        EngineError::Internal("online values thread ended".into())
+                    })??;
+                    writer.put_ordered(&f.column_name(), &keys, &frame.now, &json, &order)?;
+                }
+                Ok(())
+            })?;
             writer.commit()?;
+            parts.push(format!("online {:.2}s", w.elapsed().as_secs_f64()));
         }
         if plan.query.store_offline {
+            let w = Instant::now();
             let batch = self.output_batch(plan, &frame, Some(&run_id), &models)?;
             let replace = ingested[0].bound.as_ref().map(|b| ReplaceRange {
                 column: "feature_time".into(),
@@ -500,8 +528,13 @@ impl Engine {
                     Some("feature_time"),
                 )
                 .await?;
+            parts.push(format!("offline {:.2}s", w.elapsed().as_secs_f64()));
         }
-        took("write", format!("{} rows", frame.rows), t.elapsed());
+        took(
+            "write",
+            format!("{} rows ({})", frame.rows, parts.join(", ")),
+            t.elapsed(),
+        );
 
         // 4. Commit: the run record and the watermarks move together, last.
         let t = Instant::now();
@@ -815,63 +848,77 @@ struct Ingested {
     late: Option<usize>,
 }
 
-/// The online store's key of each row: the primary key as text (`None` for a null key).
-fn key_strings(keys: &ArrayRef) -> Result<Vec<Option<String>>, EngineError> {
+/// The online store's key of each row: the primary key as text (null for a null key).
+fn key_strings(keys: &ArrayRef) -> Result<StringArray, EngineError> {
     let strings = arrow::compute::cast(keys, &DataType::Utf8)?;
-    let s = strings
+    strings
         .as_any()
         .downcast_ref::<StringArray>()
-        .ok_or_else(|| EngineError::Internal("key cast".into()))?;
-    Ok(s.iter().map(|v| v.map(str::to_string)).collect())
+        .cloned()
+        .ok_or_else(|| EngineError::Internal("key cast".into()))
 }
 
 /// Each value as JSON, typed: numbers, strings, booleans, datetimes as RFC 3339 strings; a
 /// null or a float that JSON cannot carry (NaN, infinities) is `null`.
-pub(crate) fn json_values(a: &ArrayRef) -> Result<Vec<String>, EngineError> {
-    use arrow::array::AsArray;
+pub(crate) fn json_values(a: &ArrayRef) -> Result<StringArray, EngineError> {
+    use arrow::array::{AsArray, StringBuilder};
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use std::fmt::Write;
     let n = a.len();
-    let mut out = Vec::with_capacity(n);
+    let mut out = StringBuilder::with_capacity(n, n * 8);
+    // Writing into the builder cannot fail; `append_value("")` ends the value written.
+    let mut put = |v: std::fmt::Arguments| {
+        let _ = out.write_fmt(v);
+        out.append_value("");
+    };
     match a.data_type() {
         DataType::Boolean => {
-            let b: &BooleanArray = a.as_boolean();
-            out.extend(b.iter().map(|v| v.map_or("null".into(), |v| v.to_string())));
+            for v in a.as_boolean().iter() {
+                match v {
+                    Some(v) => put(format_args!("{v}")),
+                    None => put(format_args!("null")),
+                }
+            }
         }
         DataType::Int64 => {
-            out.extend(
-                a.as_primitive::<Int64Type>()
-                    .iter()
-                    .map(|v| v.map_or("null".into(), |v| v.to_string())),
-            );
+            for v in a.as_primitive::<Int64Type>().iter() {
+                match v {
+                    Some(v) => put(format_args!("{v}")),
+                    None => put(format_args!("null")),
+                }
+            }
         }
         DataType::Float64 => {
-            out.extend(a.as_primitive::<Float64Type>().iter().map(|v| match v {
-                Some(v) if v.is_finite() => format!("{v:?}"),
-                _ => "null".into(),
-            }));
+            for v in a.as_primitive::<Float64Type>().iter() {
+                match v {
+                    Some(v) if v.is_finite() => put(format_args!("{v:?}")),
+                    _ => put(format_args!("null")),
+                }
+            }
         }
         DataType::Timestamp(..) => {
             let t = arrow::compute::cast(a, &ts_type())?;
-            out.extend(
-                t.as_primitive::<TimestampMicrosecondType>()
-                    .iter()
-                    .map(|v| {
-                        v.map_or("null".into(), |v| {
-                            json_string(&slate_types::format_rfc3339(v))
-                        })
-                    }),
-            );
+            for v in t.as_primitive::<TimestampMicrosecondType>().iter() {
+                match v {
+                    Some(v) => put(format_args!(
+                        "{}",
+                        json_string(&slate_types::format_rfc3339(v))
+                    )),
+                    None => put(format_args!("null")),
+                }
+            }
         }
         _ => {
             let s = arrow::compute::cast(a, &DataType::Utf8)?;
-            out.extend(
-                s.as_string::<i32>()
-                    .iter()
-                    .map(|v| v.map_or("null".into(), json_string)),
-            );
+            for v in s.as_string::<i32>().iter() {
+                match v {
+                    Some(v) => put(format_args!("{}", json_string(v))),
+                    None => put(format_args!("null")),
+                }
+            }
         }
     }
-    Ok(out)
+    Ok(out.finish())
 }
 
 fn json_string(s: &str) -> String {

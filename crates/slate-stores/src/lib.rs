@@ -9,7 +9,7 @@ mod online;
 
 pub use ledger::{Ledger, OutputRecord, RunRecord, RunStatus, ScanRecord, Watermark};
 pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, day_of};
-pub use online::{OnlineStore, OnlineValue, OnlineWriter};
+pub use online::{OnlineStore, OnlineValue, OnlineWriter, key_order};
 
 use slate_types::ErrorKind;
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 //! exactly.
 
 use crate::{StoreError, io};
+use arrow::array::{Array, StringArray};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 
@@ -26,6 +27,39 @@ impl OnlineWriter {
         mut rows: Vec<(String, i64, String)>,
     ) -> Result<usize, StoreError> {
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.put_rows(
+            feature,
+            rows.iter().map(|(k, t, j)| (k.as_str(), *t, j.as_str())),
+        )
+    }
+
+    /// Upserts the rows at `order` (positions into `keys`, `times` and `values`, in the order
+    /// [`key_order`] gives, which keeps the B-tree walks short); returns how many rows were
+    /// newer than what was stored.
+    pub fn put_ordered(
+        &mut self,
+        feature: &str,
+        keys: &StringArray,
+        times: &[i64],
+        values: &StringArray,
+        order: &[u32],
+    ) -> Result<usize, StoreError> {
+        self.put_rows(
+            feature,
+            order.iter().map(|&i| {
+                let i = i as usize;
+                (keys.value(i), times[i], values.value(i))
+            }),
+        )
+    }
+
+    // Private and called through the non-generic functions above: the engine's own instance of
+    // this generic function (compiled in the engine's crate) measured 2.5x slower per insert.
+    fn put_rows<'a>(
+        &mut self,
+        feature: &str,
+        rows: impl Iterator<Item = (&'a str, i64, &'a str)>,
+    ) -> Result<usize, StoreError> {
         let mut t = self
             .tx
             .open_table(table(feature))
@@ -35,13 +69,13 @@ impl OnlineWriter {
             // Insert first and put the old value back in the rare case it was newer: one tree
             // walk per row instead of two.
             let older = t
-                .insert(key.as_str(), (ft, json.as_str()))
+                .insert(key, (ft, json))
                 .map_err(|e| io("online write")(&e))?
                 .map(|old| (old.value().0, old.value().1.to_string()))
                 .filter(|(old_ft, _)| *old_ft > ft);
             match older {
                 Some((old_ft, old_json)) => {
-                    t.insert(key.as_str(), (old_ft, old_json.as_str()))
+                    t.insert(key, (old_ft, old_json.as_str()))
                         .map_err(|e| io("online write")(&e))?;
                 }
                 None => written += 1,
@@ -53,6 +87,45 @@ impl OnlineWriter {
     pub fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().map_err(|e| io("online commit")(&e))
     }
+}
+
+/// The positions of the set keys, ordered by (key, time): the order [`OnlineWriter::put_ordered`]
+/// inserts fastest in. Sorted on both cores when there are many.
+pub fn key_order(keys: &StringArray, times: &[i64]) -> Vec<u32> {
+    let cmp = |a: &u32, b: &u32| {
+        let (a, b) = (*a as usize, *b as usize);
+        keys.value(a)
+            .cmp(keys.value(b))
+            .then(times[a].cmp(&times[b]))
+    };
+    let mut order: Vec<u32> = (0..keys.len() as u32)
+        .filter(|&i| keys.is_valid(i as usize))
+        .collect();
+    if order.len() < 1 << 16 {
+        order.sort_unstable_by(cmp);
+        return order;
+    }
+    let mid = order.len() / 2;
+    let (lo, hi) = order.split_at_mut(mid);
+    std::thread::scope(|s| {
+        s.spawn(|| lo.sort_unstable_by(cmp));
+        hi.sort_unstable_by(cmp);
+    });
+    // Merge the two sorted halves.
+    let mut merged = Vec::with_capacity(order.len());
+    let (mut i, mut j) = (0, mid);
+    while i < mid && j < order.len() {
+        if cmp(&order[j], &order[i]).is_lt() {
+            merged.push(order[j]);
+            j += 1;
+        } else {
+            merged.push(order[i]);
+            i += 1;
+        }
+    }
+    merged.extend_from_slice(&order[i..mid]);
+    merged.extend_from_slice(&order[j..]);
+    merged
 }
 
 /// A stored value: its feature time (microseconds) and the value as JSON.
