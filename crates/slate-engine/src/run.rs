@@ -485,7 +485,7 @@ impl Engine {
                 None => self.online()?,
             };
             let keys = key_strings(&key_col)?;
-            let order = slate_stores::key_order(&keys, &frame.now);
+            let order = slate_stores::key_order(&keys, &frame.now)?;
             let mut writer = online.writer()?;
             // One feature's JSON values are built on one core while the previous feature's are
             // inserted on the other.

@@ -90,20 +90,27 @@ impl OnlineWriter {
 }
 
 /// The positions of the set keys, ordered by (key, time): the order [`OnlineWriter::put_ordered`]
-/// inserts fastest in. Sorted on both cores when there are many.
-pub fn key_order(keys: &StringArray, times: &[i64]) -> Vec<u32> {
+/// inserts fastest in. Sorted on both cores when there are many. Positions are 32-bit: more
+/// rows than that in one write is refused.
+pub fn key_order(keys: &StringArray, times: &[i64]) -> Result<Vec<u32>, StoreError> {
+    let n = u32::try_from(keys.len()).map_err(|_| StoreError::Io {
+        what: "online write",
+        reason: format!(
+            "{} rows in one write; at most {} are supported",
+            keys.len(),
+            u32::MAX
+        ),
+    })?;
     let cmp = |a: &u32, b: &u32| {
         let (a, b) = (*a as usize, *b as usize);
         keys.value(a)
             .cmp(keys.value(b))
             .then(times[a].cmp(&times[b]))
     };
-    let mut order: Vec<u32> = (0..keys.len() as u32)
-        .filter(|&i| keys.is_valid(i as usize))
-        .collect();
+    let mut order: Vec<u32> = (0..n).filter(|&i| keys.is_valid(i as usize)).collect();
     if order.len() < 1 << 16 {
         order.sort_unstable_by(cmp);
-        return order;
+        return Ok(order);
     }
     let mid = order.len() / 2;
     let (lo, hi) = order.split_at_mut(mid);
@@ -125,7 +132,7 @@ pub fn key_order(keys: &StringArray, times: &[i64]) -> Vec<u32> {
     }
     merged.extend_from_slice(&order[i..mid]);
     merged.extend_from_slice(&order[j..]);
-    merged
+    Ok(merged)
 }
 
 /// A stored value: its feature time (microseconds) and the value as JSON.
@@ -199,6 +206,46 @@ impl OnlineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both the one-core and the two-core paths give the order of a plain sort by (key, time),
+    /// null keys left out; keys repeat with different times, as versions of an entity do.
+    #[test]
+    fn key_order_equals_a_plain_sort() {
+        for n in [1_000usize, 200_003] {
+            let mut state = 0x2545_f491_4f6c_dd1du64 ^ n as u64;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let keys: StringArray = (0..n)
+                .map(|_| match next() % 10 {
+                    0 => None,
+                    r => Some(format!("k{}", next() % (n as u64 / 3 + r))),
+                })
+                .collect();
+            let times: Vec<i64> = (0..n).map(|_| (next() % 50) as i64 - 25).collect();
+            let mut want: Vec<u32> = (0..n as u32)
+                .filter(|&i| keys.is_valid(i as usize))
+                .collect();
+            want.sort_by(|&a, &b| {
+                let (a, b) = (a as usize, b as usize);
+                (keys.value(a), times[a]).cmp(&(keys.value(b), times[b]))
+            });
+            let got = key_order(&keys, &times).expect("order");
+            let pairs = |o: &[u32]| -> Vec<(String, i64)> {
+                o.iter()
+                    .map(|&i| (keys.value(i as usize).to_string(), times[i as usize]))
+                    .collect()
+            };
+            assert_eq!(pairs(&got), pairs(&want), "{n} rows");
+            let mut seen = got.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), want.len(), "every set key once, {n} rows");
+        }
+    }
 
     #[test]
     fn newest_feature_time_wins() {

@@ -24,7 +24,8 @@ pub struct Config {
     pub users: usize,
     pub merchants: usize,
     pub seed: u64,
-    /// Multiplies every user's mean number of transactions a day (1.0: about 0.9 a day).
+    /// Multiplies every user's mean number of transactions a day (1.0: about 0.9 a day); must
+    /// be positive and finite (`fraud-data --activity` refuses anything else).
     pub activity: f64,
 }
 

@@ -23,8 +23,15 @@ struct Args {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Multiplies each user's mean number of transactions a day (about 0.9 at 1.0).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
     activity: f64,
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
