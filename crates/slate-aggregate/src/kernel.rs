@@ -5,16 +5,98 @@
 //! events with equal timestamps.
 
 use crate::exact::ExactSum;
-use crate::{Agg, AggError, Events, Output, Query, Values, float_key, key_float};
+use crate::{Agg, AggError, Events, Output, Query, Values, float_key, key_float, output_is_int};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+
+/// Where each entity's events lie in the sorted order.
+#[derive(Debug)]
+enum Ranges {
+    /// Entities within a span not much larger than the event count (dictionary codes): entity
+    /// `e`'s events are `starts[e - min]..starts[e - min + 1]`.
+    Dense { min: i64, starts: Vec<usize> },
+    /// Any other entities.
+    Sparse(HashMap<i64, (usize, usize)>),
+}
+
+impl Ranges {
+    fn get(&self, entity: i64) -> (usize, usize) {
+        match self {
+            Ranges::Dense { min, starts } => entity
+                .checked_sub(*min)
+                .and_then(|d| usize::try_from(d).ok())
+                .filter(|&d| d + 1 < starts.len())
+                .map_or((0, 0), |d| (starts[d], starts[d + 1])),
+            Ranges::Sparse(m) => m.get(&entity).copied().unwrap_or((0, 0)),
+        }
+    }
+}
+
+/// The span `max - min + 1` of `keys` when it is small enough for a table indexed by key
+/// (at most `limit`), with `min`.
+fn dense_span(keys: impl Iterator<Item = i64>, limit: usize) -> Option<(i64, usize)> {
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    for k in keys {
+        lo = lo.min(k);
+        hi = hi.max(k);
+    }
+    if lo > hi {
+        return Some((0, 0));
+    }
+    let span = (i128::from(hi) - i128::from(lo) + 1).try_into().ok()?;
+    (span <= limit).then_some((lo, span))
+}
+
+/// Positions `0..key.len()` ordered by (key, time), and each key's range in that order. Keys
+/// of a small span (dictionary codes) are placed by a counting sort, in linear time; each key's
+/// run is then sorted by time unless it already is (rows usually arrive in time order).
+fn sort_by_key_time(key: &[i64], time: &[i64]) -> (Vec<usize>, Ranges) {
+    let n = key.len();
+    let Some((min, span)) = dense_span(key.iter().copied(), 2 * n + 1024) else {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_unstable_by_key(|&i| (key[i], time[i]));
+        let mut ranges = HashMap::new();
+        let mut start = 0;
+        for k in 0..n {
+            let e = key[order[k]];
+            if k + 1 == n || key[order[k + 1]] != e {
+                ranges.insert(e, (start, k + 1));
+                start = k + 1;
+            }
+        }
+        return (order, Ranges::Sparse(ranges));
+    };
+    // The offsets fit: `span` is at most 2n + 1024.
+    let slot = |k: i64| (k - min) as usize;
+    let mut starts = vec![0usize; span + 1];
+    for &k in key {
+        starts[slot(k) + 1] += 1;
+    }
+    for d in 1..starts.len() {
+        starts[d] += starts[d - 1];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0usize; n];
+    for (i, &k) in key.iter().enumerate() {
+        let s = &mut next[slot(k)];
+        order[*s] = i;
+        *s += 1;
+    }
+    for d in 0..span {
+        let run = &mut order[starts[d]..starts[d + 1]];
+        if run.windows(2).any(|w| time[w[0]] > time[w[1]]) {
+            run.sort_unstable_by_key(|&i| time[i]);
+        }
+    }
+    (order, Ranges::Dense { min, starts })
+}
 
 /// The sort shared by every field of one set of events: order, times and each entity's range.
 #[derive(Debug)]
 struct Sorted {
     order: Vec<usize>,
     ts: Vec<i64>,
-    ranges: HashMap<i64, (usize, usize)>,
+    ranges: Ranges,
 }
 
 /// Events sorted by entity and time, with each entity's range; reusable across aggregations,
@@ -25,15 +107,25 @@ pub struct Prepared {
     value: Values,
 }
 
-/// Queries in (entity, now) order, computed once for every aggregation over them.
+/// Queries in (entity, now) order, computed once for every aggregation over them: their
+/// positions, and their entities and times in that order (read in sequence by every pass).
 #[derive(Debug)]
-pub struct QueryOrder(Vec<usize>);
+pub struct QueryOrder {
+    order: Vec<usize>,
+    entity: Vec<i64>,
+    now: Vec<i64>,
+}
 
 impl QueryOrder {
     pub fn new(queries: &[Query]) -> Self {
-        let mut order: Vec<usize> = (0..queries.len()).collect();
-        order.sort_unstable_by_key(|&i| (queries[i].entity, queries[i].now));
-        QueryOrder(order)
+        let entity: Vec<i64> = queries.iter().map(|q| q.entity).collect();
+        let now: Vec<i64> = queries.iter().map(|q| q.now).collect();
+        let order = sort_by_key_time(&entity, &now).0;
+        QueryOrder {
+            entity: permute(&order, &entity),
+            now: permute(&order, &now),
+            order,
+        }
     }
 }
 
@@ -50,17 +142,7 @@ fn permute_values(order: &[usize], v: &Values) -> Values {
 
 impl Prepared {
     pub fn new(events: &Events) -> Self {
-        let mut order: Vec<usize> = (0..events.ts.len()).collect();
-        order.sort_unstable_by_key(|&i| (events.entity[i], events.ts[i]));
-        let mut ranges = HashMap::new();
-        let mut start = 0;
-        for k in 0..order.len() {
-            let e = events.entity[order[k]];
-            if k + 1 == order.len() || events.entity[order[k + 1]] != e {
-                ranges.insert(e, (start, k + 1));
-                start = k + 1;
-            }
-        }
+        let (order, ranges) = sort_by_key_time(&events.entity, &events.ts);
         let ts = permute(&order, &events.ts);
         let value = permute_values(&order, &events.value);
         Prepared {
@@ -95,23 +177,56 @@ impl Prepared {
         agg: Agg,
         window: Option<i64>,
     ) -> Result<Output, AggError> {
+        let mut out = self.aggregate_windows(queries, order, agg, &[window])?;
+        Ok(out.pop().unwrap_or_else(|| self.empty(agg)))
+    }
+
+    /// A result over no queries, of the kind `agg` gives over these values.
+    fn empty(&self, agg: Agg) -> Output {
+        if output_is_int(agg, matches!(self.value, Values::Int(_))) {
+            Output::Int(vec![])
+        } else {
+            Output::Float(vec![])
+        }
+    }
+
+    /// One aggregation over several windows in one pass: a result per window, in order.
+    pub fn aggregate_windows(
+        &self,
+        queries: &[Query],
+        order: &QueryOrder,
+        agg: Agg,
+        windows: &[Option<i64>],
+    ) -> Result<Vec<Output>, AggError> {
         let n = queries.len();
         let ts = &self.sorted.ts;
-        let drive = |acc: &mut dyn Acc| self.drive(queries, order, window, acc);
+        if n == 0 {
+            return Ok(windows.iter().map(|_| self.empty(agg)).collect());
+        }
+        let run = Run {
+            prepared: self,
+            order,
+            windows,
+        };
         Ok(match (agg, &self.value) {
-            (Agg::Count, _) => {
-                let mut a = Count(vec![None; n]);
-                drive(&mut a);
-                Output::Int(a.0)
-            }
-            (Agg::TimeSinceLatest, _) => {
-                let mut a = TimeSince {
-                    ts,
-                    out: vec![None; n],
-                };
-                drive(&mut a);
-                Output::Float(a.out)
-            }
+            (Agg::Count, _) => run
+                .drive(windows.iter().map(|_| Count(vec![None; n])).collect())
+                .into_iter()
+                .map(|a| Output::Int(a.0))
+                .collect(),
+            (Agg::TimeSinceLatest, _) => run
+                .drive(
+                    windows
+                        .iter()
+                        .map(|_| TimeSince {
+                            ts,
+                            out: vec![None; n],
+                        })
+                        .collect(),
+                )
+                .into_iter()
+                .map(|a| Output::Float(a.out))
+                .collect(),
             (Agg::CountDistinct, values) => {
                 let keys = match values {
                     Values::Int(v) => std::borrow::Cow::Borrowed(v),
@@ -119,45 +234,70 @@ impl Prepared {
                         v.iter().map(|x| x.map(|x| x.to_bits() as i64)).collect(),
                     ),
                 };
-                let mut a = Distinct {
-                    vals: &keys,
-                    seen: HashMap::new(),
-                    out: vec![None; n],
-                };
-                drive(&mut a);
-                Output::Int(a.out)
+                let dense = dense_span(keys.iter().flatten().copied(), DENSE_DISTINCT_LIMIT);
+                let accs = windows
+                    .iter()
+                    .map(|_| Distinct {
+                        vals: &keys,
+                        seen: match dense {
+                            Some((min, span)) => Seen::Dense {
+                                min,
+                                counts: vec![0; span],
+                                distinct: 0,
+                            },
+                            None => Seen::Sparse(HashMap::new()),
+                        },
+                        out: vec![None; n],
+                    })
+                    .collect();
+                run.drive(accs)
+                    .into_iter()
+                    .map(|a| Output::Int(a.out))
+                    .collect()
             }
             (Agg::Sum | Agg::Mean, Values::Int(vals)) => {
-                let mut a = IntSum {
-                    vals,
-                    mean: agg == Agg::Mean,
-                    sum: 0,
-                    n: 0,
-                    out_int: vec![None; if agg == Agg::Mean { 0 } else { n }],
-                    out_float: vec![None; if agg == Agg::Mean { n } else { 0 }],
-                    queries,
-                    error: None,
-                };
-                drive(&mut a);
-                if let Some(e) = a.error {
-                    return Err(e);
+                let mean = agg == Agg::Mean;
+                let accs = windows
+                    .iter()
+                    .map(|_| IntSum {
+                        vals,
+                        mean,
+                        sum: 0,
+                        n: 0,
+                        out_int: vec![None; if mean { 0 } else { n }],
+                        out_float: vec![None; if mean { n } else { 0 }],
+                        queries,
+                        error: None,
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for a in run.drive(accs) {
+                    if let Some(e) = a.error {
+                        return Err(e);
+                    }
+                    out.push(if mean {
+                        Output::Float(a.out_float)
+                    } else {
+                        Output::Int(a.out_int)
+                    });
                 }
-                if agg == Agg::Mean {
-                    Output::Float(a.out_float)
-                } else {
-                    Output::Int(a.out_int)
-                }
+                out
             }
             (Agg::Sum | Agg::Mean, Values::Float(vals)) => {
-                let mut a = FloatSum {
-                    vals,
-                    mean: agg == Agg::Mean,
-                    sum: ExactSum::new(),
-                    n: 0,
-                    out: vec![None; n],
-                };
-                drive(&mut a);
-                Output::Float(a.out)
+                let accs = windows
+                    .iter()
+                    .map(|_| FloatSum {
+                        vals,
+                        mean: agg == Agg::Mean,
+                        sum: ExactSum::new(),
+                        n: 0,
+                        out: vec![None; n],
+                    })
+                    .collect();
+                run.drive(accs)
+                    .into_iter()
+                    .map(|a| Output::Float(a.out))
+                    .collect()
             }
             (Agg::Min | Agg::Max | Agg::Latest, values) => {
                 let keys = match values {
@@ -166,68 +306,104 @@ impl Prepared {
                         std::borrow::Cow::Owned(v.iter().map(|x| x.map(float_key)).collect())
                     }
                 };
-                let out = if agg == Agg::Latest {
-                    let mut a = Latest {
-                        ts,
-                        keys: &keys,
-                        best: None,
-                        out: vec![None; n],
-                    };
-                    drive(&mut a);
-                    a.out
+                let outs: Vec<Vec<Option<i64>>> = if agg == Agg::Latest {
+                    let accs = windows
+                        .iter()
+                        .map(|_| Latest {
+                            ts,
+                            keys: &keys,
+                            best: None,
+                            out: vec![None; n],
+                        })
+                        .collect();
+                    run.drive(accs).into_iter().map(|a| a.out).collect()
                 } else {
-                    let mut a = Extreme {
-                        keys: &keys,
-                        max: agg == Agg::Max,
-                        deque: VecDeque::new(),
-                        out: vec![None; n],
-                    };
-                    drive(&mut a);
-                    a.out
+                    let accs = windows
+                        .iter()
+                        .map(|_| Extreme {
+                            keys: &keys,
+                            max: agg == Agg::Max,
+                            deque: VecDeque::new(),
+                            out: vec![None; n],
+                        })
+                        .collect();
+                    run.drive(accs).into_iter().map(|a| a.out).collect()
                 };
-                match values {
-                    Values::Int(_) => Output::Int(out),
-                    Values::Float(_) => {
-                        Output::Float(out.into_iter().map(|k| k.map(key_float)).collect())
-                    }
-                }
+                outs.into_iter()
+                    .map(|out| match values {
+                        Values::Int(_) => Output::Int(out),
+                        Values::Float(_) => {
+                            Output::Float(out.into_iter().map(|k| k.map(key_float)).collect())
+                        }
+                    })
+                    .collect()
             }
         })
     }
+}
 
-    /// Slides each entity's window over its queries in time order, feeding `acc` the events
-    /// that enter and leave, then asking it for the query's value.
-    fn drive(&self, queries: &[Query], order: &QueryOrder, window: Option<i64>, acc: &mut dyn Acc) {
-        let order = &order.0;
-        let ts = &self.sorted.ts;
+/// The largest value span `count_distinct` counts in a table indexed by value (4M counters a
+/// window); wider values are counted in a hash map.
+const DENSE_DISTINCT_LIMIT: usize = 1 << 22;
+
+/// One pass of several windows over the sorted events.
+struct Run<'a> {
+    prepared: &'a Prepared,
+    order: &'a QueryOrder,
+    windows: &'a [Option<i64>],
+}
+
+impl Run<'_> {
+    /// Slides each entity's windows over its queries in time order: every event enters once
+    /// (shared by the windows, whose upper bound is the same `now`) and leaves each window
+    /// once; each window's accumulator then gives the query's value.
+    fn drive<A: Acc>(&self, mut accs: Vec<A>) -> Vec<A> {
+        let windows = self.windows;
+        let (order, entities, nows) = (&self.order.order, &self.order.entity, &self.order.now);
+        let sorted = &self.prepared.sorted;
+        let ts = &sorted.ts;
+        let mut lo = vec![0usize; windows.len()];
         let mut k = 0;
         while k < order.len() {
-            let entity = queries[order[k]].entity;
-            let (s, e) = self.sorted.ranges.get(&entity).copied().unwrap_or((0, 0));
-            acc.reset();
-            let (mut lo, mut hi) = (s, s);
-            while k < order.len() && queries[order[k]].entity == entity {
-                let qi = order[k];
-                let now = queries[qi].now;
-                let lower = window.map_or(i64::MIN, |w| now.saturating_sub(w));
+            let entity = entities[k];
+            let (s, e) = sorted.ranges.get(entity);
+            for a in accs.iter_mut() {
+                a.reset();
+            }
+            lo.fill(s);
+            let mut hi = s;
+            while k < order.len() && entities[k] == entity {
+                let (qi, now) = (order[k], nows[k]);
                 while hi < e && ts[hi] < now {
-                    acc.add(hi);
+                    for a in accs.iter_mut() {
+                        a.add(hi);
+                    }
                     hi += 1;
                 }
-                while lo < hi && ts[lo] < lower {
-                    acc.remove(lo);
-                    lo += 1;
+                for ((a, lo), w) in accs.iter_mut().zip(lo.iter_mut()).zip(windows) {
+                    let lower = w.map_or(i64::MIN, |w| now.saturating_sub(w));
+                    while *lo < hi && ts[*lo] < lower {
+                        a.remove(*lo);
+                        *lo += 1;
+                    }
+                    a.emit(qi, *lo, hi, now);
                 }
-                acc.emit(qi, lo, hi, now);
                 k += 1;
             }
+            for (a, lo) in accs.iter_mut().zip(&lo) {
+                a.finish(*lo, hi);
+            }
         }
+        accs
     }
 }
 
 /// A running aggregate over a window of sorted event positions.
 trait Acc {
+    /// Before an entity's first query.
     fn reset(&mut self) {}
+    /// After an entity's last query, with the events `lo..hi` still in the window.
+    fn finish(&mut self, _lo: usize, _hi: usize) {}
     fn add(&mut self, _i: usize) {}
     fn remove(&mut self, _i: usize) {}
     fn emit(&mut self, qi: usize, lo: usize, hi: usize, now: i64);
@@ -252,33 +428,88 @@ impl Acc for TimeSince<'_> {
     }
 }
 
+/// Occurrences of each value in the window.
+enum Seen {
+    /// Values within a small span (dictionary codes): a counter per value, and how many are
+    /// non-zero.
+    Dense {
+        min: i64,
+        counts: Vec<u32>,
+        distinct: usize,
+    },
+    Sparse(HashMap<i64, u32>),
+}
+
 struct Distinct<'a> {
     vals: &'a [Option<i64>],
-    seen: HashMap<i64, u32>,
+    seen: Seen,
     out: Vec<Option<i64>>,
 }
 
 impl Acc for Distinct<'_> {
     fn reset(&mut self) {
-        self.seen.clear();
+        if let Seen::Sparse(m) = &mut self.seen {
+            m.clear();
+        }
+    }
+    fn finish(&mut self, lo: usize, hi: usize) {
+        // The dense counters are cleared through the events still in the window, not by
+        // sweeping every value.
+        if let Seen::Dense {
+            min,
+            counts,
+            distinct,
+        } = &mut self.seen
+        {
+            for v in self.vals[lo..hi].iter().flatten() {
+                counts[(v - *min) as usize] = 0;
+            }
+            *distinct = 0;
+        }
     }
     fn add(&mut self, i: usize) {
-        if let Some(v) = self.vals[i] {
-            *self.seen.entry(v).or_default() += 1;
+        let Some(v) = self.vals[i] else { return };
+        match &mut self.seen {
+            Seen::Dense {
+                min,
+                counts,
+                distinct,
+            } => {
+                let c = &mut counts[(v - *min) as usize];
+                *distinct += usize::from(*c == 0);
+                *c += 1;
+            }
+            Seen::Sparse(m) => *m.entry(v).or_default() += 1,
         }
     }
     fn remove(&mut self, i: usize) {
-        if let Some(v) = self.vals[i]
-            && let Some(c) = self.seen.get_mut(&v)
-        {
-            *c -= 1;
-            if *c == 0 {
-                self.seen.remove(&v);
+        let Some(v) = self.vals[i] else { return };
+        match &mut self.seen {
+            Seen::Dense {
+                min,
+                counts,
+                distinct,
+            } => {
+                let c = &mut counts[(v - *min) as usize];
+                *c -= 1;
+                *distinct -= usize::from(*c == 0);
+            }
+            Seen::Sparse(m) => {
+                if let Some(c) = m.get_mut(&v) {
+                    *c -= 1;
+                    if *c == 0 {
+                        m.remove(&v);
+                    }
+                }
             }
         }
     }
     fn emit(&mut self, qi: usize, _: usize, _: usize, _: i64) {
-        self.out[qi] = Some(self.seen.len() as i64);
+        let n = match &self.seen {
+            Seen::Dense { distinct, .. } => *distinct,
+            Seen::Sparse(m) => m.len(),
+        };
+        self.out[qi] = Some(n as i64);
     }
 }
 

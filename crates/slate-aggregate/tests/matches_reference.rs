@@ -94,8 +94,52 @@ fn check(ev: &Events, qs: &[Query], window: Option<i64>) -> Result<(), TestCaseE
             (Err(_), Err(_)) => {}
             (f, s) => prop_assert!(false, "{agg:?}: kernel {f:?}, reference {s:?}"),
         }
+        // Several windows in one pass: each result equals its window's reference.
+        let windows = [window, window.map(|w| w * 3), None, Some(1_000_000)];
+        match prepared.aggregate_windows(qs, &order, agg, &windows) {
+            Ok(outs) => {
+                prop_assert_eq!(outs.len(), windows.len());
+                for (out, w) in outs.iter().zip(windows) {
+                    let slow = reference::aggregate(ev, qs, agg, w);
+                    prop_assert!(
+                        slow.is_ok(),
+                        "{:?} window {:?}: kernel ok, reference {:?}",
+                        agg,
+                        w,
+                        slow
+                    );
+                    if let Ok(s) = slow {
+                        prop_assert_eq!(bits(out), bits(&s), "{:?} windows, window {:?}", agg, w);
+                    }
+                }
+            }
+            // Some window overflows: the reference agrees for at least one of them.
+            Err(_) => prop_assert!(
+                windows
+                    .iter()
+                    .any(|&w| reference::aggregate(ev, qs, agg, w).is_err()),
+                "{agg:?}: kernel overflowed over several windows, the reference did not"
+            ),
+        }
     }
     Ok(())
+}
+
+/// The same rows with entities far apart (not dictionary codes): the kernel's sparse path.
+fn spread(mut ev: Events) -> Events {
+    for e in &mut ev.entity {
+        *e = e.wrapping_mul(1 << 40).wrapping_sub(7);
+    }
+    ev
+}
+
+fn spread_queries(qs: &[Query]) -> Vec<Query> {
+    qs.iter()
+        .map(|q| Query {
+            entity: q.entity.wrapping_mul(1 << 40).wrapping_sub(7),
+            now: q.now,
+        })
+        .collect()
 }
 
 proptest! {
@@ -109,6 +153,16 @@ proptest! {
     #[test]
     fn kernel_equals_reference_on_ints(r in rows(int_value()), qs in queries(), w in prop::option::of(1i64..20)) {
         check(&events(&r, Values::Int), &qs, w.map(|s| s * 1_000_000))?;
+    }
+
+    #[test]
+    fn kernel_equals_reference_on_codes_and_sparse_entities(
+        r in rows(0i64..12), qs in queries(), w in prop::option::of(1i64..20),
+    ) {
+        // Small non-negative values: `count_distinct` counts them in a table indexed by value.
+        let ev = events(&r, |v| Values::Int(v));
+        check(&ev, &qs, w.map(|s| s * 1_000_000))?;
+        check(&spread(ev), &spread_queries(&qs), w.map(|s| s * 1_000_000))?;
     }
 }
 

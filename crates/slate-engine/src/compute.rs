@@ -399,17 +399,13 @@ pub(crate) async fn aggregates(
         ts,
     });
     let mut prepared: HashMap<(Option<String>, Use), (Prepared, Decode)> = HashMap::new();
-    // Each field's values are prepared once; then the aggregations, independent of each other,
-    // run on every core.
-    let mut jobs = Vec::with_capacity(nodes.len());
-    for n in nodes {
+    // Each field's values are prepared once; every window of one aggregation of a field is
+    // computed in one pass; the passes, independent of each other, run on every core.
+    type Slot = (Option<String>, Use);
+    let mut jobs: Vec<(Slot, Agg, Vec<(usize, Option<i64>)>)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
         let Node::Aggregate {
-            field,
-            agg,
-            window,
-            ty,
-            feature,
-            ..
+            field, agg, window, ..
         } = n
         else {
             continue;
@@ -430,65 +426,89 @@ pub(crate) async fn aggregates(
             };
             prepared.insert(slot.clone(), entry);
         }
-        jobs.push((slot, *agg, *window, *ty, feature));
+        match jobs.iter_mut().find(|j| j.0 == slot && j.1 == *agg) {
+            Some(j) => j.2.push((i, *window)),
+            None => jobs.push((slot, *agg, vec![(i, *window)])),
+        }
     }
-    let one = |i: usize| -> Result<ArrayRef, EngineError> {
-        let (slot, agg, window, ty, feature) = &jobs[i];
+    // The heaviest passes first, so that both cores stay busy to the end.
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.2.len()));
+    let one = |j: usize| -> Result<Vec<(usize, ArrayRef)>, EngineError> {
+        let (slot, agg, windows) = &jobs[j];
         let (p, decoder) = prepared
             .get(slot)
             .ok_or_else(|| EngineError::Internal("aggregation input not prepared".into()))?;
-        let result = p
-            .aggregate_ordered(&queries, &order, *agg, *window)
-            .map_err(|e| EngineError::Plan {
-                query: query.into(),
-                reason: format!("{feature}: {e}"),
+        let w: Vec<Option<i64>> = windows.iter().map(|w| w.1).collect();
+        let results = p
+            .aggregate_windows(&queries, &order, *agg, &w)
+            .map_err(|e| {
+                let feature = windows
+                    .iter()
+                    .filter_map(|w| match nodes[w.0] {
+                        Node::Aggregate { feature, .. } => Some(feature.to_string()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                EngineError::Plan {
+                    query: query.into(),
+                    reason: format!("{feature}: {e}"),
+                }
             })?;
-        let array = decode(result, decoder)?;
-        strict_cast(&array, &ty.arrow())
+        let mut out = Vec::new();
+        for (result, (i, _)) in results.into_iter().zip(windows) {
+            let Node::Aggregate { ty, .. } = nodes[*i] else {
+                continue;
+            };
+            let array = decode(result, decoder)?;
+            out.push((*i, strict_cast(&array, &ty.arrow())?));
+        }
+        Ok(out)
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
         .min(jobs.len());
-    if threads <= 1 {
-        return (0..jobs.len()).map(one).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut done: Vec<(usize, Result<ArrayRef, EngineError>)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= jobs.len() {
-                            return mine;
+    let done: Vec<Result<Vec<(usize, ArrayRef)>, EngineError>> = if threads <= 1 {
+        (0..jobs.len()).map(one).collect()
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if j >= jobs.len() {
+                                return mine;
+                            }
+                            mine.push(one(j));
                         }
-                        mine.push((i, one(i)));
-                    }
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| {
-                w.join().unwrap_or_else(|_| {
-                    vec![(
-                        usize::MAX,
-                        Err(EngineError::Internal(
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        vec![Err(EngineError::Internal(
                             "an aggregation thread panicked".into(),
-                        )),
-                    )]
+                        ))]
+                    })
                 })
-            })
-            .collect()
-    });
-    done.sort_by_key(|(i, _)| *i);
-    if done.len() != jobs.len() {
-        return Err(EngineError::Internal(
-            "an aggregation thread panicked".into(),
-        ));
+                .collect()
+        })
+    };
+    let mut arrays: Vec<Option<ArrayRef>> = vec![None; nodes.len()];
+    for r in done {
+        for (i, a) in r? {
+            arrays[i] = Some(a);
+        }
     }
-    done.into_iter().map(|(_, r)| r).collect()
+    arrays
+        .into_iter()
+        .map(|a| a.ok_or_else(|| EngineError::Internal("an aggregation was not computed".into())))
+        .collect()
 }
 
 /// The label column of a model's predicted labels, typed as the output feature.

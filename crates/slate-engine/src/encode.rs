@@ -2,29 +2,51 @@
 //! compared on codes, never on floats, so strings, large integers and timestamps stay exact.
 
 use crate::EngineError;
-use arrow::array::{Array, ArrayRef};
+use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::DataType;
+use arrow::datatypes::Int64Type;
 use arrow::row::{RowConverter, SortField};
 use std::collections::HashMap;
 
-/// Assigns each distinct non-null value a code, in order of first appearance. Values are
-/// compared in Arrow's row format, which is exact for every type (floats by their total order,
-/// so `-0.0` and `0.0` are distinct values).
+type Map<K> = HashMap<K, u32, foldhash::fast::RandomState>;
+
+/// Values and their codes.
+enum Codes {
+    /// Integers of at most 64 signed bits, compared as `i64` (exact for every such type).
+    Ints(Map<i64>),
+    /// Any other type, compared in Arrow's row format.
+    Rows(RowConverter, Map<Box<[u8]>>),
+}
+
+/// Assigns each distinct non-null value a code, in order of first appearance. Integers are
+/// compared as integers; other values in Arrow's row format, which is exact for every type
+/// (floats by their total order, so `-0.0` and `0.0` are distinct values).
 pub(crate) struct Dictionary {
     ty: DataType,
-    converter: RowConverter,
-    codes: HashMap<Box<[u8]>, u32>,
+    codes: Codes,
     /// Each code's value, kept when the distinct values are needed (entity keys).
     values: Option<Vec<ArrayRef>>,
+}
+
+/// Integer types whose every value is an `i64`.
+fn fits_i64(ty: &DataType) -> bool {
+    use DataType::*;
+    matches!(ty, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32)
 }
 
 impl Dictionary {
     /// A dictionary that only assigns codes.
     pub(crate) fn new(ty: &DataType) -> Result<Self, EngineError> {
+        let codes = match fits_i64(ty) {
+            true => Codes::Ints(Map::default()),
+            false => Codes::Rows(
+                RowConverter::new(vec![SortField::new(ty.clone())])?,
+                Map::default(),
+            ),
+        };
         Ok(Dictionary {
             ty: ty.clone(),
-            converter: RowConverter::new(vec![SortField::new(ty.clone())])?,
-            codes: HashMap::new(),
+            codes,
             values: None,
         })
     }
@@ -55,30 +77,51 @@ impl Dictionary {
     /// Codes for `array`, adding values not seen before; nulls have no code.
     pub(crate) fn encode(&mut self, array: &ArrayRef) -> Result<Vec<Option<u32>>, EngineError> {
         let array = &self.normalized(array)?;
-        let rows = self
-            .converter
-            .convert_columns(std::slice::from_ref(array))?;
         let mut out = Vec::with_capacity(array.len());
-        for i in 0..array.len() {
-            if array.is_null(i) {
-                out.push(None);
-                continue;
-            }
-            let row = rows.row(i);
-            let code = match self.codes.get(row.as_ref()) {
-                Some(c) => *c,
-                None => {
-                    let c = u32::try_from(self.codes.len()).map_err(|_| {
-                        EngineError::Internal("more than 2^32 distinct values".into())
-                    })?;
-                    self.codes.insert(row.as_ref().into(), c);
-                    if let Some(v) = &mut self.values {
-                        v.push(array.slice(i, 1));
+        let mut added = Vec::new();
+        let next = |n: usize| {
+            u32::try_from(n)
+                .map_err(|_| EngineError::Internal("more than 2^32 distinct values".into()))
+        };
+        match &mut self.codes {
+            Codes::Ints(map) => {
+                let ints = arrow::compute::cast(array, &DataType::Int64)?;
+                for (i, v) in ints.as_primitive::<Int64Type>().iter().enumerate() {
+                    let Some(v) = v else {
+                        out.push(None);
+                        continue;
+                    };
+                    let n = map.len();
+                    let code = *map.entry(v).or_insert(next(n)?);
+                    if code as usize == n {
+                        added.push(i);
                     }
-                    c
+                    out.push(Some(code));
                 }
-            };
-            out.push(Some(code));
+            }
+            Codes::Rows(converter, map) => {
+                let rows = converter.convert_columns(std::slice::from_ref(array))?;
+                for i in 0..array.len() {
+                    if array.is_null(i) {
+                        out.push(None);
+                        continue;
+                    }
+                    let row = rows.row(i);
+                    let code = match map.get(row.as_ref()) {
+                        Some(c) => *c,
+                        None => {
+                            let c = next(map.len())?;
+                            map.insert(row.as_ref().into(), c);
+                            added.push(i);
+                            c
+                        }
+                    };
+                    out.push(Some(code));
+                }
+            }
+        }
+        if let Some(v) = &mut self.values {
+            v.extend(added.into_iter().map(|i| array.slice(i, 1)));
         }
         Ok(out)
     }
@@ -86,18 +129,24 @@ impl Dictionary {
     /// Codes for `array` without adding values: a value not in the dictionary has no code.
     pub(crate) fn lookup(&self, array: &ArrayRef) -> Result<Vec<Option<u32>>, EngineError> {
         let array = &self.normalized(array)?;
-        let rows = self
-            .converter
-            .convert_columns(std::slice::from_ref(array))?;
-        Ok((0..array.len())
-            .map(|i| {
-                if array.is_null(i) {
-                    None
-                } else {
-                    self.codes.get(rows.row(i).as_ref()).copied()
-                }
-            })
-            .collect())
+        Ok(match &self.codes {
+            Codes::Ints(map) => {
+                let ints = arrow::compute::cast(array, &DataType::Int64)?;
+                ints.as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|v| map.get(&v?).copied())
+                    .collect()
+            }
+            Codes::Rows(converter, map) => {
+                let rows = converter.convert_columns(std::slice::from_ref(array))?;
+                (0..array.len())
+                    .map(|i| match array.is_null(i) {
+                        true => None,
+                        false => map.get(rows.row(i).as_ref()).copied(),
+                    })
+                    .collect()
+            }
+        })
     }
 
     /// The distinct values in code order, as one array of the dictionary's type (empty unless
@@ -134,6 +183,27 @@ mod tests {
         ]));
         assert_eq!(d.lookup(&b).unwrap(), vec![Some(1), None]);
         assert_eq!(d.values().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn narrow_integers_share_codes_with_their_i64_values_and_keep_their_type() {
+        let mut d = Dictionary::keeping_values(&DataType::Int32).unwrap();
+        let a: ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![
+            Some(-7),
+            None,
+            Some(i32::MAX),
+            Some(-7),
+        ]));
+        assert_eq!(d.encode(&a).unwrap(), vec![Some(0), None, Some(1), Some(0)]);
+        // Another integer layout of the same values finds the same codes; a value beyond
+        // the dictionary's type is an error, never a wrapped code.
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![Some(i64::from(i32::MAX)), Some(5)]));
+        assert_eq!(d.lookup(&b).unwrap(), vec![Some(1), None]);
+        let wide: ArrayRef = Arc::new(Int64Array::from(vec![1i64 << 40]));
+        assert!(d.lookup(&wide).is_err());
+        let values = d.values().unwrap();
+        assert_eq!(values.data_type(), &DataType::Int32);
+        assert_eq!(values.len(), 2);
     }
 
     #[test]
