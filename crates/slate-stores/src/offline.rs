@@ -12,10 +12,14 @@ use crate::StoreError;
 use arrow::array::{Array, ArrayRef, Date32Array, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use deltalake::DeltaTable;
 use deltalake::datafusion::common::JoinType;
 use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::prelude::{Expr, SessionContext, col, lit};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -168,6 +172,7 @@ impl OfflineStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| err(&e))?;
         let new_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let first = batches.iter().find(|b| b.num_rows() > 0).cloned();
         let mut w;
         match replace {
             Some(r) if exists && partitioned && r.column == time => {
@@ -250,7 +255,9 @@ impl OfflineStore {
                 }
             }
         }
-        w = w.with_partition_columns([DAY_COLUMN]);
+        w = w
+            .with_partition_columns([DAY_COLUMN])
+            .with_writer_properties(writer_properties(first.as_ref()));
         if !exists {
             w = w.with_configuration(TABLE_PROPERTIES);
         }
@@ -286,7 +293,11 @@ impl OfflineStore {
             };
             return self.vacuum(t, table).await;
         }
-        let mut w = t.write(batches).with_save_mode(SaveMode::Overwrite);
+        let properties = writer_properties(batches.iter().find(|b| b.num_rows() > 0));
+        let mut w = t
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_writer_properties(properties);
         if !exists {
             w = w.with_configuration(TABLE_PROPERTIES);
         }
@@ -566,8 +577,83 @@ fn conform(
         .collect()
 }
 
+/// Parquet settings for rows like `sample`'s: Snappy compression, as Delta's default, and
+/// dictionary encoding only for the columns whose first rows repeat values. A column of mostly
+/// distinct values (ids, times, scores) would spend most of its encoding time building a
+/// dictionary that Parquet then abandons for plain encoding.
+fn writer_properties(sample: Option<&RecordBatch>) -> WriterProperties {
+    let mut p = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    if let Some(b) = sample {
+        let rows = b.num_rows().min(DICTIONARY_SAMPLE);
+        for (field, column) in b.schema().fields().iter().zip(b.columns()) {
+            if mostly_distinct(&column.slice(0, rows)) {
+                p = p.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+            }
+        }
+    }
+    p.build()
+}
+
+/// Rows of a write that decide each column's encoding.
+const DICTIONARY_SAMPLE: usize = 1 << 16;
+
+/// Whether more than a tenth of `a`'s values are distinct (false when they cannot be compared).
+fn mostly_distinct(a: &ArrayRef) -> bool {
+    let Ok(converter) = RowConverter::new(vec![SortField::new(a.data_type().clone())]) else {
+        return false;
+    };
+    let Ok(rows) = converter.convert_columns(std::slice::from_ref(a)) else {
+        return false;
+    };
+    let distinct: std::collections::HashSet<&[u8]> = rows.iter().map(|r| r.data()).collect();
+    distinct.len() * 10 > a.len()
+}
+
 /// Delta writes no file for an empty batch list; the partition-only replace still removes
 /// the replaced days.
 fn non_empty(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
     batches.into_iter().filter(|b| b.num_rows() > 0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+
+    #[test]
+    fn dictionary_encoding_only_for_columns_that_repeat_values() {
+        let n = 100_000;
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+            ),
+            (
+                "score",
+                Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|i| i as f64 / 7.0),
+                )),
+            ),
+            (
+                "category",
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| ["food", "travel", "games"][i as usize % 3]),
+                )),
+            ),
+            (
+                "count",
+                Arc::new(Int64Array::from_iter(
+                    (0..n).map(|i| (i % 5 > 0).then_some(i % 40)),
+                )),
+            ),
+        ])
+        .unwrap();
+        let p = writer_properties(Some(&batch));
+        let dict = |c: &str| p.dictionary_enabled(&ColumnPath::from(c));
+        assert!(!dict("id") && !dict("score"));
+        assert!(dict("category") && dict("count"));
+        assert_eq!(p.compression(&ColumnPath::from("id")), Compression::SNAPPY);
+        // No rows to look at: Parquet's defaults.
+        assert!(writer_properties(None).dictionary_enabled(&ColumnPath::from("id")));
+    }
 }
