@@ -160,7 +160,7 @@ proptest! {
         r in rows(0i64..12), qs in queries(), w in prop::option::of(1i64..20),
     ) {
         // Small non-negative values: `count_distinct` counts them in a table indexed by value.
-        let ev = events(&r, |v| Values::Int(v));
+        let ev = events(&r, Values::Int);
         check(&ev, &qs, w.map(|s| s * 1_000_000))?;
         check(&spread(ev), &spread_queries(&qs), w.map(|s| s * 1_000_000))?;
     }

@@ -402,7 +402,9 @@ pub(crate) async fn aggregates(
     // Each field's values are prepared once; every window of one aggregation of a field is
     // computed in one pass; the passes, independent of each other, run on every core.
     type Slot = (Option<String>, Use);
-    let mut jobs: Vec<(Slot, Agg, Vec<(usize, Option<i64>)>)> = Vec::new();
+    /// The node positions and windows of one aggregation of one prepared field.
+    type Windows = Vec<(usize, Option<i64>)>;
+    let mut jobs: Vec<(Slot, Agg, Windows)> = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let Node::Aggregate {
             field, agg, window, ..
