@@ -192,7 +192,10 @@ fn environment_diagnostics(cli: &Cli, project: &Project) -> Vec<Diagnostic> {
     let Some(env) = project.environment(&cli.env) else {
         return out;
     };
-    for (name, SourceConfig::Embedded { path, span, .. }) in &env.sources {
+    for (name, config) in &env.sources {
+        let SourceConfig::Embedded { path, span, .. } = config else {
+            continue;
+        };
         let dir = cli
             .data_dir
             .clone()
@@ -335,6 +338,17 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 return Err(EngineError::unknown_environment(&project, &cli.env).into());
             }
             check_environment(&cli, &project)?;
+            // Only once the project is sound: connectivity, tables and columns in the sources.
+            let mut problems = Diagnostics(
+                slate_engine::source_diagnostics(&project, &cli.env, cli.data_dir.as_deref()).await,
+            );
+            if !problems.is_empty() {
+                problems.sort();
+                return Err(Failure {
+                    text: problems.render(&cli.project),
+                    code: 2,
+                });
+            }
             let plans = project
                 .queries
                 .iter()

@@ -2,6 +2,7 @@
 //! (point-in-time features) → predict (model resolvers) → write (online and offline stores) →
 //! commit (run record and watermark, last).
 
+mod check;
 mod compute;
 mod dataset;
 mod encode;
@@ -11,6 +12,7 @@ mod plan;
 mod run;
 mod schedule;
 
+pub use check::source_diagnostics;
 pub use compute::{Function, Functions};
 pub use dataset::{Dataset, Spine, write_parquet};
 pub use error::EngineError;

@@ -7,8 +7,8 @@ use crate::plan::{Node, QueryPlan, Scan};
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use slate_model::OnnxModel;
-use slate_project::{IncrementalTimestamp, Project, SourceConfig};
-use slate_sources::{EmbeddedSource, IncrementalBound};
+use slate_project::{IncrementalTimestamp, Project};
+use slate_sources::{IncrementalBound, Source};
 use slate_stores::{
     Ledger, OfflineStore, OnlineStore, OutputRecord, ReplaceRange, RunRecord, RunStatus, ScanRecord,
 };
@@ -219,14 +219,14 @@ impl Engine {
         }
     }
 
-    /// The directory an embedded source reads, after overrides.
-    pub fn source_dir(&self, source: &str) -> Result<(PathBuf, String), EngineError> {
+    /// Opens source `source` of this environment (embedded paths after `--data-dir`).
+    pub async fn source(&self, source: &str) -> Result<Box<dyn Source>, EngineError> {
         let env = self
             .cfg
             .project
             .environment(&self.cfg.env)
             .ok_or_else(|| EngineError::Internal("environment vanished".into()))?;
-        let Some(SourceConfig::Embedded { path, dialect, .. }) = env.sources.get(source) else {
+        let Some(config) = env.sources.get(source) else {
             return Err(EngineError::Plan {
                 query: String::new(),
                 reason: format!(
@@ -235,12 +235,13 @@ impl Engine {
                 ),
             });
         };
-        let dir = self
-            .cfg
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| self.cfg.project.root.join(path));
-        Ok((dir, dialect.clone()))
+        Ok(slate_sources::open(
+            source,
+            config,
+            &self.cfg.project.root,
+            self.cfg.data_dir.as_deref(),
+        )
+        .await?)
     }
 
     /// One run of `plan` now, on demand: its tick is its start time.
@@ -721,8 +722,7 @@ impl Engine {
             }),
             (None, _) => None,
         };
-        let (dir, dialect) = self.source_dir(&r.source)?;
-        let source = EmbeddedSource::open(&r.source, &dir, &dialect).await?;
+        let source = self.source(&r.source).await?;
         let batches = source.query(&r.name, &r.sql, bound.as_ref()).await?;
         let class = &scan.class;
         let mut required = vec![class.primary_key.as_str()];

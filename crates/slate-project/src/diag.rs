@@ -41,6 +41,8 @@ pub struct Diagnostic {
     pub span: Span,
     pub message: String,
     pub hint: Option<String>,
+    /// Whether rendering shows the offending line (not for a line that holds a secret).
+    pub quote: bool,
 }
 
 impl Diagnostic {
@@ -49,7 +51,14 @@ impl Diagnostic {
             span,
             message: message.into(),
             hint: None,
+            quote: true,
         }
+    }
+
+    /// A diagnostic whose line is not shown, because it holds a secret.
+    pub fn without_quote(mut self) -> Self {
+        self.quote = false;
+        self
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -63,6 +72,7 @@ impl Diagnostic {
         let source = std::fs::read_to_string(root.join(&self.span.file)).ok();
         if let Some(line) = source
             .as_deref()
+            .filter(|_| self.quote)
             .and_then(|s| s.lines().nth(self.span.line - 1))
         {
             let n = self.span.line.to_string();

@@ -63,6 +63,46 @@ pub enum SourceConfig {
         dialect: String,
         span: Span,
     },
+    /// A PostgreSQL database: the resolver's SQL runs there.
+    Postgres(PostgresConfig),
+}
+
+impl SourceConfig {
+    /// Where the source is defined in slate.yaml.
+    pub fn span(&self) -> &Span {
+        match self {
+            SourceConfig::Embedded { span, .. } => span,
+            SourceConfig::Postgres(c) => &c.span,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Embedded { .. } => "embedded",
+            SourceConfig::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// `kind: postgres`. Secrets never appear in slate.yaml: the password (`password_env`) or a
+/// whole connection string (`url_env`) is read from the environment variable named here when
+/// the source is opened.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `localhost` and 5432 unless given here or in `url_env`'s connection string.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Environment variable holding a connection string (`postgresql://...` or `host=... `);
+    /// the fields above, when given, override its parts.
+    pub url_env: Option<String>,
+    pub connect_timeout_secs: u64,
+    /// Attempts of a query whose connection fails (refused, dropped mid-query), in all.
+    pub attempts: u32,
+    pub span: Span,
 }
 
 #[derive(Debug, Clone)]

@@ -1,14 +1,24 @@
-//! Data sources. The embedded source queries local Parquet and CSV files with DataFusion, in the
-//! Snowflake dialect, so a project written for a warehouse runs unchanged on a laptop.
-//! Incremental bounds are bound parameters, never spliced into SQL text.
+//! Data sources: one [`Source`] trait, implemented by the embedded source (local Parquet and
+//! CSV files queried with DataFusion in the Snowflake dialect, so a project written for a
+//! warehouse runs unchanged on a laptop) and by PostgreSQL. [`open`] maps a source's config to
+//! its implementation. Incremental bounds are bound parameters, never spliced into SQL text.
 
+mod embedded;
+mod pg_decode;
+mod postgres;
+
+pub use embedded::EmbeddedSource;
+pub use postgres::PostgresSource;
+
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::ScalarValue;
-use datafusion::common::TableReference;
 use datafusion::datasource::file_format::options::{CsvReadOptions, ParquetReadOptions};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
+use slate_project::SourceConfig;
 use slate_types::ErrorKind;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -28,13 +38,55 @@ pub enum SourceError {
         source_name: String,
         reason: String,
     },
+    /// The query itself is wrong (a missing table or column, a syntax error); `position` is the
+    /// 1-based character in the resolver's SQL where the source located it.
+    #[error("resolver `{resolver}` is rejected by source `{source_name}`: {reason}")]
+    Sql {
+        resolver: String,
+        source_name: String,
+        reason: String,
+        position: Option<usize>,
+    },
+    #[error(
+        "source `{source_name}`: column `{column}` of resolver `{resolver}` has type {type_name}, which Slate cannot read"
+    )]
+    UnsupportedType {
+        source_name: String,
+        resolver: String,
+        column: String,
+        type_name: String,
+    },
+    #[error("source `{source_name}`: {reason}")]
+    Config { source_name: String, reason: String },
+    #[error("source `{source_name}`: cannot connect to {target}: {reason}")]
+    Connect {
+        source_name: String,
+        target: String,
+        reason: String,
+    },
+    #[error(
+        "resolver `{resolver}` failed on source `{source_name}` after {attempts} attempts: {reason}"
+    )]
+    Unavailable {
+        resolver: String,
+        source_name: String,
+        attempts: u32,
+        reason: String,
+    },
 }
 
 impl SourceError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SourceError::MissingDataDir { .. } | SourceError::Spine { .. } => ErrorKind::User,
-            SourceError::Register { .. } | SourceError::Query { .. } => ErrorKind::External,
+            SourceError::MissingDataDir { .. }
+            | SourceError::Spine { .. }
+            | SourceError::Sql { .. }
+            | SourceError::UnsupportedType { .. }
+            | SourceError::Config { .. } => ErrorKind::User,
+            SourceError::Register { .. }
+            | SourceError::Query { .. }
+            | SourceError::Connect { .. }
+            | SourceError::Unavailable { .. } => ErrorKind::External,
         }
     }
 
@@ -42,6 +94,12 @@ impl SourceError {
         match self {
             SourceError::MissingDataDir { .. } => Some(
                 "create it, fix `path` in slate.yaml, or point SLATE_DATA_DIR / --data-dir at the data",
+            ),
+            SourceError::UnsupportedType { .. } => Some(
+                "cast the column in the resolver's SQL to a type Slate reads (bigint, double precision, text, boolean, timestamptz)",
+            ),
+            SourceError::Connect { .. } | SourceError::Unavailable { .. } => Some(
+                "check that the server is up and reachable, and the connection settings of this environment in slate.yaml",
             ),
             _ => None,
         }
@@ -55,202 +113,97 @@ pub struct IncrementalBound {
     pub micros: i64,
 }
 
-/// Local files as warehouse tables: `NAME.parquet`, `NAME.csv` or a directory `NAME/` of
-/// Parquet files is the table `NAME` (dots included: `ML.TRANSACTIONS.parquet` is the table
-/// `"ML.TRANSACTIONS"`).
-pub struct EmbeddedSource {
-    name: String,
-    ctx: SessionContext,
-    tables: Vec<String>,
-}
+/// What [`Source`] methods return: boxed so that sources are interchangeable at run time.
+pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SourceError>> + Send + 'a>>;
 
-impl std::fmt::Debug for EmbeddedSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedSource")
-            .field("name", &self.name)
-            .field("tables", &self.tables)
-            .finish()
-    }
-}
+/// Where a resolver's SQL runs. Every implementation applies the incremental bound as a bound
+/// parameter and returns the rows as Arrow batches; the engine casts each column to the type of
+/// the feature it resolves.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &str;
 
-impl EmbeddedSource {
-    pub async fn open(name: &str, dir: &Path, dialect: &str) -> Result<Self, SourceError> {
-        if !dir.is_dir() {
-            return Err(SourceError::MissingDataDir {
-                source_name: name.into(),
-                path: dir.into(),
-            });
-        }
-        // Filters (the incremental bound above all) are evaluated inside the Parquet scan: the
-        // bound's column is decoded first and the other columns only for the rows it keeps, so
-        // a run's read of a large table costs about the rows it returns.
-        let config = SessionConfig::new()
-            .set_str("datafusion.sql_parser.dialect", dialect)
-            .set_bool("datafusion.execution.parquet.pushdown_filters", true)
-            .set_bool("datafusion.execution.parquet.reorder_filters", true)
-            .with_target_partitions(2);
-        let ctx = SessionContext::new_with_config(config);
-        let mut tables = Vec::new();
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| SourceError::Register {
-                source_name: name.into(),
-                path: dir.into(),
-                reason: e.to_string(),
-            })?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            let file = path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let reg = |reason: String| SourceError::Register {
-                source_name: name.into(),
-                path: path.clone(),
-                reason,
-            };
-            let url = path.to_string_lossy().to_string();
-            let (table, result) = if path.is_dir() {
-                (
-                    file.clone(),
-                    ctx.register_parquet(
-                        TableReference::bare(file.as_str()),
-                        format!("{url}/"),
-                        ParquetReadOptions::default(),
-                    )
-                    .await,
-                )
-            } else if let Some(t) = file.strip_suffix(".parquet") {
-                (
-                    t.to_string(),
-                    ctx.register_parquet(
-                        TableReference::bare(t),
-                        &url,
-                        ParquetReadOptions::default(),
-                    )
-                    .await,
-                )
-            } else if let Some(t) = file.strip_suffix(".csv") {
-                (
-                    t.to_string(),
-                    ctx.register_csv(TableReference::bare(t), &url, CsvReadOptions::new())
-                        .await,
-                )
-            } else {
-                continue;
-            };
-            result.map_err(|e| reg(e.to_string()))?;
-            tables.push(table);
-        }
-        Ok(EmbeddedSource {
-            name: name.into(),
-            ctx,
-            tables,
-        })
-    }
+    /// The resolver's rows, only those with `bound.column >= bound.micros` when a bound is given.
+    fn query<'a>(
+        &'a self,
+        resolver: &'a str,
+        sql: &'a str,
+        bound: Option<&'a IncrementalBound>,
+    ) -> SourceFuture<'a, Vec<RecordBatch>>;
 
-    pub fn tables(&self) -> &[String] {
-        &self.tables
-    }
-
-    /// Runs a resolver's query, keeping rows with `column >= bound` when a bound is given.
-    pub async fn query(
-        &self,
-        resolver: &str,
-        sql: &str,
-        bound: Option<&IncrementalBound>,
-    ) -> Result<Vec<RecordBatch>, SourceError> {
-        let err = |reason: String| {
-            let reason = if reason.contains("not found") {
-                let tables = if self.tables.is_empty() {
-                    "none".to_string()
-                } else {
-                    self.tables.join(", ")
-                };
-                format!("{reason} (tables of this source: {tables})")
-            } else {
-                reason
-            };
-            SourceError::Query {
-                resolver: resolver.into(),
-                source_name: self.name.clone(),
-                reason,
-            }
-        };
-        let sql = sql.trim().trim_end_matches(';');
-        let df = match bound {
-            None => self.ctx.sql(sql).await.map_err(|e| err(e.to_string()))?,
-            Some(b) => {
-                let wrapped = format!(
-                    "SELECT * FROM ({sql}) AS slate_incremental WHERE \"{}\" >= $1",
-                    b.column.replace('"', "")
-                );
-                let value = ScalarValue::TimestampMicrosecond(Some(b.micros), Some("UTC".into()));
-                self.ctx
-                    .sql(&wrapped)
-                    .await
-                    .and_then(|df| df.with_param_values(vec![value]))
-                    .map_err(|e| err(e.to_string()))?
-            }
-        };
-        df.collect().await.map_err(|e| err(e.to_string()))
-    }
-}
-
-impl EmbeddedSource {
     /// The number of distinct `distinct` tuples among the resolver's rows whose `column` lies
     /// in `[from, to)` (`from` `None`: unbounded below). Both bounds are bound parameters.
-    pub async fn count_distinct_between(
-        &self,
-        resolver: &str,
-        sql: &str,
-        distinct: &[&str],
-        column: &str,
+    fn count_distinct_between<'a>(
+        &'a self,
+        resolver: &'a str,
+        sql: &'a str,
+        distinct: &'a [&'a str],
+        column: &'a str,
         from: Option<i64>,
         to: i64,
-    ) -> Result<usize, SourceError> {
-        let err = |reason: String| SourceError::Query {
-            resolver: resolver.into(),
-            source_name: self.name.clone(),
-            reason,
-        };
-        let q = |c: &str| format!("\"{}\"", c.replace('"', ""));
-        let sql = sql.trim().trim_end_matches(';');
-        let cols: Vec<String> = distinct.iter().map(|c| q(c)).collect();
-        let mut filter = format!("{} < $1", q(column));
-        let ts = |m: i64| ScalarValue::TimestampMicrosecond(Some(m), Some("UTC".into()));
-        let mut params = vec![ts(to)];
-        if let Some(f) = from {
-            filter.push_str(&format!(" AND {} >= $2", q(column)));
-            params.push(ts(f));
+    ) -> SourceFuture<'a, usize>;
+
+    /// The columns the resolver's query returns, with their Arrow types, without running it:
+    /// what `slate apply` checks against the features the resolver resolves.
+    fn describe<'a>(
+        &'a self,
+        resolver: &'a str,
+        sql: &'a str,
+    ) -> SourceFuture<'a, Vec<(String, DataType)>>;
+}
+
+/// Opens the source `name` of an environment. `root` is the project directory (relative
+/// embedded paths start there); `data_dir` replaces every embedded source's directory.
+pub async fn open(
+    name: &str,
+    config: &SourceConfig,
+    root: &Path,
+    data_dir: Option<&Path>,
+) -> Result<Box<dyn Source>, SourceError> {
+    Ok(match config {
+        SourceConfig::Embedded { path, dialect, .. } => {
+            let dir = data_dir.map_or_else(|| root.join(path), Path::to_path_buf);
+            Box::new(EmbeddedSource::open(name, &dir, dialect).await?)
         }
-        let wrapped = format!(
-            "SELECT count(*) AS n FROM (SELECT DISTINCT {} FROM ({sql}) AS slate_late WHERE {filter}) AS slate_distinct",
-            cols.join(", ")
-        );
-        let batches = self
-            .ctx
-            .sql(&wrapped)
-            .await
-            .and_then(|df| df.with_param_values(params))
-            .map_err(|e| err(e.to_string()))?
-            .collect()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let n = batches
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                    .map(|a| a.value(0))
-            })
-            .unwrap_or(0);
-        Ok(usize::try_from(n).unwrap_or(0))
+        SourceConfig::Postgres(c) => Box::new(PostgresSource::open(name, c).await?),
+    })
+}
+
+/// An identifier of a resolver's output column in a wrapping query: bare when it is a plain
+/// lower-case name (so that databases that fold unquoted names find it whatever the case the
+/// resolver used), quoted otherwise.
+pub(crate) fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
     }
+}
+
+/// The query that counts distinct tuples in a range, shared by the SQL sources: `$1` is the
+/// upper bound, `$2` the lower one when there is one. `ts` turns a parameter into the
+/// source's timestamp expression.
+pub(crate) fn count_distinct_sql(
+    sql: &str,
+    distinct: &[&str],
+    column: &str,
+    lower: bool,
+    ts: impl Fn(usize) -> String,
+) -> String {
+    let sql = sql.trim().trim_end_matches(';');
+    let cols: Vec<String> = distinct.iter().map(|c| quote_ident(c)).collect();
+    let col = quote_ident(column);
+    let mut filter = format!("{col} < {}", ts(1));
+    if lower {
+        filter.push_str(&format!(" AND {col} >= {}", ts(2)));
+    }
+    format!(
+        "SELECT count(*) AS n FROM (SELECT DISTINCT {} FROM ({sql}) AS slate_late WHERE {filter}) AS slate_distinct",
+        cols.join(", ")
+    )
 }
 
 /// Every row of one Parquet or CSV file (a dataset's spine), by its extension.

@@ -109,9 +109,14 @@ impl Resolver {
     }
 
     fn unknown_keys(&mut self, node: &Node, what: &str, known: &[&str]) {
+        self.unknown_keys_but(node, what, known, &[]);
+    }
+
+    /// [`Self::unknown_keys`], leaving out `reported`: keys that have a diagnostic of their own.
+    fn unknown_keys_but(&mut self, node: &Node, what: &str, known: &[&str], reported: &[&str]) {
         for (k, _) in node.entries().unwrap_or_default() {
             let key = k.as_str().unwrap_or_default();
-            if !known.contains(&key) {
+            if !known.contains(&key) && !reported.contains(&key) {
                 self.err(
                     &k.span,
                     format!("unknown key `{key}` in {what}"),

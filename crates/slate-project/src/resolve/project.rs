@@ -87,34 +87,20 @@ impl Resolver {
         {
             for (k, v) in srcs {
                 let sname = k.as_str().unwrap_or_default().to_string();
-                self.unknown_keys(v, "a source", &["kind", "path", "dialect"]);
                 let kind = v.get("kind").and_then(Node::as_str).unwrap_or("embedded");
-                if kind != "embedded" {
-                    self.err(
-                        &v.span,
-                        format!("source kind `{kind}` is not available"),
-                        "use `kind: embedded` (local Parquet and CSV files)",
-                    );
-                    continue;
-                }
-                let path = v.get("path").and_then(Node::as_str).unwrap_or("data");
-                let dialect = v
-                    .get("dialect")
-                    .and_then(Node::as_str)
-                    .unwrap_or("snowflake")
-                    .to_string();
-                let span = v
-                    .get("path")
-                    .map(|p| p.span.clone())
-                    .unwrap_or(v.span.clone());
-                sources.insert(
-                    sname,
-                    SourceConfig::Embedded {
-                        path: PathBuf::from(path),
-                        dialect,
-                        span,
-                    },
-                );
+                let config = match kind {
+                    "embedded" => self.embedded_source(v),
+                    "postgres" => self.postgres_source(v),
+                    _ => {
+                        self.err(
+                            &v.span_of("kind"),
+                            format!("source kind `{kind}` is not available"),
+                            "use `kind: embedded` (local Parquet and CSV files) or `kind: postgres`",
+                        );
+                        continue;
+                    }
+                };
+                sources.insert(sname, config);
             }
         }
         Some(Environment {
@@ -122,6 +108,106 @@ impl Resolver {
             sources,
             state_dir: PathBuf::from(state_dir),
             offline_retention_secs,
+        })
+    }
+
+    fn embedded_source(&mut self, v: &Node) -> SourceConfig {
+        self.unknown_keys(v, "an embedded source", &["kind", "path", "dialect"]);
+        let path = v.get("path").and_then(Node::as_str).unwrap_or("data");
+        let dialect = v
+            .get("dialect")
+            .and_then(Node::as_str)
+            .unwrap_or("snowflake")
+            .to_string();
+        SourceConfig::Embedded {
+            path: PathBuf::from(path),
+            dialect,
+            span: v.span_of("path"),
+        }
+    }
+
+    fn postgres_source(&mut self, v: &Node) -> SourceConfig {
+        self.unknown_keys_but(
+            v,
+            "a postgres source",
+            &[
+                "kind",
+                "host",
+                "port",
+                "database",
+                "user",
+                "password_env",
+                "url_env",
+                "connect_timeout",
+                "attempts",
+            ],
+            &["password"],
+        );
+        let text = |k: &str| v.get(k).and_then(Node::as_str).map(str::to_string);
+        let mut number = |k: &str, default: u64, max: u64| match v.get(k) {
+            None => default,
+            Some(n) => match n.as_str().and_then(|t| t.parse::<u64>().ok()) {
+                Some(x) if (1..=max).contains(&x) => x,
+                _ => {
+                    self.err(
+                        &n.span,
+                        format!("`{k}` must be a whole number from 1 to {max}"),
+                        format!("e.g. `{k}: {default}`"),
+                    );
+                    default
+                }
+            },
+        };
+        let port = v.get("port").map(|_| number("port", 5432, 65_535) as u16);
+        let attempts = number("attempts", 3, 100) as u32;
+        let connect_timeout_secs = match v.get("connect_timeout") {
+            None => 10,
+            Some(n) => match parse_duration_secs(n.as_str().unwrap_or_default()) {
+                Ok(s) if s > 0 => s as u64,
+                _ => {
+                    self.err(
+                        &n.span,
+                        "bad connect_timeout",
+                        "a positive duration, e.g. `connect_timeout: 10s`",
+                    );
+                    10
+                }
+            },
+        };
+        for k in ["password_env", "url_env"] {
+            if let Some(n) = v.get(k)
+                && !n.as_str().is_some_and(is_env_var_name)
+            {
+                self.err(
+                    &n.span,
+                    format!("`{k}` names an environment variable (letters, digits, `_`)"),
+                    "secrets are never written in slate.yaml: put the value in an environment variable and name it here",
+                );
+            }
+        }
+        if let Some((key, _)) = v
+            .entries()
+            .unwrap_or_default()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("password"))
+        {
+            // The line is not shown: it holds the password.
+            self.diags.push(
+                Diagnostic::new(key.span.clone(), "a password is never written in slate.yaml")
+                    .hint("remove it, set it in an environment variable and name that variable with `password_env`")
+                    .without_quote(),
+            );
+        }
+        SourceConfig::Postgres(PostgresConfig {
+            host: text("host"),
+            port,
+            database: text("database"),
+            user: text("user"),
+            password_env: text("password_env"),
+            url_env: text("url_env"),
+            connect_timeout_secs,
+            attempts,
+            span: v.span_of("kind"),
         })
     }
 
@@ -261,4 +347,10 @@ impl Resolver {
         }
         out
     }
+}
+
+fn is_env_var_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -1,0 +1,151 @@
+//! What `slate apply` checks against the sources of an environment: that each source answers,
+//! and that each SQL resolver's tables and columns exist there and give columns its class can
+//! read. Every problem is a diagnostic located in slate.yaml or in the resolver's file.
+
+use arrow::compute::can_cast_types;
+use slate_project::{Diagnostic, Project, Span, SqlResolver};
+use slate_sources::SourceError;
+use std::path::Path;
+
+/// Problems of `env`'s sources and of the SQL resolvers that run there. Sources whose data
+/// directory is missing are left out (that is reported from the project alone).
+pub async fn source_diagnostics(
+    project: &Project,
+    env: &str,
+    data_dir: Option<&Path>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let Some(environment) = project.environment(env) else {
+        return out;
+    };
+    for (name, config) in &environment.sources {
+        let resolvers: Vec<&SqlResolver> = project
+            .sql_resolvers
+            .iter()
+            .filter(|r| &r.source == name)
+            .filter(|r| r.environments.is_empty() || r.environments.iter().any(|e| e == env))
+            .collect();
+        let source = match slate_sources::open(name, config, &project.root, data_dir).await {
+            Ok(s) => s,
+            Err(SourceError::MissingDataDir { .. }) => continue,
+            Err(e) => {
+                out.push(source_problem(config.span(), &e));
+                continue;
+            }
+        };
+        for r in resolvers {
+            match source.describe(&r.name, &r.sql).await {
+                Ok(columns) => out.extend(column_problems(project, r, &columns)),
+                Err(e @ SourceError::Sql { .. }) => {
+                    let position = match &e {
+                        SourceError::Sql { position, .. } => *position,
+                        _ => None,
+                    };
+                    let mut d = Diagnostic::new(sql_span(project, r, position), e.to_string());
+                    if let Some(h) = e.hint() {
+                        d = d.hint(h);
+                    }
+                    out.push(d);
+                }
+                Err(e @ SourceError::UnsupportedType { .. }) => {
+                    let mut d = Diagnostic::new(sql_span(project, r, None), e.to_string());
+                    if let Some(h) = e.hint() {
+                        d = d.hint(h);
+                    }
+                    out.push(d);
+                }
+                Err(e) => {
+                    // The source stopped answering: one problem for it, not one per resolver.
+                    out.push(source_problem(config.span(), &e));
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn source_problem(span: &Span, e: &SourceError) -> Diagnostic {
+    let d = Diagnostic::new(span.clone(), e.to_string());
+    match e.hint() {
+        Some(h) => d.hint(h),
+        None => d,
+    }
+}
+
+/// Columns that are not features of the resolver's class, or that its features cannot read.
+fn column_problems(
+    project: &Project,
+    r: &SqlResolver,
+    columns: &[(String, arrow::datatypes::DataType)],
+) -> Vec<Diagnostic> {
+    let Some(class) = project
+        .classes
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&r.resolves))
+    else {
+        return Vec::new();
+    };
+    let features: Vec<_> = class.scalar_features().collect();
+    let mut out = Vec::new();
+    for (name, ty) in columns {
+        let span = sql_span(project, r, None);
+        match features.iter().find(|(f, _)| f.eq_ignore_ascii_case(name)) {
+            None => out.push(
+                Diagnostic::new(
+                    span,
+                    format!(
+                        "resolver `{}` returns a column `{name}`, which is not a feature of `{}`",
+                        r.name, class.name
+                    ),
+                )
+                .hint(format!(
+                    "rename it with `AS` to one of: {}",
+                    features
+                        .iter()
+                        .map(|(f, _)| *f)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            ),
+            Some((f, t)) if !can_cast_types(ty, &t.arrow()) => out.push(
+                Diagnostic::new(
+                    span,
+                    format!(
+                        "column `{name}` of resolver `{}` has type {ty} in the source, which feature `{}.{f}` ({}) cannot read",
+                        r.name,
+                        class.name,
+                        t.name()
+                    ),
+                )
+                .hint("cast it in the resolver's SQL"),
+            ),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// Where character `position` (1-based) of the resolver's SQL is in its file; the start of the
+/// SQL when the position is unknown.
+fn sql_span(project: &Project, r: &SqlResolver, position: Option<usize>) -> Span {
+    let Ok(text) = std::fs::read_to_string(project.root.join(&r.file)) else {
+        return Span::file(&r.file);
+    };
+    let Some(base) = text.find(r.sql.as_str()) else {
+        return Span::file(&r.file);
+    };
+    let sql = &text[base..];
+    let skip = match position {
+        Some(p) => p.saturating_sub(1),
+        None => sql.chars().count() - sql.trim_start().chars().count(),
+    };
+    let offset = base + sql.char_indices().nth(skip).map_or(sql.len(), |(i, _)| i);
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    Span::new(&r.file, line, col)
+}

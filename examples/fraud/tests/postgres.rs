@@ -1,0 +1,348 @@
+//! The fraud project in its `postgres` environment, against the PostgreSQL server at
+//! 127.0.0.1:5432 (`SLATE_TEST_PG_*` override host, port and user): the warehouse tables are
+//! loaded into a database of their own, and the predictions must equal the embedded run's on
+//! the same data, after a first run and after an incremental one. A connection that drops
+//! mid-result is retried a bounded number of times; when every attempt fails, the run fails
+//! with the watermark and the stores unchanged. Fails (never skips) without a server.
+
+mod common;
+
+use arrow_array::RecordBatch;
+use fraud_example::{Config, START_MICROS, Txn, write_warehouse};
+use slate_engine::{Engine, EngineConfig, EngineError, RunSummary, SilentProgress, plan_query};
+use slate_types::FixedClock;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const DAY: i64 = 86_400_000_000;
+const QUERY: &str = "run_fraud_model";
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+fn pg_host() -> String {
+    setting("SLATE_TEST_PG_HOST", "127.0.0.1")
+}
+
+fn pg_port() -> u16 {
+    setting("SLATE_TEST_PG_PORT", "5432")
+        .parse()
+        .expect("SLATE_TEST_PG_PORT is a port")
+}
+
+fn pg_user() -> String {
+    setting("SLATE_TEST_PG_USER", "root")
+}
+
+async fn connect(db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(pg_host())
+        .port(pg_port())
+        .user(pg_user())
+        .dbname(db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL must run at {}:{} for this test (user {}, database {db}): {e}",
+                pg_host(),
+                pg_port(),
+                pg_user()
+            )
+        });
+    tokio::spawn(conn);
+    client
+}
+
+/// A new, empty database for one test, dropped when the test ends.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    async fn create(tag: &str) -> TestDb {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let name = format!("slate_{tag}_{}_{nanos}", std::process::id());
+        let admin = connect("postgres").await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        TestDb { name }
+    }
+
+    async fn drop_now(self) {
+        let admin = connect("postgres").await;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .expect("drop database");
+    }
+}
+
+/// The warehouse's tables in PostgreSQL, typed as a warehouse would type them.
+async fn create_tables(client: &tokio_postgres::Client, cfg: &Config) {
+    client
+        .batch_execute(
+            r#"CREATE TABLE "ML.TRANSACTIONS" (
+                   transaction_id bigint NOT NULL, user_id bigint NOT NULL,
+                   merchant_id integer NOT NULL, amount double precision NOT NULL,
+                   ts timestamptz NOT NULL, category varchar(32) NOT NULL, is_fraud boolean NOT NULL);
+               CREATE TABLE "ML.USERS" (user_id bigint PRIMARY KEY, name text NOT NULL);"#,
+        )
+        .await
+        .expect("create tables");
+    let users: Vec<String> = (0..cfg.users)
+        .map(|u| format!("({u}, 'user-{u:05}')"))
+        .collect();
+    client
+        .batch_execute(&format!(
+            r#"INSERT INTO "ML.USERS" VALUES {}"#,
+            users.join(",")
+        ))
+        .await
+        .expect("users");
+}
+
+/// Inserts the generator's transactions of days `[from_day, to_day)`, as `write_warehouse`
+/// writes them to Parquet. Times are exact microseconds, amounts their shortest exact text.
+async fn insert_days(client: &tokio_postgres::Client, cfg: &Config, from_day: i64, to_day: i64) {
+    let rows: Vec<Txn> = fraud_example::transactions(cfg, to_day)
+        .into_iter()
+        .filter(|t| t.ts >= START_MICROS + from_day * DAY)
+        .collect();
+    for chunk in rows.chunks(2_000) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|t| {
+                format!(
+                    "({}, {}, {}, {:?}::float8, TIMESTAMPTZ 'epoch' + {} * INTERVAL '1 microsecond', '{}', {})",
+                    t.id, t.user_id, t.merchant_id, t.amount, t.ts, t.category, t.is_fraud
+                )
+            })
+            .collect();
+        client
+            .batch_execute(&format!(
+                r#"INSERT INTO "ML.TRANSACTIONS" VALUES {}"#,
+                values.join(",")
+            ))
+            .await
+            .expect("transactions");
+    }
+}
+
+/// The example project with its `postgres` environment pointed at `db` (through `port`, a
+/// proxy's when it is not the server's).
+fn project_for(dir: &Path, db: &str, port: u16) -> slate_project::Project {
+    common::copy_project(dir);
+    let yaml = std::fs::read_to_string(dir.join("slate.yaml")).expect("slate.yaml");
+    assert!(yaml.contains("url_env: FRAUD_WAREHOUSE_URL"));
+    let yaml = yaml.replace(
+        "url_env: FRAUD_WAREHOUSE_URL",
+        &format!(
+            "host: {}\n        port: {port}\n        database: {db}\n        user: {}\n        attempts: 3",
+            pg_host(),
+            pg_user()
+        ),
+    );
+    std::fs::write(dir.join("slate.yaml"), yaml).expect("write slate.yaml");
+    slate_project::load_project(dir).expect("valid project")
+}
+
+fn engine(project: slate_project::Project, env: &str, data: &Path, state: &Path) -> Engine {
+    Engine::new(EngineConfig {
+        project,
+        env: env.into(),
+        data_dir: (env == "default").then(|| data.into()),
+        state_dir: Some(state.into()),
+        clock: Arc::new(FixedClock(START_MICROS + 40 * DAY)),
+    })
+    .expect("engine")
+}
+
+async fn run(e: &Engine) -> Result<RunSummary, EngineError> {
+    let plan = plan_query(e.project(), QUERY).expect("plan");
+    e.run(&plan, &SilentProgress).await
+}
+
+async fn predictions(state: &Path) -> RecordBatch {
+    let b = slate_stores::OfflineStore::new(&state.join("offline"))
+        .read_all(QUERY)
+        .await
+        .expect("read predictions");
+    common::without_run_id_by_id(
+        &arrow::compute::concat_batches(&b[0].schema(), &b).expect("concat"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_environment_predicts_as_the_embedded_one() {
+    let cfg = Config {
+        users: 120,
+        merchants: 50,
+        seed: 23,
+        activity: 1.0,
+    };
+    let db = TestDb::create("fraud").await;
+    let client = connect(&db.name).await;
+    create_tables(&client, &cfg).await;
+    insert_days(&client, &cfg, 0, 20).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("warehouse");
+    write_warehouse(&data, &cfg, 0, 20).expect("data");
+    let project = project_for(&tmp.path().join("project"), &db.name, pg_port());
+    let (s_emb, s_pg) = (tmp.path().join("embedded"), tmp.path().join("pg"));
+
+    let embedded = run(&engine(project.clone(), "default", &data, &s_emb))
+        .await
+        .expect("embedded run");
+    let pg = run(&engine(project.clone(), "postgres", &data, &s_pg))
+        .await
+        .expect("postgres run");
+    assert!(pg.rows_ingested > 500, "{} rows", pg.rows_ingested);
+    let first_rows = pg.rows_ingested;
+    assert_eq!(pg.rows_ingested, embedded.rows_ingested);
+    assert_eq!(pg.watermark_after, embedded.watermark_after);
+    assert_eq!(predictions(&s_pg).await, predictions(&s_emb).await);
+
+    // A day later: the incremental bound (a bound parameter in PostgreSQL) reads the same rows.
+    insert_days(&client, &cfg, 20, 21).await;
+    write_warehouse(&data, &cfg, 20, 21).expect("day 20");
+    let embedded = run(&engine(project.clone(), "default", &data, &s_emb))
+        .await
+        .expect("embedded run");
+    let pg = run(&engine(project.clone(), "postgres", &data, &s_pg))
+        .await
+        .expect("postgres run");
+    assert_eq!(pg.rows_ingested, embedded.rows_ingested);
+    assert!(
+        pg.rows_ingested < first_rows / 5,
+        "{} rows",
+        pg.rows_ingested
+    );
+    assert_eq!(pg.late_rows, embedded.late_rows);
+    assert_eq!(predictions(&s_pg).await, predictions(&s_emb).await);
+    drop(client);
+    db.drop_now().await;
+}
+
+/// A TCP proxy to the server that cuts connections once `after` bytes of the server's replies
+/// have passed (mid-result for a query of thousands of rows), at most `cut` of them; returns
+/// its port and the number of connections it cut.
+async fn cutting_proxy(after: usize, cut: usize) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counter = cuts.clone();
+    let upstream = format!("{}:{}", pg_host(), pg_port());
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut server = TcpStream::connect(&upstream).await.expect("upstream");
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut passed = 0;
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let k = sr.read(&mut buf).await.unwrap_or(0);
+                        if k == 0 {
+                            break;
+                        }
+                        if passed + k > after
+                            && counter
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                                    (c < cut).then_some(c + 1)
+                                })
+                                .is_ok()
+                        {
+                            break;
+                        }
+                        passed += k;
+                        if cw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    (port, cuts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_are_retried_then_fail_cleanly() {
+    // Few users (their table passes whole through the proxy), many transactions.
+    let cfg = Config {
+        users: 40,
+        merchants: 40,
+        seed: 5,
+        activity: 8.0,
+    };
+    let db = TestDb::create("drop").await;
+    let client = connect(&db.name).await;
+    create_tables(&client, &cfg).await;
+    insert_days(&client, &cfg, 0, 10).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("unused");
+    let state = tmp.path().join("state");
+    let direct = project_for(&tmp.path().join("direct"), &db.name, pg_port());
+    let first = run(&engine(direct.clone(), "postgres", &data, &state))
+        .await
+        .expect("first run");
+    let before = predictions(&state).await;
+    insert_days(&client, &cfg, 10, 15).await;
+
+    // Every connection is cut mid-result: three attempts, then a clear error; nothing changed.
+    let (port, cuts) = cutting_proxy(20_000, usize::MAX).await;
+    let flaky = project_for(&tmp.path().join("flaky"), &db.name, port);
+    let err = run(&engine(flaky, "postgres", &data, &state))
+        .await
+        .expect_err("every attempt is cut");
+    let text = err.to_string();
+    assert!(
+        text.contains("after 3 attempts") && text.contains("get_transactions_offline"),
+        "{text}"
+    );
+    assert_eq!(cuts.load(Ordering::SeqCst), 3, "bounded retries");
+    let e = engine(direct.clone(), "postgres", &data, &state);
+    assert_eq!(
+        e.ledger()
+            .expect("ledger")
+            .watermark(QUERY, "get_transactions_offline")
+            .expect("watermark"),
+        first.watermark_after,
+        "watermark unchanged"
+    );
+    drop(e);
+    assert_eq!(predictions(&state).await, before, "nothing written");
+
+    // Only the first connection is cut: the retry succeeds and the run is complete.
+    let (port, cuts) = cutting_proxy(20_000, 1).await;
+    let once = project_for(&tmp.path().join("once"), &db.name, port);
+    let second = run(&engine(once, "postgres", &data, &state))
+        .await
+        .expect("the second attempt succeeds");
+    assert_eq!(cuts.load(Ordering::SeqCst), 1);
+    let fresh = tmp.path().join("fresh");
+    let whole = run(&engine(direct, "postgres", &data, &fresh))
+        .await
+        .expect("one run over everything");
+    assert_eq!(second.watermark_after, whole.watermark_after);
+    assert_eq!(predictions(&state).await, predictions(&fresh).await);
+    drop(client);
+    db.drop_now().await;
+}
