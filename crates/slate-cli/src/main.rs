@@ -426,7 +426,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             let engine = engine(&cli, project.clone())?;
             // Reading must not create a store: before any run there is nothing to serve.
-            if !engine.state_dir().join("online.redb").exists() {
+            if !engine.online_exists() {
                 return Err(anyhow::anyhow!(
                     "no online store in {}: run a scheduled query first (`slate run QUERY`)",
                     engine.state_dir().display()

@@ -22,6 +22,9 @@ pub enum EngineError {
     Busy { state_dir: String },
     #[error("function resolver `{name}`: {reason}")]
     Function { name: String, reason: String },
+    /// A setting of the environment that cannot be used (an unset variable, a bad URL).
+    #[error("environment `{env}`: {reason}")]
+    Environment { env: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -49,7 +52,8 @@ impl EngineError {
             | EngineError::UnknownEnvironment { .. }
             | EngineError::Plan { .. }
             | EngineError::BadValue { .. }
-            | EngineError::Function { .. } => ErrorKind::User,
+            | EngineError::Function { .. }
+            | EngineError::Environment { .. } => ErrorKind::User,
             EngineError::Busy { .. } => ErrorKind::External,
             EngineError::Source(e) => e.kind(),
             EngineError::Store(e) => e.kind(),

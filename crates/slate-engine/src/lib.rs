@@ -2,6 +2,7 @@
 //! (point-in-time features) → predict (model resolvers) → write (online and offline stores) →
 //! commit (run record and watermark, last).
 
+mod backends;
 mod check;
 mod compute;
 mod dataset;

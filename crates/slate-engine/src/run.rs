@@ -7,10 +7,11 @@ use crate::plan::{Node, QueryPlan, Scan};
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use slate_model::OnnxModel;
-use slate_project::{IncrementalTimestamp, Project};
+use slate_project::{IncrementalTimestamp, OnlineConfig, Project};
 use slate_sources::{IncrementalBound, Source};
 use slate_stores::{
-    Ledger, OfflineStore, OnlineStore, OutputRecord, ReplaceRange, RunRecord, RunStatus, ScanRecord,
+    Ledger, OfflineStore, OnlineStore, OutputRecord, RedbOnlineStore, RedisOnlineStore,
+    ReplaceRange, RunRecord, RunStatus, ScanRecord,
 };
 use slate_types::Clock;
 use std::collections::HashMap;
@@ -102,7 +103,7 @@ pub struct Engine {
     offline_retention_micros: i64,
     functions: compute::Functions,
     /// An online store shared with readers in the same process (redb opens a file once).
-    shared_online: Option<Arc<OnlineStore>>,
+    shared_online: Option<Arc<dyn OnlineStore>>,
     /// The run ledger shared with the rest of the process (redb opens a file once).
     shared_ledger: Option<Arc<Ledger>>,
 }
@@ -134,7 +135,7 @@ impl Engine {
 
     /// The engine writing through `online`, opened once and shared with in-process readers
     /// (a server that serves while runs write).
-    pub fn with_online(mut self, online: Arc<OnlineStore>) -> Self {
+    pub fn with_online(mut self, online: Arc<dyn OnlineStore>) -> Self {
         self.shared_online = Some(online);
         self
     }
@@ -181,13 +182,35 @@ impl Engine {
         }
     }
 
-    /// The online store: the shared one when set, else the file opened now.
-    pub fn online(&self) -> Result<Arc<OnlineStore>, EngineError> {
-        match &self.shared_online {
-            Some(o) => Ok(o.clone()),
-            None => Ok(Arc::new(OnlineStore::open(
-                &self.state_dir.join("online.redb"),
-            )?)),
+    /// The online store: the shared one when set, else the environment's, opened now.
+    pub fn online(&self) -> Result<Arc<dyn OnlineStore>, EngineError> {
+        if let Some(o) = &self.shared_online {
+            return Ok(o.clone());
+        }
+        Ok(match self.online_config()? {
+            OnlineConfig::Embedded => {
+                Arc::new(RedbOnlineStore::open(&self.state_dir.join("online.redb"))?)
+            }
+            OnlineConfig::Redis(c) => Arc::new(RedisOnlineStore::open(
+                crate::backends::redis_settings(c, &self.cfg.project.name, &self.cfg.env)?,
+            )?),
+        })
+    }
+
+    fn online_config(&self) -> Result<&OnlineConfig, EngineError> {
+        self.cfg
+            .project
+            .environment(&self.cfg.env)
+            .map(|e| &e.online)
+            .ok_or_else(|| EngineError::Internal("environment vanished".into()))
+    }
+
+    /// Whether the online store may hold values: the embedded one once a run created its
+    /// file (reading must not create it); a server always.
+    pub fn online_exists(&self) -> bool {
+        match self.online_config() {
+            Ok(OnlineConfig::Embedded) => self.state_dir.join("online.redb").exists(),
+            _ => true,
         }
     }
 
@@ -343,7 +366,7 @@ impl Engine {
         // An online store another process holds (a running service) refuses the run now,
         // before anything is written, rather than at the write stage.
         let early_online = match (plan.query.store_online, &self.shared_online) {
-            (true, None) if self.state_dir.join("online.redb").exists() => Some(self.online()?),
+            (true, None) if self.online_exists() => Some(self.online()?),
             _ => None,
         };
 

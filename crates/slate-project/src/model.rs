@@ -53,6 +53,37 @@ pub struct Environment {
     /// How long the offline store keeps files a write replaced, for readers of older table
     /// versions (`offline_retention`, default 7 days).
     pub offline_retention_secs: i64,
+    /// Where the latest values are served from (`online:`; embedded redb by default).
+    pub online: OnlineConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum OnlineConfig {
+    /// `online.redb` in the state directory.
+    #[default]
+    Embedded,
+    Redis(RedisConfig),
+}
+
+/// `online: {kind: redis, ...}`. The password, or a whole `redis://` URL, comes from the
+/// environment variable named here, never from slate.yaml.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `127.0.0.1` and 6379 unless given here or in `url_env`'s URL.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// The logical database number.
+    pub db: Option<i64>,
+    pub user: Option<String>,
+    pub password_env: Option<String>,
+    pub url_env: Option<String>,
+    /// What every key starts with (default `slate:<project name>`), so that several projects
+    /// share a server.
+    pub prefix: Option<String>,
+    /// Time to live of a stored value after its write, per feature as the store names it
+    /// (`transaction.is_fraud`), with `default` for the others; none when absent.
+    pub ttl_secs: BTreeMap<String, i64>,
+    pub span: Span,
 }
 
 #[derive(Debug, Clone)]

@@ -55,7 +55,7 @@ struct Shared {
 /// What every handler reads: the engine (and through it the project and stores).
 pub struct AppState {
     engine: RwLock<Arc<Engine>>,
-    online: Arc<OnlineStore>,
+    online: Arc<dyn OnlineStore>,
     ledger: Arc<slate_stores::Ledger>,
     shared: Mutex<Shared>,
     metrics: Mutex<metrics::Metrics>,

@@ -109,16 +109,25 @@ fn online_inner(s: &AppState, body: &[u8]) -> Result<Response, (StatusCode, Stri
     // float comes back with exactly the digits that were stored.
     let mut data: Vec<String> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
-    for (key_json, key) in &keys {
+    // One read per feature for all keys (one round trip for a server store).
+    let key_texts: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+    let mut values = Vec::with_capacity(refs.len());
+    for (_, r) in &refs {
+        values.push(
+            s.online
+                .get_many(&r.column_name(), &key_texts)
+                .map_err(|e| {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("online store: {e}"),
+                    )
+                })?,
+        );
+    }
+    for (i, (key_json, _)) in keys.iter().enumerate() {
         let mut found = false;
-        for (name, r) in &refs {
-            let v = s.online.get(&r.column_name(), key).map_err(|e| {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("online store: {e}"),
-                )
-            })?;
-            let (value, ts) = match v {
+        for (j, (name, _)) in refs.iter().enumerate() {
+            let (value, ts) = match values[j][i].take() {
                 Some(v) => {
                     found = true;
                     let raw = serde_json::value::RawValue::from_string(v.json.clone())

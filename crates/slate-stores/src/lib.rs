@@ -1,15 +1,17 @@
 //! Where runs leave their results: the online store (latest value per feature and key, for
-//! serving), the offline store (Delta Lake tables, for analysis and training) and the run
+//! serving; redb embedded or Redis), the offline store (Delta Lake tables, for analysis and training) and the run
 //! ledger (watermarks and run records).
 
 mod latest;
 mod ledger;
 mod offline;
 mod online;
+mod redis;
 
 pub use ledger::{Ledger, OutputRecord, RunRecord, RunStatus, ScanRecord, Watermark};
 pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, day_of};
-pub use online::{OnlineStore, OnlineValue, OnlineWriter, key_order};
+pub use online::{OnlineStore, OnlineValue, OnlineWriter, RedbOnlineStore, key_order};
+pub use redis::{RedisOnlineStore, RedisSettings};
 
 use slate_types::ErrorKind;
 use std::path::PathBuf;
@@ -30,6 +32,12 @@ pub enum StoreError {
     Io { what: &'static str, reason: String },
     #[error("offline table {table}: {reason}")]
     Offline { table: String, reason: String },
+    #[error("{what} failed at Redis {target}: {reason}")]
+    Redis {
+        what: &'static str,
+        target: String,
+        reason: String,
+    },
 }
 
 impl StoreError {

@@ -1,27 +1,79 @@
-//! The embedded online store: one redb table per feature, mapping a key to the value with the
-//! newest feature time. Writes are upserts; an older feature time never replaces a newer one.
-//! Keys are the entity's primary key as text (`42`, `u-17`), so every key type is stored
-//! exactly.
+//! The online store: the latest value of each (feature, key), for serving. [`OnlineStore`] is
+//! the one interface; this file holds it and the embedded implementation (one redb table per
+//! feature), `redis.rs` the Redis one. Writes are upserts: a value with an older feature time
+//! never replaces a newer one, an equal one replaces it. Keys are the entity's primary key as
+//! text (`42`, `u-17`), so every key type is stored exactly; values are JSON.
 
 use crate::{StoreError, io};
 use arrow::array::{Array, StringArray};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 
+/// Where runs leave the latest values and the online API reads them.
+pub trait OnlineStore: Send + Sync + std::fmt::Debug {
+    /// A writer for one run's values of several features.
+    fn writer(&self) -> Result<Box<dyn OnlineWriter>, StoreError>;
+
+    fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError>;
+
+    /// The values of several keys of one feature, in the keys' order.
+    fn get_many(
+        &self,
+        feature: &str,
+        keys: &[&str],
+    ) -> Result<Vec<Option<OnlineValue>>, StoreError> {
+        keys.iter().map(|k| self.get(feature, k)).collect()
+    }
+
+    /// Number of keys stored for `feature`.
+    fn count(&self, feature: &str) -> Result<usize, StoreError>;
+
+    /// Upserts `(key, feature_time, json)` rows of one feature with a writer of its own;
+    /// returns how many were stored.
+    fn put(&self, feature: &str, rows: Vec<(String, i64, String)>) -> Result<usize, StoreError> {
+        let mut w = self.writer()?;
+        let n = w.put(feature, rows)?;
+        w.commit()?;
+        Ok(n)
+    }
+}
+
+/// Upserts of a run. What becomes visible when depends on the store: the embedded store shows
+/// all of a writer's values at `commit` and none before; Redis shows each batch as it is
+/// written. Both are idempotent, so a run repeated after a crash leaves the same values.
+pub trait OnlineWriter: Send {
+    /// Upserts `(key, feature_time, json)` rows of `feature`; returns how many were stored
+    /// (not older than what was there).
+    fn put(&mut self, feature: &str, rows: Vec<(String, i64, String)>)
+    -> Result<usize, StoreError>;
+
+    /// Upserts the rows at `order` (positions into `keys`, `times` and `values`, in the order
+    /// [`key_order`] gives); returns how many were stored.
+    fn put_ordered(
+        &mut self,
+        feature: &str,
+        keys: &StringArray,
+        times: &[i64],
+        values: &StringArray,
+        order: &[u32],
+    ) -> Result<usize, StoreError>;
+
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
 /// The table of one feature: key to (feature time, JSON value).
 fn table(feature: &str) -> TableDefinition<'_, &'static str, (i64, &'static str)> {
     TableDefinition::new(feature)
 }
 
-/// Upserts of several features in one transaction; nothing is visible before `commit`.
-pub struct OnlineWriter {
+/// Upserts of several features in one redb transaction; nothing is visible before `commit`.
+pub struct RedbWriter {
     tx: redb::WriteTransaction,
 }
 
-impl OnlineWriter {
-    /// Upserts `(key, feature_time, json)` rows of `feature`, in key order (which keeps the
-    /// B-tree walks short); returns how many rows were newer than what was stored.
-    pub fn put(
+impl OnlineWriter for RedbWriter {
+    /// In key order, which keeps the B-tree walks short.
+    fn put(
         &mut self,
         feature: &str,
         mut rows: Vec<(String, i64, String)>,
@@ -33,10 +85,7 @@ impl OnlineWriter {
         )
     }
 
-    /// Upserts the rows at `order` (positions into `keys`, `times` and `values`, in the order
-    /// [`key_order`] gives, which keeps the B-tree walks short); returns how many rows were
-    /// newer than what was stored.
-    pub fn put_ordered(
+    fn put_ordered(
         &mut self,
         feature: &str,
         keys: &StringArray,
@@ -53,6 +102,12 @@ impl OnlineWriter {
         )
     }
 
+    fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().map_err(|e| io("online commit")(&e))
+    }
+}
+
+impl RedbWriter {
     // Private and called through the non-generic functions above: the engine's own instance of
     // this generic function (compiled in the engine's crate) measured 2.5x slower per insert.
     fn put_rows<'a>(
@@ -82,10 +137,6 @@ impl OnlineWriter {
             }
         }
         Ok(written)
-    }
-
-    pub fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().map_err(|e| io("online commit")(&e))
     }
 }
 
@@ -142,39 +193,30 @@ pub struct OnlineValue {
     pub json: String,
 }
 
+/// The embedded online store: `online.redb` in the state directory.
 #[derive(Debug)]
-pub struct OnlineStore {
+pub struct RedbOnlineStore {
     db: Database,
 }
 
-impl OnlineStore {
+impl RedbOnlineStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(OnlineStore {
+        Ok(RedbOnlineStore {
             db: crate::open_db("online store", path)?,
         })
     }
+}
 
-    /// Upserts `(key, feature_time, json)` rows for `feature` in one transaction.
-    pub fn put(
-        &self,
-        feature: &str,
-        rows: impl IntoIterator<Item = (String, i64, String)>,
-    ) -> Result<usize, StoreError> {
-        let mut w = self.writer()?;
-        let n = w.put(feature, rows.into_iter().collect())?;
-        w.commit()?;
-        Ok(n)
-    }
-
+impl OnlineStore for RedbOnlineStore {
     /// A write transaction for several features: readers see all of a run's values or none,
     /// and the caller builds one feature's rows at a time.
-    pub fn writer(&self) -> Result<OnlineWriter, StoreError> {
-        Ok(OnlineWriter {
+    fn writer(&self) -> Result<Box<dyn OnlineWriter>, StoreError> {
+        Ok(Box::new(RedbWriter {
             tx: self.db.begin_write().map_err(|e| io("online write")(&e))?,
-        })
+        }))
     }
 
-    pub fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError> {
+    fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
         let t = match tx.open_table(table(feature)) {
             Ok(t) => t,
@@ -190,8 +232,7 @@ impl OnlineStore {
         }))
     }
 
-    /// Number of keys stored for `feature`.
-    pub fn count(&self, feature: &str) -> Result<usize, StoreError> {
+    fn count(&self, feature: &str) -> Result<usize, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
         let t = match tx.open_table(table(feature)) {
             Ok(t) => t,
@@ -250,15 +291,15 @@ mod tests {
     #[test]
     fn newest_feature_time_wins() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = OnlineStore::open(&dir.path().join("online.redb")).expect("open");
+        let s = RedbOnlineStore::open(&dir.path().join("online.redb")).expect("open");
         s.put(
             "transaction.is_fraud",
-            [("1".to_string(), 10, "true".to_string())],
+            vec![("1".to_string(), 10, "true".to_string())],
         )
         .expect("put");
         s.put(
             "transaction.is_fraud",
-            [("1".to_string(), 5, "false".to_string())],
+            vec![("1".to_string(), 5, "false".to_string())],
         )
         .expect("put");
         assert_eq!(
@@ -270,7 +311,7 @@ mod tests {
         );
         s.put(
             "transaction.is_fraud",
-            [
+            vec![
                 ("1".to_string(), 10, "false".to_string()),
                 ("2".to_string(), 1, "true".to_string()),
             ],

@@ -79,6 +79,16 @@ impl TestDb {
     }
 
     async fn drop_now(self) {
+        // The Redis keys the `postgres` environment wrote under this database's prefix.
+        let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("redis client");
+        let mut c = client.get_connection().expect("redis connection");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("slate-test:{}:*", self.name))
+            .query(&mut c)
+            .expect("keys");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(keys).query(&mut c).expect("del");
+        }
         let admin = connect("postgres").await;
         admin
             .batch_execute(&format!(
@@ -154,6 +164,11 @@ fn project_for(dir: &Path, db: &str, port: u16) -> slate_project::Project {
             pg_host(),
             pg_user()
         ),
+    );
+    assert!(yaml.contains("url_env: FRAUD_REDIS_URL"));
+    let yaml = yaml.replace(
+        "url_env: FRAUD_REDIS_URL",
+        &format!("host: 127.0.0.1\n      port: 6379\n      prefix: slate-test:{db}"),
     );
     std::fs::write(dir.join("slate.yaml"), yaml).expect("write slate.yaml");
     slate_project::load_project(dir).expect("valid project")
@@ -231,7 +246,41 @@ async fn postgres_environment_predicts_as_the_embedded_one() {
         pg.rows_ingested
     );
     assert_eq!(pg.late_rows, embedded.late_rows);
-    assert_eq!(predictions(&s_pg).await, predictions(&s_emb).await);
+    let p = predictions(&s_pg).await;
+    assert_eq!(p, predictions(&s_emb).await);
+
+    // The online values: Redis in the `postgres` environment, redb in the embedded one.
+    let ids: Vec<String> = arrow::compute::cast(
+        p.column_by_name("id").expect("id"),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .expect("ids")
+    .as_any()
+    .downcast_ref::<arrow_array::StringArray>()
+    .expect("text")
+    .iter()
+    .map(|k| k.expect("id").to_string())
+    .collect();
+    let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let redis = engine(project.clone(), "postgres", &data, &s_pg)
+        .online()
+        .expect("redis");
+    let redb = engine(project.clone(), "default", &data, &s_emb)
+        .online()
+        .expect("redb");
+    for feature in ["transaction.is_fraud", "transaction.fraud_score"] {
+        let r = redis.get_many(feature, &keys).expect("redis values");
+        assert!(
+            r.iter().all(Option::is_some),
+            "{feature}: every key in Redis"
+        );
+        assert_eq!(
+            r,
+            redb.get_many(feature, &keys).expect("redb values"),
+            "{feature}"
+        );
+        assert_eq!(redis.count(feature).expect("count"), keys.len());
+    }
     drop(client);
     db.drop_now().await;
 }

@@ -4,7 +4,7 @@
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::{concat_batches, sort_to_indices, take};
 use arrow::datatypes::Int64Type;
-use slate_stores::{OfflineStore, OnlineStore};
+use slate_stores::{OfflineStore, OnlineStore, RedbOnlineStore};
 use std::path::Path;
 
 pub fn project() -> std::path::PathBuf {
@@ -29,7 +29,7 @@ pub async fn stores(state: &Path) -> (RecordBatch, Vec<Option<(i64, String)>>) {
         .map(|c| take(c, &order, None).expect("take"))
         .collect();
     let b = RecordBatch::try_new(b.schema(), cols).expect("batch");
-    let online = OnlineStore::open(&state.join("online.redb")).expect("online");
+    let online = RedbOnlineStore::open(&state.join("online.redb")).expect("online");
     let ids = b
         .column_by_name("id")
         .expect("id")

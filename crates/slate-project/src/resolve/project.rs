@@ -60,7 +60,7 @@ impl Resolver {
         self.unknown_keys(
             node,
             "an environment",
-            &["state_dir", "offline_retention", "sources"],
+            &["state_dir", "offline_retention", "sources", "online"],
         );
         let state_dir = node
             .get("state_dir")
@@ -103,11 +103,16 @@ impl Resolver {
                 sources.insert(sname, config);
             }
         }
+        let online = match node.get("online") {
+            None => OnlineConfig::Embedded,
+            Some(o) => self.online_store(o),
+        };
         Some(Environment {
             name: name.to_string(),
             sources,
             state_dir: PathBuf::from(state_dir),
             offline_retention_secs,
+            online,
         })
     }
 
@@ -123,6 +128,133 @@ impl Resolver {
             path: PathBuf::from(path),
             dialect,
             span: v.span_of("path"),
+        }
+    }
+
+    fn online_store(&mut self, v: &Node) -> OnlineConfig {
+        if self.expect_map(v, "`online`").is_none() {
+            return OnlineConfig::Embedded;
+        }
+        let kind = v.get("kind").and_then(Node::as_str).unwrap_or("embedded");
+        match kind {
+            "embedded" => {
+                self.unknown_keys(v, "an embedded online store", &["kind"]);
+                return OnlineConfig::Embedded;
+            }
+            "redis" => {}
+            _ => {
+                self.err(
+                    &v.span_of("kind"),
+                    format!("online store kind `{kind}` is not available"),
+                    "use `kind: embedded` (redb in the state directory) or `kind: redis`",
+                );
+                return OnlineConfig::Embedded;
+            }
+        }
+        self.unknown_keys_but(
+            v,
+            "a redis online store",
+            &[
+                "kind",
+                "host",
+                "port",
+                "db",
+                "user",
+                "password_env",
+                "url_env",
+                "prefix",
+                "ttl",
+            ],
+            &["password"],
+        );
+        self.secret_keys(v);
+        let text = |k: &str| v.get(k).and_then(Node::as_str).map(str::to_string);
+        let mut number = |k: &str, max: u64| {
+            v.get(k)
+                .and_then(|n| match n.as_str().and_then(|t| t.parse::<u64>().ok()) {
+                    Some(x) if x <= max => Some(x),
+                    _ => {
+                        self.err(
+                            &n.span,
+                            format!("`{k}` must be a whole number from 0 to {max}"),
+                            "e.g. `port: 6379`, `db: 0`",
+                        );
+                        None
+                    }
+                })
+        };
+        let port = number("port", 65_535).map(|p| p as u16);
+        let db = number("db", 1 << 20).map(|d| d as i64);
+        let mut ttl_secs = BTreeMap::new();
+        match v.get("ttl") {
+            None => {}
+            Some(t) if t.as_str().is_some() => {
+                if let Some(s) = self.positive_duration(t, "ttl") {
+                    ttl_secs.insert("default".to_string(), s);
+                }
+            }
+            Some(t) => {
+                for (k, d) in self.expect_map(t, "`ttl`").unwrap_or_default() {
+                    let feature = k.as_str().unwrap_or_default().to_ascii_lowercase();
+                    if let Some(s) = self.positive_duration(d, "ttl") {
+                        ttl_secs.insert(feature, s);
+                    }
+                }
+            }
+        }
+        OnlineConfig::Redis(RedisConfig {
+            host: text("host"),
+            port,
+            db,
+            user: text("user"),
+            password_env: text("password_env"),
+            url_env: text("url_env"),
+            prefix: text("prefix"),
+            ttl_secs,
+            span: v.span_of("kind"),
+        })
+    }
+
+    fn positive_duration(&mut self, n: &Node, key: &str) -> Option<i64> {
+        match parse_duration_secs(n.as_str().unwrap_or_default()) {
+            Ok(s) if s > 0 => Some(s),
+            _ => {
+                self.err(
+                    &n.span,
+                    format!("bad `{key}`"),
+                    format!("a positive duration, e.g. `{key}: 30d`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `password_env` and `url_env` name environment variables; a `password` is refused
+    /// without showing its line.
+    fn secret_keys(&mut self, v: &Node) {
+        for k in ["password_env", "url_env"] {
+            if let Some(n) = v.get(k)
+                && !n.as_str().is_some_and(is_env_var_name)
+            {
+                self.err(
+                    &n.span,
+                    format!("`{k}` names an environment variable (letters, digits, `_`)"),
+                    "secrets are never written in slate.yaml: put the value in an environment variable and name it here",
+                );
+            }
+        }
+        if let Some((key, _)) = v
+            .entries()
+            .unwrap_or_default()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("password"))
+        {
+            // The line is not shown: it holds the password.
+            self.diags.push(
+                Diagnostic::new(key.span.clone(), "a password is never written in slate.yaml")
+                    .hint("remove it, set it in an environment variable and name that variable with `password_env`")
+                    .without_quote(),
+            );
         }
     }
 
@@ -174,30 +306,7 @@ impl Resolver {
                 }
             },
         };
-        for k in ["password_env", "url_env"] {
-            if let Some(n) = v.get(k)
-                && !n.as_str().is_some_and(is_env_var_name)
-            {
-                self.err(
-                    &n.span,
-                    format!("`{k}` names an environment variable (letters, digits, `_`)"),
-                    "secrets are never written in slate.yaml: put the value in an environment variable and name it here",
-                );
-            }
-        }
-        if let Some((key, _)) = v
-            .entries()
-            .unwrap_or_default()
-            .iter()
-            .find(|(k, _)| k.as_str() == Some("password"))
-        {
-            // The line is not shown: it holds the password.
-            self.diags.push(
-                Diagnostic::new(key.span.clone(), "a password is never written in slate.yaml")
-                    .hint("remove it, set it in an environment variable and name that variable with `password_env`")
-                    .without_quote(),
-            );
-        }
+        self.secret_keys(v);
         SourceConfig::Postgres(PostgresConfig {
             host: text("host"),
             port,

@@ -1,0 +1,200 @@
+//! One conformance suite for every online store: the embedded redb store and the Redis store
+//! (the server at 127.0.0.1:6379; `SLATE_TEST_REDIS_URL` points elsewhere). Upserts where the
+//! newest feature time wins, equal times replace, batches larger than a pipeline, keys of any
+//! text, reads of many keys, counts, against a model of the store kept in the test; then
+//! Redis's TTL. Fails (never skips) without a Redis server.
+
+use arrow_array::StringArray;
+use slate_stores::{
+    OnlineStore, OnlineValue, RedbOnlineStore, RedisOnlineStore, RedisSettings, key_order,
+};
+use std::collections::{BTreeMap, HashMap};
+
+fn redis_url() -> String {
+    std::env::var("SLATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// A Redis store under a prefix of its own; its keys are deleted first.
+fn redis_store(tag: &str, ttl: &[(&str, i64)]) -> RedisOnlineStore {
+    let prefix = format!("slate-test:{tag}:{}", std::process::id());
+    let settings = RedisSettings {
+        url: redis_url(),
+        target: "test server".into(),
+        prefix: prefix.clone(),
+        ttl_secs: ttl.iter().map(|(f, s)| (f.to_string(), *s)).collect(),
+    };
+    let store = RedisOnlineStore::open(settings).unwrap_or_else(|e| {
+        panic!(
+            "Redis must run at {} for this test (start it with `scripts/services`): {e}",
+            redis_url()
+        )
+    });
+    let client = redis::Client::open(redis_url()).expect("client");
+    let mut c = client.get_connection().expect("connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut c)
+        .expect("keys");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut c).expect("del");
+    }
+    store
+}
+
+/// A small deterministic generator, so that failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn conformance(store: &dyn OnlineStore) {
+    let f = "transaction.is_fraud";
+    assert_eq!(store.get(f, "1").expect("get"), None);
+    assert_eq!(store.count(f).expect("count"), 0);
+
+    // Newest wins; an older time is ignored; an equal time replaces.
+    assert_eq!(
+        store
+            .put(f, vec![("1".into(), 10, "true".into())])
+            .expect("put"),
+        1
+    );
+    assert_eq!(
+        store
+            .put(f, vec![("1".into(), 5, "false".into())])
+            .expect("put"),
+        0
+    );
+    let v = |t: i64, j: &str| {
+        Some(OnlineValue {
+            feature_time: t,
+            json: j.into(),
+        })
+    };
+    assert_eq!(store.get(f, "1").expect("get"), v(10, "true"));
+    assert_eq!(
+        store
+            .put(f, vec![("1".into(), 10, "false".into())])
+            .expect("put"),
+        1
+    );
+    assert_eq!(store.get(f, "1").expect("get"), v(10, "false"));
+    // Features are separate; keys are any text.
+    let g = r#"user.num_transactions["1d"]"#;
+    let odd = ["", "a:b", "ü*?[x]", "with space", "-0", "42"];
+    let rows: Vec<(String, i64, String)> = odd
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), -(i as i64), format!("{i}")))
+        .collect();
+    assert_eq!(store.put(g, rows).expect("put odd keys"), odd.len());
+    assert_eq!(store.count(g).expect("count"), odd.len());
+    assert_eq!(store.count(f).expect("count"), 1);
+    assert_eq!(store.get(g, "1").expect("get"), None);
+    let got = store.get_many(g, &odd).expect("get_many");
+    for (i, k) in odd.iter().enumerate() {
+        assert_eq!(got[i], v(-(i as i64), &i.to_string()), "key {k:?}");
+    }
+
+    // Seeded random rounds against a model: duplicate keys within a write, times that go back,
+    // writes larger than one pipeline round trip, through the run's ordered path.
+    let h = "user.score";
+    let mut model: HashMap<String, (i64, String)> = HashMap::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..4 {
+        let n = [10, 1_000, 40_000, 3][round];
+        let keys: Vec<String> = (0..n)
+            .map(|_| format!("u{}", rng.next() % 20_000))
+            .collect();
+        let times: Vec<i64> = (0..n).map(|_| (rng.next() % 100) as i64).collect();
+        let values: Vec<String> = (0..n)
+            .map(|i| format!("{{\"r\":{round},\"i\":{i}}}"))
+            .collect();
+        let key_array = StringArray::from(keys.clone());
+        let value_array = StringArray::from(values.clone());
+        let order = key_order(&key_array, &times).expect("order");
+        let mut expected = 0;
+        for &i in &order {
+            let i = i as usize;
+            let replace = model.get(&keys[i]).is_none_or(|(t, _)| *t <= times[i]);
+            if replace {
+                model.insert(keys[i].clone(), (times[i], values[i].clone()));
+                expected += 1;
+            }
+        }
+        let mut w = store.writer().expect("writer");
+        let written = w
+            .put_ordered(h, &key_array, &times, &value_array, &order)
+            .expect("put_ordered");
+        w.commit().expect("commit");
+        assert_eq!(written, expected, "round {round}");
+        assert_eq!(store.count(h).expect("count"), model.len(), "round {round}");
+    }
+    let sorted: BTreeMap<&String, &(i64, String)> = model.iter().collect();
+    let names: Vec<&str> = sorted.keys().map(|k| k.as_str()).collect();
+    let got = store.get_many(h, &names).expect("get_many");
+    for (k, g) in names.iter().zip(got) {
+        let (t, j) = &model[*k];
+        assert_eq!(g, v(*t, j), "key {k}");
+    }
+}
+
+#[test]
+fn redb_online_store_conforms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RedbOnlineStore::open(&dir.path().join("online.redb")).expect("open");
+    conformance(&store);
+}
+
+#[test]
+fn redis_online_store_conforms() {
+    let store = redis_store("conformance", &[]);
+    conformance(&store);
+}
+
+#[test]
+fn redis_values_expire_after_their_feature_ttl() {
+    let store = redis_store("ttl", &[("transaction.is_fraud", 1), ("default", 3_600)]);
+    store
+        .put("transaction.is_fraud", vec![("1".into(), 1, "true".into())])
+        .expect("put");
+    store
+        .put("user.name", vec![("1".into(), 1, "\"ann\"".into())])
+        .expect("put");
+    let client = redis::Client::open(redis_url()).expect("client");
+    let mut c = client.get_connection().expect("connection");
+    let prefix = format!("slate-test:ttl:{}", std::process::id());
+    let pttl = |c: &mut redis::Connection, k: &str| -> i64 {
+        redis::cmd("PTTL")
+            .arg(format!("{prefix}:{k}"))
+            .query(c)
+            .expect("pttl")
+    };
+    let short = pttl(&mut c, "transaction.is_fraud:1");
+    assert!((1..=1_000).contains(&short), "{short}");
+    let long = pttl(&mut c, "user.name:1");
+    assert!(long > 3_000_000, "{long}");
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    assert_eq!(store.get("transaction.is_fraud", "1").expect("get"), None);
+    assert!(store.get("user.name", "1").expect("get").is_some());
+}
+
+#[test]
+fn a_dead_redis_fails_at_open_with_its_address() {
+    let settings = RedisSettings {
+        url: "redis://:secret-password@127.0.0.1:1/0".into(),
+        target: "127.0.0.1:1/0".into(),
+        prefix: "p".into(),
+        ttl_secs: BTreeMap::new(),
+    };
+    let err = RedisOnlineStore::open(settings).expect_err("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1/0"), "{text}");
+    assert!(!text.contains("secret-password"), "{text}");
+}
