@@ -87,6 +87,12 @@ enum Command {
         #[arg(long, default_value = "10m")]
         grace: String,
     },
+    /// Run a SQL resolver's query in its source (every row, no incremental bound) and print the
+    /// row count, the columns and the time taken. Writes nothing.
+    Preview {
+        /// Name of the SQL resolver (its file name without `.chalk.sql`).
+        resolver: String,
+    },
     /// Runs recorded in the ledger (all queries, or one): committed runs and the service's
     /// failed runs, in start order.
     Runs {
@@ -569,6 +575,42 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Err(_) => say!(
                     "slate serve: stopped; the run in progress was abandoned after the grace period, uncommitted (it reruns at the next start or trigger)"
                 ),
+            }
+            Ok(())
+        }
+        Command::Preview { resolver } => {
+            let project = load(&cli)?;
+            let Some(r) = project.sql_resolvers.iter().find(|r| &r.name == resolver) else {
+                let known: Vec<&str> = project
+                    .sql_resolvers
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect();
+                return Err(anyhow::anyhow!(
+                    "no SQL resolver named `{resolver}`; known SQL resolvers: {}",
+                    known.join(", ")
+                )
+                .into());
+            };
+            let r = r.clone();
+            let engine = engine(&cli, project)?;
+            let source = engine.source(&r.source).await?;
+            let started = std::time::Instant::now();
+            let batches = source
+                .query(&r.name, &r.sql, None)
+                .await
+                .map_err(EngineError::from)?;
+            let seconds = started.elapsed().as_secs_f64();
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            say!(
+                "{rows} rows from resolver `{}` (source `{}`) in {seconds:.2}s",
+                r.name,
+                r.source
+            );
+            if let Some(b) = batches.first() {
+                for f in b.schema().fields() {
+                    say!("  {}: {}", f.name(), f.data_type());
+                }
             }
             Ok(())
         }
