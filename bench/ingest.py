@@ -1,5 +1,6 @@
 """Ingest speed from PostgreSQL: Slate's PostgreSQL source against psycopg + pyarrow and
-connectorx, on the same table, in one run.
+connectorx, on the same table, in one run; then Slate's writes to the Redis online store against
+redis-benchmark on the same server.
 
 It generates the fraud example's warehouse (`fraud-data`, about `--rows` transactions), loads
 "ML.TRANSACTIONS" into a PostgreSQL database of its own (`--database`, recreated), and then
@@ -15,6 +16,12 @@ into Arrow with each tool, each in its own process, single connection:
 Wall time and peak RSS of each (`wait4`), rows/s, and the ratio to Slate. Every tool must return
 the same number of rows.
 
+Online writes: the example's whole run in its `postgres` environment (PostgreSQL source, Redis
+online store, database 15 of the Redis server, emptied before and after), its write stage's
+online seconds turned into upserts/s (rows times features served), next to `redis-benchmark`
+pipelining plain `HSET`s of the same shape (`-P 512`). Slate's upsert is a Lua script that reads
+the stored feature time before it writes, so it does more per key than an `HSET`.
+
     python bench/ingest.py --rows 5000000 --slate target/debug/slate
 """
 
@@ -22,6 +29,7 @@ import argparse
 import io
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -79,10 +87,10 @@ def load(url, warehouse):
             " amount double precision, ts timestamptz, category text, is_fraud boolean)"
         )
         with conn.cursor() as cur:
-            with cur.copy('COPY "ML.TRANSACTIONS" FROM STDIN (FORMAT csv, HEADER true)') as copy:
+            with cur.copy('COPY "ML.TRANSACTIONS" FROM STDIN (FORMAT csv)') as copy:
                 for batch in table.to_batches(max_chunksize=500_000):
                     buf = io.BytesIO()
-                    pacsv.write_csv(pa.Table.from_batches([batch]), buf)
+                    pacsv.write_csv(pa.Table.from_batches([batch]), buf, pacsv.WriteOptions(include_header=False))
                     copy.write(buf.getvalue())
         conn.execute('VACUUM ANALYZE "ML.TRANSACTIONS"')
     return table.num_rows
@@ -137,6 +145,31 @@ def main():
     print("|---|---|---|---|---|---|")
     for name, (wall, rss, n) in results.items():
         print(f"| {name} | {wall:.2f} | {n / wall:,.0f} | {rss:,.0f} | {wall / base[0]:.2f}x | {rss / base[1]:.2f}x |")
+
+    # Online writes to Redis, database 15.
+    redis_db = "15"
+    flush = ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "-n", redis_db, "FLUSHDB"]
+    subprocess.run(flush, check=True, capture_output=True)
+    os.environ["FRAUD_REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
+    wall, rss, out = measure([slate, "--project", ROOT / "examples" / "fraud", "--env", "postgres",
+                              "--state-dir", work / "state", "run", "run_fraud_model"])
+    m = re.search(r"^write\s+(\d+) rows \(online ([\d.]+)s", out, re.M)
+    features = len(re.findall(r"^\s+output\s", out, re.M))
+    assert m and features, out
+    rows, seconds = int(m[1]), float(m[2])
+    upserts = rows * features
+    bench = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", "6379", "--dbnum", redis_db, "-q",
+                            "-n", str(upserts), "-P", "512", "-r", str(rows),
+                            "HSET", "slate-bench:__rand_int__", "t", "1788220800000000", "v", "0.0123"],
+                           check=True, capture_output=True, text=True).stdout
+    per_s = float(re.findall(r"([\d.]+) requests per second", bench)[-1])
+    subprocess.run(flush, check=True, capture_output=True)
+    print(f"\nOnline writes to Redis: {rows} rows x {features} features = {upserts} upserts\n")
+    print("| writer | seconds | upserts/s | vs Slate |")
+    print("|---|---|---|---|")
+    print(f"| Slate online write stage (Lua compare-and-set, 512 keys per call, 32 calls per round trip) | {seconds:.2f} | {upserts / seconds:,.0f} | 1.00x |")
+    print(f"| redis-benchmark HSET, pipeline 512 | {upserts / per_s:.2f} | {per_s:,.0f} | {per_s / (upserts / seconds):.2f}x |")
+
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {a.database} WITH (FORCE)")
 

@@ -62,7 +62,7 @@ pub enum OnlineConfig {
     /// `online.redb` in the state directory.
     #[default]
     Embedded,
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 /// `online: {kind: redis, ...}`. The password, or a whole `redis://` URL, comes from the

@@ -202,7 +202,7 @@ impl Resolver {
                 }
             }
         }
-        OnlineConfig::Redis(RedisConfig {
+        OnlineConfig::Redis(Box::new(RedisConfig {
             host: text("host"),
             port,
             db,
@@ -212,7 +212,7 @@ impl Resolver {
             prefix: text("prefix"),
             ttl_secs,
             span: v.span_of("kind"),
-        })
+        }))
     }
 
     fn positive_duration(&mut self, n: &Node, key: &str) -> Option<i64> {
