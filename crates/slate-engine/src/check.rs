@@ -1,9 +1,10 @@
-//! What `slate apply` checks against the sources of an environment: that each source answers,
-//! and that each SQL resolver's tables and columns exist there and give columns its class can
-//! read. Every problem is a diagnostic located in slate.yaml or in the resolver's file.
+//! What `slate apply` checks against the services of an environment: that each source and the
+//! online store answer, and that each SQL resolver's tables and columns exist in its source and
+//! give columns its class can read. Every problem is a diagnostic located in slate.yaml or in
+//! the resolver's file.
 
 use arrow::compute::can_cast_types;
-use slate_project::{Diagnostic, Project, Span, SqlResolver};
+use slate_project::{Diagnostic, OnlineConfig, Project, Span, SqlResolver};
 use slate_sources::SourceError;
 use std::path::Path;
 
@@ -18,6 +19,16 @@ pub async fn source_diagnostics(
     let Some(environment) = project.environment(env) else {
         return out;
     };
+    if let OnlineConfig::Redis(c) = &environment.online {
+        let opened = crate::backends::redis_settings(c, &project.name, env)
+            .and_then(|s| Ok(slate_stores::RedisOnlineStore::open(s)?));
+        if let Err(e) = opened {
+            out.push(
+                Diagnostic::new(c.span.clone(), e.to_string())
+                    .hint("check that Redis is up and reachable, and `online:` of this environment in slate.yaml"),
+            );
+        }
+    }
     for (name, config) in &environment.sources {
         let resolvers: Vec<&SqlResolver> = project
             .sql_resolvers
