@@ -746,7 +746,26 @@ impl Engine {
             (None, _) => None,
         };
         let source = self.source(&r.source).await?;
-        let batches = source.query(&r.name, &r.sql, bound.as_ref()).await?;
+        let query = source.query(&r.name, &r.sql, bound.as_ref());
+        // Past the resolver's timeout the query is dropped (with its connection, which ends it
+        // on the server) and the run fails before anything is written.
+        let batches = match r.timeout_secs {
+            None => query.await?,
+            Some(secs) => {
+                match tokio::time::timeout(std::time::Duration::from_secs(secs as u64), query).await
+                {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        return Err(slate_sources::SourceError::Timeout {
+                            resolver: r.name.clone(),
+                            source_name: r.source.clone(),
+                            seconds: secs,
+                        }
+                        .into());
+                    }
+                }
+            }
+        };
         let class = &scan.class;
         let mut required = vec![class.primary_key.as_str()];
         required.extend(class.feature_time.as_deref());

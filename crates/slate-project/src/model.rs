@@ -272,6 +272,8 @@ pub struct SqlResolver {
     pub tags: Vec<String>,
     pub environments: Vec<String>,
     pub incremental: Option<Incremental>,
+    /// `timeout`: how long the source may take to return the rows; the run fails past it.
+    pub timeout_secs: Option<i64>,
     /// The query as written, after the header.
     pub sql: String,
     /// Output column names, in order, each naming a scalar feature of `resolves`.

@@ -58,6 +58,14 @@ pub enum SourceError {
     },
     #[error("source `{source_name}`: {reason}")]
     Config { source_name: String, reason: String },
+    #[error(
+        "resolver `{resolver}` took longer than its timeout of {seconds}s on source `{source_name}`; the query was abandoned"
+    )]
+    Timeout {
+        resolver: String,
+        source_name: String,
+        seconds: i64,
+    },
     #[error("source `{source_name}`: cannot connect to {target}: {reason}")]
     Connect {
         source_name: String,
@@ -86,7 +94,8 @@ impl SourceError {
             SourceError::Register { .. }
             | SourceError::Query { .. }
             | SourceError::Connect { .. }
-            | SourceError::Unavailable { .. } => ErrorKind::External,
+            | SourceError::Unavailable { .. }
+            | SourceError::Timeout { .. } => ErrorKind::External,
         }
     }
 
@@ -100,6 +109,9 @@ impl SourceError {
             ),
             SourceError::Connect { .. } | SourceError::Unavailable { .. } => Some(
                 "check that the server is up and reachable, and the connection settings of this environment in slate.yaml",
+            ),
+            SourceError::Timeout { .. } => Some(
+                "raise `timeout` in the resolver's header, or make the query cheaper (an index on the incremental column)",
             ),
             _ => None,
         }

@@ -57,7 +57,13 @@ impl From<tokio_postgres::Error> for Failure {
 /// Whether another attempt can succeed: the connection failed, or the server said so.
 fn transient(e: &tokio_postgres::Error) -> bool {
     match e.as_db_error() {
-        None => e.is_closed() || std::error::Error::source(e).is_some(),
+        // A closed connection, a socket error, or a connect timeout; not a value that failed
+        // to convert (that would fail again).
+        None => {
+            e.is_closed()
+                || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                || e.to_string().starts_with("timeout")
+        }
         Some(db) => {
             let code = db.code();
             code.code().starts_with("08")

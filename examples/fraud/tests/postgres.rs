@@ -395,3 +395,59 @@ async fn dropped_connections_are_retried_then_fail_cleanly() {
     drop(client);
     db.drop_now().await;
 }
+
+/// A resolver's `timeout` bounds its query: a query that sleeps longer is abandoned at the
+/// timeout, the run fails with an error saying so, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_timeout_is_abandoned() {
+    let cfg = Config {
+        users: 20,
+        merchants: 10,
+        seed: 3,
+        activity: 1.0,
+    };
+    let db = TestDb::create("timeout").await;
+    let client = connect(&db.name).await;
+    create_tables(&client, &cfg).await;
+    insert_days(&client, &cfg, 0, 2).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("project");
+    project_for(&dir, &db.name, pg_port());
+    let sql = dir.join("src/resolvers/sql/get_transactions_offline.chalk.sql");
+    let text = std::fs::read_to_string(&sql).expect("sql");
+    let text = text
+        .replace("-- source: sf\n", "-- source: sf\n-- timeout: 1s\n")
+        .replace(
+            "WHERE category <> 'pending'",
+            "WHERE category <> 'pending' AND (SELECT 1 FROM pg_sleep(60)) = 1",
+        );
+    assert!(text.contains("timeout: 1s") && text.contains("pg_sleep"));
+    std::fs::write(&sql, text).expect("write sql");
+    let project = slate_project::load_project(&dir).expect("valid project");
+    let state = tmp.path().join("state");
+    let started = std::time::Instant::now();
+    let err = run(&engine(
+        project,
+        "postgres",
+        &tmp.path().join("unused"),
+        &state,
+    ))
+    .await
+    .expect_err("the query sleeps past its timeout");
+    let text = err.to_string();
+    assert!(
+        text.contains("get_transactions_offline") && text.contains("timeout of 1s"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "abandoned at the timeout, not after the query's 60 s"
+    );
+    assert!(!state.join("ledger.redb").exists(), "no run recorded");
+    assert!(
+        !state.join("offline").exists(),
+        "nothing written to the offline store"
+    );
+    drop(client);
+    db.drop_now().await;
+}

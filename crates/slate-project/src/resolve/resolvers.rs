@@ -67,6 +67,25 @@ impl Resolver {
         let incremental = header
             .get("incremental")
             .and_then(|n| self.incremental(n, &class));
+        // Chalk writes `timeout: 30s` (a duration) or a number of seconds.
+        let timeout_secs = header.get("timeout").and_then(|n| {
+            let text = n.as_str().unwrap_or_default();
+            let secs = text
+                .parse::<i64>()
+                .ok()
+                .or_else(|| parse_duration_secs(text).ok());
+            match secs {
+                Some(s) if s > 0 => Some(s),
+                _ => {
+                    self.err(
+                        &n.span,
+                        format!("bad timeout `{text}`"),
+                        "a positive duration, e.g. `timeout: 5m`",
+                    );
+                    None
+                }
+            }
+        });
         let mut columns = Vec::new();
         for (col, span) in parsed.columns.unwrap_or_default() {
             if class
@@ -106,6 +125,7 @@ impl Resolver {
             tags,
             environments,
             incremental,
+            timeout_secs,
             sql: parsed.sql,
             columns,
         });
