@@ -2,7 +2,8 @@
 # The online API under load: `slate serve` on loopback answering POST /v1/query/online at fixed
 # request rates (open loop, latency from each request's scheduled send time), next to Redis GET
 # at the same rates and redis-benchmark GET, then the API again while a run writes the online
-# store. Needs redis-server on 127.0.0.1:6379 (REDIS=host:port to change) and the bench venv
+# store, then the API of a `slate serve` whose online store is Redis (the example's `redis`
+# environment, database 14 of that server, emptied first) at the same rates. Needs redis-server on 127.0.0.1:6379 (REDIS=host:port to change) and the bench venv
 # (bench/run.sh makes it) for reading ids. Prints a Markdown table; bench/RESULTS.md holds one.
 #
 #   bash bench/load.sh                 # rates 1000 5000 10000 20000, 10 s each, 64 connections
@@ -75,6 +76,30 @@ runinfo=$(curl -sf "http://$listen/v1/runs" | python3 -c 'import json,sys; r=jso
 kill -TERM $pid
 wait $pid || true
 trap - EXIT
+
+# The same project served from Redis: its `redis` environment (embedded warehouse, Redis
+# online store in database 14).
+redis_db=14
+redis-cli -h "${redis%:*}" -p "${redis#*:}" -n "$redis_db" FLUSHDB >/dev/null
+export FRAUD_REDIS_URL="redis://$redis/$redis_db"
+rrun=(--project examples/fraud --env redis --data-dir "$work/warehouse" --state-dir "$work/state-redis")
+"$slate" "${rrun[@]}" run run_fraud_model >/dev/null 2>&1
+rlisten=127.0.0.1:18081
+"$slate" "${rrun[@]}" serve --listen "$rlisten" >"$work/serve-redis.log" 2>&1 &
+rpid=$!
+trap 'kill $rpid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  curl -sf "http://$rlisten/healthz" >/dev/null && break
+  sleep 0.1
+done
+"$load" http "$rlisten" 1000 2 "$conns" "$work/keys.txt" transaction.is_fraud >/dev/null # warm-up
+for r in $rates; do
+  rows+=("$(row "Slate POST /v1/query/online, Redis store" "$("$load" http "$rlisten" "$r" "$secs" "$conns" "$work/keys.txt" transaction.is_fraud)")")
+done
+kill -TERM $rpid
+wait $rpid || true
+trap - EXIT
+redis-cli -h "${redis%:*}" -p "${redis#*:}" -n "$redis_db" FLUSHDB >/dev/null
 
 rb=$(redis-benchmark -h "${redis%:*}" -p "${redis#*:}" -t set,get -n 200000 -r "$nkeys" -c "$conns" --csv 2>/dev/null | grep '"GET"' || true)
 

@@ -43,9 +43,15 @@ fn keys_of(value: &Value, int_key: bool, name: &str) -> Result<Vec<(Value, Strin
 }
 
 pub(crate) async fn query_online(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
-    match online_inner(&s, &body) {
-        Ok(r) => r,
-        Err((code, message)) => error(code, message),
+    // The store's reads block (a redb read, a Redis round trip): they run on tokio's blocking
+    // threads, so that a slow read never holds one of the few async workers.
+    match tokio::task::spawn_blocking(move || online_inner(&s, &body)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err((code, message))) => error(code, message),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("online read failed: {e}"),
+        ),
     }
 }
 

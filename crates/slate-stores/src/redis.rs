@@ -16,6 +16,8 @@ use std::time::Duration;
 /// Keys per script call and script calls per round trip.
 const KEYS_PER_CALL: usize = 512;
 const CALLS_PER_TRIP: usize = 32;
+/// Connections kept open for reuse (reads of concurrent API requests each take one).
+const MAX_IDLE: usize = 64;
 
 /// KEYS: the rows' keys; ARGV[1]: TTL in milliseconds (0: none); then per key its feature
 /// time and JSON value. Returns how many keys were written.
@@ -122,7 +124,7 @@ impl RedisOnlineStore {
     /// Returns a connection for reuse (one that failed is dropped instead).
     fn release(&self, c: redis::Connection) {
         if let Ok(mut v) = self.idle.lock()
-            && v.len() < 8
+            && v.len() < MAX_IDLE
         {
             v.push(c);
         }
