@@ -42,10 +42,19 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
 /// all of a writer's values at `commit` and none before; Redis shows each batch as it is
 /// written. Both are idempotent, so a run repeated after a crash leaves the same values.
 pub trait OnlineWriter: Send {
-    /// Upserts `(key, feature_time, json)` rows of `feature`; returns how many were stored
-    /// (not older than what was there).
-    fn put(&mut self, feature: &str, rows: Vec<(String, i64, String)>)
-    -> Result<usize, StoreError>;
+    /// Upserts `(key, feature_time, json)` rows of `feature` through [`Self::put_ordered`];
+    /// returns how many were stored (not older than what was there).
+    fn put(
+        &mut self,
+        feature: &str,
+        rows: Vec<(String, i64, String)>,
+    ) -> Result<usize, StoreError> {
+        let keys = StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()));
+        let times: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let values = StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()));
+        let order = key_order(&keys, &times)?;
+        self.put_ordered(feature, &keys, &times, &values, &order)
+    }
 
     /// Upserts the rows at `order` (positions into `keys`, `times` and `values`, in the order
     /// [`key_order`] gives); returns how many were stored.
@@ -72,19 +81,6 @@ pub struct RedbWriter {
 }
 
 impl OnlineWriter for RedbWriter {
-    /// In key order, which keeps the B-tree walks short.
-    fn put(
-        &mut self,
-        feature: &str,
-        mut rows: Vec<(String, i64, String)>,
-    ) -> Result<usize, StoreError> {
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-        self.put_rows(
-            feature,
-            rows.iter().map(|(k, t, j)| (k.as_str(), *t, j.as_str())),
-        )
-    }
-
     fn put_ordered(
         &mut self,
         feature: &str,

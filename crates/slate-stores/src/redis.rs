@@ -62,8 +62,6 @@ pub struct RedisOnlineStore {
     settings: RedisSettings,
     /// Open connections not in use.
     idle: Mutex<Vec<redis::Connection>>,
-    /// SHA1 of [`UPSERT`] once loaded.
-    script: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for RedisOnlineStore {
@@ -95,7 +93,6 @@ impl RedisOnlineStore {
             client,
             settings,
             idle: Mutex::new(Vec::new()),
-            script: Mutex::new(None),
         };
         let mut c = store.connection()?;
         redis::cmd("PING")
@@ -130,21 +127,14 @@ impl RedisOnlineStore {
         }
     }
 
-    fn script_sha(&self, c: &mut redis::Connection) -> Result<String, StoreError> {
-        let mut slot = self.script.lock().map_err(|_| StoreError::Io {
-            what: "online store script",
-            reason: "a writer panicked".into(),
-        })?;
-        if let Some(sha) = slot.as_ref() {
-            return Ok(sha.clone());
-        }
-        let sha: String = redis::cmd("SCRIPT")
+    /// Loads [`UPSERT`] and returns its SHA1. Loaded by every writer, so that a server restarted
+    /// since (its script cache empty) never fails a later run.
+    fn load_script(&self, c: &mut redis::Connection) -> Result<String, StoreError> {
+        redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(UPSERT)
             .query(c)
-            .map_err(fail(&self.settings.target, "online store script"))?;
-        *slot = Some(sha.clone());
-        Ok(sha)
+            .map_err(fail(&self.settings.target, "online store script"))
     }
 }
 
@@ -207,18 +197,6 @@ impl RedisWriter {
 }
 
 impl OnlineWriter for RedisWriter {
-    fn put(
-        &mut self,
-        feature: &str,
-        mut rows: Vec<(String, i64, String)>,
-    ) -> Result<usize, StoreError> {
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-        self.put_rows(
-            feature,
-            rows.iter().map(|(k, t, j)| (k.as_str(), *t, j.as_str())),
-        )
-    }
-
     fn put_ordered(
         &mut self,
         feature: &str,
@@ -257,7 +235,7 @@ fn glob_escape(s: &str) -> String {
 impl OnlineStore for RedisOnlineStore {
     fn writer(&self) -> Result<Box<dyn OnlineWriter>, StoreError> {
         let mut conn = self.connection()?;
-        let sha = self.script_sha(&mut conn)?;
+        let sha = self.load_script(&mut conn)?;
         Ok(Box::new(RedisWriter {
             conn,
             sha,
