@@ -180,19 +180,11 @@ pub async fn open(
     })
 }
 
-/// An identifier of a resolver's output column in a wrapping query: bare when it is a plain
-/// lower-case name (so that databases that fold unquoted names find it whatever the case the
-/// resolver used), quoted otherwise.
+/// An identifier of a resolver's output column in a wrapping query: the name in lower case
+/// (what an unquoted alias becomes in PostgreSQL and DataFusion, and how the project reads a
+/// resolver's columns), quoted so that a reserved word (`order`, `user`) stays a column.
 pub(crate) fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    format!("\"{}\"", name.to_lowercase().replace('"', "\"\""))
 }
 
 /// The query that counts distinct tuples in a range, shared by the SQL sources: `$1` is the
