@@ -40,34 +40,27 @@ pub async fn source_diagnostics(
             Ok(s) => s,
             Err(SourceError::MissingDataDir { .. }) => continue,
             Err(e) => {
-                out.push(source_problem(config.span(), &e));
+                out.push(located(config.span().clone(), &e));
                 continue;
             }
         };
         for r in resolvers {
-            match source.describe(&r.name, &r.sql).await {
+            // `${feature}` inputs as positional parameters, in text of the same length, so that
+            // positions still point into the file.
+            let (sql, _) = slate_project::bind_placeholders(&r.sql);
+            match source.describe(&r.name, &sql).await {
                 Ok(columns) => out.extend(column_problems(project, r, &columns)),
-                Err(e @ SourceError::Sql { .. }) => {
+                // Problems of the query itself: located in the resolver's SQL.
+                Err(e @ (SourceError::Sql { .. } | SourceError::UnsupportedType { .. })) => {
                     let position = match &e {
                         SourceError::Sql { position, .. } => *position,
                         _ => None,
                     };
-                    let mut d = Diagnostic::new(sql_span(project, r, position), e.to_string());
-                    if let Some(h) = e.hint() {
-                        d = d.hint(h);
-                    }
-                    out.push(d);
-                }
-                Err(e @ SourceError::UnsupportedType { .. }) => {
-                    let mut d = Diagnostic::new(sql_span(project, r, None), e.to_string());
-                    if let Some(h) = e.hint() {
-                        d = d.hint(h);
-                    }
-                    out.push(d);
+                    out.push(located(sql_span(project, r, position), &e));
                 }
                 Err(e) => {
                     // The source stopped answering: one problem for it, not one per resolver.
-                    out.push(source_problem(config.span(), &e));
+                    out.push(located(config.span().clone(), &e));
                     break;
                 }
             }
@@ -76,8 +69,9 @@ pub async fn source_diagnostics(
     out
 }
 
-fn source_problem(span: &Span, e: &SourceError) -> Diagnostic {
-    let d = Diagnostic::new(span.clone(), e.to_string());
+/// `e` as a diagnostic at `span`, with its hint.
+fn located(span: Span, e: &SourceError) -> Diagnostic {
+    let d = Diagnostic::new(span, e.to_string());
     match e.hint() {
         Some(h) => d.hint(h),
         None => d,
@@ -99,8 +93,9 @@ fn column_problems(
     };
     let features: Vec<_> = class.scalar_features().collect();
     let mut out = Vec::new();
+    let span = sql_span(project, r, None);
     for (name, ty) in columns {
-        let span = sql_span(project, r, None);
+        let span = span.clone();
         match features.iter().find(|(f, _)| f.eq_ignore_ascii_case(name)) {
             None => out.push(
                 Diagnostic::new(

@@ -380,6 +380,13 @@ async fn fetch(
             reason: format!("column `{column}`: {reason}"),
         })
     };
+    let assemble = |reason: String| {
+        Failure::Value(SourceError::Query {
+            resolver: resolver.into(),
+            source_name: source.into(),
+            reason: format!("cannot assemble an Arrow batch: {reason}"),
+        })
+    };
     let rows = client.query_raw(&stmt, params.iter()).await?;
     pin_mut!(rows);
     let mut batches = Vec::new();
@@ -392,12 +399,12 @@ async fn fetch(
         }
         n += 1;
         if n == BATCH_ROWS {
-            batches.push(finish(&names, &mut columns).map_err(|r| bad("*", r))?);
+            batches.push(finish(&names, &mut columns).map_err(assemble)?);
             n = 0;
         }
     }
     if n > 0 || batches.is_empty() {
-        batches.push(finish(&names, &mut columns).map_err(|r| bad("*", r))?);
+        batches.push(finish(&names, &mut columns).map_err(assemble)?);
     }
     Ok(batches)
 }
