@@ -124,6 +124,16 @@ async fn create_tables(client: &tokio_postgres::Client, cfg: &Config) {
         .expect("users");
 }
 
+/// A database of its own holding the warehouse's tables with days `[0, days)` of `cfg`'s
+/// transactions, and a client connected to it.
+async fn warehouse_db(tag: &str, cfg: &Config, days: i64) -> (TestDb, tokio_postgres::Client) {
+    let db = TestDb::create(tag).await;
+    let client = connect(&db.name).await;
+    create_tables(&client, cfg).await;
+    insert_days(&client, cfg, 0, days).await;
+    (db, client)
+}
+
 /// Inserts the generator's transactions of days `[from_day, to_day)`, as `write_warehouse`
 /// writes them to Parquet. Times are exact microseconds, amounts their shortest exact text.
 async fn insert_days(client: &tokio_postgres::Client, cfg: &Config, from_day: i64, to_day: i64) {
@@ -208,10 +218,7 @@ async fn postgres_environment_predicts_as_the_embedded_one() {
         seed: 23,
         activity: 1.0,
     };
-    let db = TestDb::create("fraud").await;
-    let client = connect(&db.name).await;
-    create_tables(&client, &cfg).await;
-    insert_days(&client, &cfg, 0, 20).await;
+    let (db, client) = warehouse_db("fraud", &cfg, 20).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("warehouse");
     write_warehouse(&data, &cfg, 0, 20).expect("data");
@@ -341,10 +348,7 @@ async fn dropped_connections_are_retried_then_fail_cleanly() {
         seed: 5,
         activity: 8.0,
     };
-    let db = TestDb::create("drop").await;
-    let client = connect(&db.name).await;
-    create_tables(&client, &cfg).await;
-    insert_days(&client, &cfg, 0, 10).await;
+    let (db, client) = warehouse_db("drop", &cfg, 10).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("unused");
     let state = tmp.path().join("state");
@@ -406,10 +410,7 @@ async fn a_query_past_its_timeout_is_abandoned() {
         seed: 3,
         activity: 1.0,
     };
-    let db = TestDb::create("timeout").await;
-    let client = connect(&db.name).await;
-    create_tables(&client, &cfg).await;
-    insert_days(&client, &cfg, 0, 2).await;
+    let (db, client) = warehouse_db("timeout", &cfg, 2).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("project");
     project_for(&dir, &db.name, pg_port());
