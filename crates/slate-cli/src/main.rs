@@ -622,7 +622,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 return Err(EngineError::unknown_query(&project, q).into());
             }
             let engine = engine(&cli, project)?;
-            let mut runs = match engine.state_dir().join("ledger.redb").exists() {
+            let mut runs = match engine.ledger_exists() {
                 true => engine.ledger()?.runs().map_err(EngineError::from)?,
                 false => vec![],
             };
@@ -633,7 +633,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Incremental { action } => {
             let project = load(&cli)?;
             let engine = engine(&cli, project.clone())?;
-            let ledger_exists = engine.state_dir().join("ledger.redb").exists();
+            let ledger_exists = engine.ledger_exists();
             match action {
                 IncrementalCmd::Status => {
                     let marks = match ledger_exists {

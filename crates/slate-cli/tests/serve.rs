@@ -1,6 +1,8 @@
 //! `slate serve` as a process: SIGTERM during a run (finished within the grace period, or
 //! abandoned uncommitted past it, then rerun clean), a hand-started `slate run` refused while
-//! the service holds the stores, and a changed project picked up without a restart.
+//! the service holds the stores, a changed project picked up without a restart, and two
+//! services sharing one PostgreSQL metadata store (the server at 127.0.0.1:5432, and Redis at
+//! 127.0.0.1:6379; the test fails without them) where each tick runs once.
 
 mod common;
 
@@ -141,7 +143,8 @@ impl Service {
 }
 
 fn committed_runs(state: &Path) -> usize {
-    slate_stores::Ledger::open(&state.join("ledger.redb"))
+    use slate_stores::Ledger as _;
+    slate_stores::RedbLedger::open(&state.join("ledger.redb"))
         .expect("ledger")
         .committed_runs()
         .expect("runs")
@@ -304,4 +307,115 @@ fn a_changed_project_is_picked_up_without_a_restart() {
     });
     let (status, out) = s.terminate();
     assert!(status.success(), "{out}");
+}
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+/// Runs `sql` in database `db` of the test server.
+async fn pg(db: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(setting("SLATE_TEST_PG_HOST", "127.0.0.1"))
+        .port(setting("SLATE_TEST_PG_PORT", "5432").parse().expect("port"))
+        .user(setting("SLATE_TEST_PG_USER", "root"))
+        .dbname(db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL must run for this test (start it with `scripts/services`): {e}")
+        });
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.expect("statement");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_on_one_metadata_store_run_each_tick_once() {
+    let db = format!("slate_serve_{}", std::process::id());
+    pg(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"),
+    )
+    .await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("warehouse");
+    warehouse(&data, 30, 3);
+    let proj = tmp.path().join("project");
+    copy_dir(&project(), &proj);
+    // An environment whose services share a state: Redis online, PostgreSQL metadata, and one
+    // offline directory (`--state-dir`). The query runs every 3 seconds.
+    let yaml = std::fs::read_to_string(proj.join("slate.yaml")).expect("slate.yaml");
+    let shared = format!(
+        "  shared:\n    sources:\n      sf:\n        kind: embedded\n        path: data/warehouse\n    online:\n      kind: redis\n      host: 127.0.0.1\n      port: 6379\n      prefix: slate-test:{db}\n    metadata:\n      kind: postgres\n      host: {}\n      port: {}\n      user: {}\n      database: {db}\n",
+        setting("SLATE_TEST_PG_HOST", "127.0.0.1"),
+        setting("SLATE_TEST_PG_PORT", "5432"),
+        setting("SLATE_TEST_PG_USER", "root"),
+    );
+    std::fs::write(proj.join("slate.yaml"), format!("{yaml}{shared}")).expect("write");
+    let queries = proj.join("src/queries.yaml");
+    let text = std::fs::read_to_string(&queries).expect("queries");
+    assert!(text.contains("schedule: \"0 0 * * *\""));
+    std::fs::write(
+        &queries,
+        text.replace("schedule: \"0 0 * * *\"", "schedule: \"*/3 * * * * *\""),
+    )
+    .expect("write");
+    let state = tmp.path().join("state");
+    let env = ["--env", "shared"];
+    let first = start(&proj, &data, &state, &env);
+    let second = start(&proj, &data, &state, &env);
+
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(setting("SLATE_TEST_PG_HOST", "127.0.0.1"))
+        .port(setting("SLATE_TEST_PG_PORT", "5432").parse().expect("port"))
+        .user(setting("SLATE_TEST_PG_USER", "root"))
+        .dbname(&db);
+    let ledger =
+        slate_stores::PgLedger::open(config, db.clone(), "fraud/shared".into(), 3).expect("ledger");
+    use slate_stores::Ledger as _;
+    let t = Instant::now();
+    while ledger.committed_runs().expect("runs").len() < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "timed out: five ticks"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (s1, out1) = first.terminate();
+    let (s2, out2) = second.terminate();
+    assert!(s1.success() && s2.success(), "{out1}\n{out2}");
+
+    // Each service says which runs it committed; together they are the ledger's, each once.
+    let ran = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("slate serve: scheduled run "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut all = ran(&out1);
+    all.extend(ran(&out2));
+    let committed = ledger.committed_runs().expect("runs");
+    assert_eq!(
+        ledger.runs().expect("runs").len(),
+        committed.len(),
+        "no failed run recorded: {out1}\n{out2}"
+    );
+    let mut ids: Vec<String> = committed.iter().map(|r| r.run_id.clone()).collect();
+    ids.sort();
+    all.sort();
+    assert_eq!(all, ids, "each tick ran once, in one of the services");
+    let mut ticks: Vec<i64> = committed.iter().map(|r| r.tick_micros).collect();
+    ticks.sort();
+    assert!(
+        ticks.windows(2).all(|w| w[1] - w[0] >= 3_000_000),
+        "{ticks:?}"
+    );
+    drop(ledger);
+    pg(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    )
+    .await;
 }

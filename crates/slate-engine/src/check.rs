@@ -1,10 +1,10 @@
-//! What `slate apply` checks against the services of an environment: that each source and the
-//! online store answer, and that each SQL resolver's tables and columns exist in its source and
+//! What `slate apply` checks against the services of an environment: that each source, the
+//! online store and the metadata store answer, and that each SQL resolver's tables and columns exist in its source and
 //! give columns its class can read. Every problem is a diagnostic located in slate.yaml or in
 //! the resolver's file.
 
 use arrow::compute::can_cast_types;
-use slate_project::{Diagnostic, OnlineConfig, Project, Span, SqlResolver};
+use slate_project::{Diagnostic, MetadataConfig, OnlineConfig, Project, Span, SqlResolver};
 use slate_sources::SourceError;
 use std::path::Path;
 
@@ -26,6 +26,25 @@ pub async fn source_diagnostics(
             out.push(
                 Diagnostic::new(c.span.clone(), e.to_string())
                     .hint("check that Redis is up and reachable, and `online:` of this environment in slate.yaml"),
+            );
+        }
+    }
+    if let MetadataConfig::Postgres { connection, .. } = &environment.metadata {
+        let opened = slate_sources::postgres_client_config("metadata", connection)
+            .map_err(|e| e.to_string())
+            .and_then(|(config, target)| {
+                slate_stores::PgLedger::open(
+                    config,
+                    target,
+                    format!("{}/{env}", project.name),
+                    connection.attempts,
+                )
+                .map_err(|e| e.to_string())
+            });
+        if let Err(e) = opened {
+            out.push(
+                Diagnostic::new(connection.span.clone(), format!("metadata store: {e}"))
+                    .hint("check that PostgreSQL is up and reachable, and `metadata:` of this environment in slate.yaml"),
             );
         }
     }

@@ -47,7 +47,7 @@ impl Engine {
         spine: Spine,
         at: Option<i64>,
     ) -> Result<Dataset, EngineError> {
-        let _lock = self.lock()?;
+        let _lock = self.lock(false).await?;
         self.check_functions(plan)?;
         let mut models: HashMap<String, OnnxModel> = HashMap::new();
         for m in plan.models() {

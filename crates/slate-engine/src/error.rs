@@ -18,8 +18,12 @@ pub enum EngineError {
     Store(#[from] slate_stores::StoreError),
     #[error(transparent)]
     Model(#[from] slate_model::ModelError),
-    #[error("another run holds the state directory {state_dir}; try again when it has finished")]
-    Busy { state_dir: String },
+    /// The run lock is taken; `holder` names it (`the state directory ...`).
+    #[error("another run holds {holder}; try again when it has finished")]
+    Busy { holder: String },
+    /// A scheduled tick that another run (another service's) committed while this one waited.
+    #[error("run {run_id} has already committed")]
+    TickDone { run_id: String },
     #[error("function resolver `{name}`: {reason}")]
     Function { name: String, reason: String },
     /// A setting of the environment that cannot be used (an unset variable, a bad URL).
@@ -54,12 +58,17 @@ impl EngineError {
             | EngineError::BadValue { .. }
             | EngineError::Function { .. }
             | EngineError::Environment { .. } => ErrorKind::User,
-            EngineError::Busy { .. } => ErrorKind::External,
+            EngineError::Busy { .. } | EngineError::TickDone { .. } => ErrorKind::External,
             EngineError::Source(e) => e.kind(),
             EngineError::Store(e) => e.kind(),
             EngineError::Model(e) => e.kind(),
             EngineError::Internal(_) => ErrorKind::Internal,
         }
+    }
+
+    /// Whether this is a scheduled tick found already committed (nothing ran, nothing failed).
+    pub fn is_tick_done(&self) -> bool {
+        matches!(self, EngineError::TickDone { .. })
     }
 
     pub fn hint(&self) -> Option<String> {

@@ -7,11 +7,11 @@ use crate::plan::{Node, QueryPlan, Scan};
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use slate_model::OnnxModel;
-use slate_project::{IncrementalTimestamp, OnlineConfig, Project};
+use slate_project::{IncrementalTimestamp, MetadataConfig, OnlineConfig, Project};
 use slate_sources::{IncrementalBound, Source};
 use slate_stores::{
-    Ledger, OfflineStore, OnlineStore, OutputRecord, RedbOnlineStore, RedisOnlineStore,
-    ReplaceRange, RunRecord, RunStatus, ScanRecord,
+    Ledger, OfflineStore, OnlineStore, OutputRecord, PgLedger, PgRunLock, RedbLedger,
+    RedbOnlineStore, RedisOnlineStore, ReplaceRange, RunRecord, RunStatus, ScanRecord,
 };
 use slate_types::Clock;
 use std::collections::HashMap;
@@ -105,7 +105,18 @@ pub struct Engine {
     /// An online store shared with readers in the same process (redb opens a file once).
     shared_online: Option<Arc<dyn OnlineStore>>,
     /// The run ledger shared with the rest of the process (redb opens a file once).
-    shared_ledger: Option<Arc<Ledger>>,
+    shared_ledger: Option<Arc<dyn Ledger>>,
+    /// A PostgreSQL ledger, connected at its first use and kept for the engine's life.
+    pg_ledger: std::sync::Mutex<Option<Arc<dyn Ledger>>>,
+}
+
+/// The run lock a run holds while it writes: one run at a time per environment's state.
+#[derive(Debug)]
+pub(crate) enum RunLock {
+    /// `run.lock` in the state directory (the OS releases it when the process dies).
+    File(#[allow(dead_code)] std::fs::File),
+    /// An advisory lock in the metadata database (released when its connection ends).
+    Postgres(#[allow(dead_code)] PgRunLock),
 }
 
 fn ts_type() -> DataType {
@@ -130,6 +141,7 @@ impl Engine {
             functions: compute::Functions::default(),
             shared_online: None,
             shared_ledger: None,
+            pg_ledger: std::sync::Mutex::new(None),
         })
     }
 
@@ -141,7 +153,7 @@ impl Engine {
     }
 
     /// The engine recording runs through `ledger`, opened once and shared in the process.
-    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
         self.shared_ledger = Some(ledger);
         self
     }
@@ -174,11 +186,80 @@ impl Engine {
         &self.state_dir
     }
 
-    /// The run ledger: the shared one when set, else the file opened now.
-    pub fn ledger(&self) -> Result<Arc<Ledger>, EngineError> {
-        match &self.shared_ledger {
-            Some(l) => Ok(l.clone()),
-            None => Ok(Arc::new(Ledger::open(&self.state_dir.join("ledger.redb"))?)),
+    /// The run ledger: the shared one when set, else the environment's (the embedded file
+    /// opened now, or the PostgreSQL database connected once).
+    pub fn ledger(&self) -> Result<Arc<dyn Ledger>, EngineError> {
+        if let Some(l) = &self.shared_ledger {
+            return Ok(l.clone());
+        }
+        match self.metadata_config()? {
+            MetadataConfig::Embedded => Ok(Arc::new(RedbLedger::open(
+                &self.state_dir.join("ledger.redb"),
+            )?)),
+            MetadataConfig::Postgres { connection, .. } => {
+                let mut slot = self
+                    .pg_ledger
+                    .lock()
+                    .map_err(|_| EngineError::Internal("ledger slot poisoned".into()))?;
+                if let Some(l) = slot.as_ref() {
+                    return Ok(l.clone());
+                }
+                let (config, target) = self.metadata_connection()?;
+                let ledger: Arc<dyn Ledger> = Arc::new(PgLedger::open(
+                    config,
+                    target,
+                    self.metadata_namespace(),
+                    connection.attempts,
+                )?);
+                *slot = Some(ledger.clone());
+                Ok(ledger)
+            }
+        }
+    }
+
+    /// Whether the ledger may hold runs: the embedded one once a run created its file (a run
+    /// that fails early leaves no state); a database always.
+    pub fn ledger_exists(&self) -> bool {
+        self.shared_ledger.is_some()
+            || match self.metadata_config() {
+                Ok(MetadataConfig::Embedded) => self.state_dir.join("ledger.redb").exists(),
+                _ => true,
+            }
+    }
+
+    fn metadata_config(&self) -> Result<&MetadataConfig, EngineError> {
+        self.cfg
+            .project
+            .environment(&self.cfg.env)
+            .map(|e| &e.metadata)
+            .ok_or_else(|| EngineError::Internal("environment vanished".into()))
+    }
+
+    /// The metadata database's connection settings and its name in messages.
+    fn metadata_connection(&self) -> Result<(tokio_postgres::Config, String), EngineError> {
+        let MetadataConfig::Postgres { connection, .. } = self.metadata_config()? else {
+            return Err(EngineError::Internal("no metadata database".into()));
+        };
+        slate_sources::postgres_client_config("metadata", connection).map_err(|e| {
+            EngineError::Environment {
+                env: self.cfg.env.clone(),
+                reason: match e {
+                    slate_sources::SourceError::Config { reason, .. } => {
+                        format!("metadata store: {reason}")
+                    }
+                    e => e.to_string(),
+                },
+            }
+        })
+    }
+
+    /// What the environment's rows are filed under in a metadata database.
+    fn metadata_namespace(&self) -> String {
+        match self.metadata_config() {
+            Ok(MetadataConfig::Postgres {
+                namespace: Some(n), ..
+            }) => n.clone(),
+            _ => format!("{}/{}", self.cfg.project.name, self.cfg.env),
         }
     }
 
@@ -219,7 +300,36 @@ impl Engine {
             .with_retention(self.offline_retention_micros)
     }
 
-    pub(crate) fn lock(&self) -> Result<std::fs::File, EngineError> {
+    /// Takes the run lock of the environment's state: at once or `Busy`, or (`wait`) when the
+    /// run holding it has finished.
+    pub(crate) async fn lock(&self, wait: bool) -> Result<RunLock, EngineError> {
+        loop {
+            if let Some(lock) = self.try_lock().await? {
+                return Ok(lock);
+            }
+            if !wait {
+                return Err(EngineError::Busy {
+                    holder: match self.metadata_config()? {
+                        MetadataConfig::Embedded => {
+                            format!("the state directory {}", self.state_dir.display())
+                        }
+                        MetadataConfig::Postgres { .. } => format!(
+                            "the run lock of `{}` in the metadata store",
+                            self.metadata_namespace()
+                        ),
+                    },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn try_lock(&self) -> Result<Option<RunLock>, EngineError> {
+        if let MetadataConfig::Postgres { .. } = self.metadata_config()? {
+            let (config, target) = self.metadata_connection()?;
+            let lock = PgRunLock::try_acquire(&config, &target, &self.metadata_namespace()).await?;
+            return Ok(lock.map(RunLock::Postgres));
+        }
         let io = |e: std::io::Error| {
             EngineError::Store(slate_stores::StoreError::Io {
                 what: "run lock",
@@ -234,10 +344,8 @@ impl Engine {
             .open(self.state_dir.join("run.lock"))
             .map_err(io)?;
         match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Busy {
-                state_dir: self.state_dir.display().to_string(),
-            }),
+            Ok(()) => Ok(Some(RunLock::File(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
         }
     }
@@ -296,7 +404,7 @@ impl Engine {
                 slate_types::format_rfc3339(tick_micros)
             ),
         };
-        if let Err(e) = &result {
+        if let Some(e) = result.as_ref().err().filter(|e| !e.is_tick_done()) {
             let record = RunRecord {
                 run_id: run_id.clone(),
                 query: plan.query.name.clone(),
@@ -373,14 +481,18 @@ impl Engine {
         // 1. Ingest every scan; the rows are persisted before anything is computed from them.
         progress.stage("ingest");
         let t = Instant::now();
+        // One run at a time writes an environment's state. A scheduled tick waits for a run in
+        // progress (another service's run of the same tick, say) and then runs only if that
+        // run did not commit it; a run on demand is refused at once. A lock whose holder dies
+        // is released (the OS closes its file, PostgreSQL its connection).
+        let _lock = self.lock(trigger == "schedule").await?;
         // The ledger is created at the first commit, so a run that fails early leaves no state.
-        let ledger_exists = self.state_dir.join("ledger.redb").exists();
+        let ledger_exists = self.ledger_exists();
+        if trigger == "schedule" && ledger_exists && self.ledger()?.is_committed(&run_id)? {
+            return Err(EngineError::TickDone { run_id });
+        }
         let previous = match ledger_exists {
-            true => self
-                .ledger()?
-                .committed_runs()?
-                .into_iter()
-                .rfind(|r| r.query == plan.query.name),
+            true => self.ledger()?.last_committed(&plan.query.name)?,
             false => None,
         };
         let mut ingested = Vec::new();
@@ -390,9 +502,6 @@ impl Engine {
                     .await?,
             );
         }
-        // One run at a time writes a state directory. The OS releases the lock when the process
-        // dies, so a killed run never blocks the rerun.
-        let _lock = self.lock()?;
         let offline = self.offline();
         let read_time = t.elapsed();
         for (scan, i) in plan.scans.iter().zip(&ingested) {

@@ -70,17 +70,10 @@ impl<'e> Scheduler<'e> {
 
     /// The latest tick of `query` recorded in the ledger.
     fn last_tick(&self, query: &str) -> Result<Option<i64>, EngineError> {
-        if !self.engine.state_dir().join("ledger.redb").exists() {
+        if !self.engine.ledger_exists() {
             return Ok(None);
         }
-        Ok(self
-            .engine
-            .ledger()?
-            .committed_runs()?
-            .into_iter()
-            .filter(|r| r.query == query)
-            .map(|r| r.tick_micros)
-            .max())
+        Ok(self.engine.ledger()?.last_tick(query)?)
     }
 
     /// Runs, in tick order per query, every tick due at `now`; returns what ran. A failed run
@@ -116,6 +109,10 @@ impl<'e> Scheduler<'e> {
                     }
                     Err(e) => Err(e),
                 };
+                // Another service ran this tick while this one waited for the lock.
+                if result.as_ref().is_err_and(EngineError::is_tick_done) {
+                    continue;
+                }
                 let failed = result.is_err();
                 out.push((q.name.clone(), tick, result));
                 if failed {

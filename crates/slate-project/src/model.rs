@@ -55,6 +55,24 @@ pub struct Environment {
     pub offline_retention_secs: i64,
     /// Where the latest values are served from (`online:`; embedded redb by default).
     pub online: OnlineConfig,
+    /// Where the run ledger, the watermarks and the run lock live (`metadata:`; the state
+    /// directory by default).
+    pub metadata: MetadataConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum MetadataConfig {
+    /// `ledger.redb` and `run.lock` in the state directory: one machine.
+    #[default]
+    Embedded,
+    /// Tables in a PostgreSQL database and an advisory lock there: every service of the
+    /// environment shares one state, and one of them runs a given tick.
+    Postgres {
+        connection: PostgresConfig,
+        /// What the environment's rows are filed under (default `<project>/<environment>`),
+        /// so that several projects and environments share a database.
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -96,6 +114,8 @@ pub enum SourceConfig {
     },
     /// A PostgreSQL database: the resolver's SQL runs there.
     Postgres(PostgresConfig),
+    /// A Snowflake account: the resolver's SQL runs there.
+    Snowflake(Box<SnowflakeConfig>),
 }
 
 impl SourceConfig {
@@ -104,6 +124,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Embedded { span, .. } => span,
             SourceConfig::Postgres(c) => &c.span,
+            SourceConfig::Snowflake(c) => &c.span,
         }
     }
 
@@ -111,6 +132,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Embedded { .. } => "embedded",
             SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Snowflake(_) => "snowflake",
         }
     }
 }
@@ -132,6 +154,35 @@ pub struct PostgresConfig {
     pub url_env: Option<String>,
     pub connect_timeout_secs: u64,
     /// Attempts of a query whose connection fails (refused, dropped mid-query), in all.
+    pub attempts: u32,
+    pub span: Span,
+}
+
+/// `kind: snowflake`. The password (`password_env`) or the key pair's private key
+/// (`private_key_env`, a PKCS#8 PEM; or `private_key_file`, a file holding it) is read when the
+/// source connects; neither is ever written in slate.yaml.
+#[derive(Debug, Clone)]
+pub struct SnowflakeConfig {
+    /// The account identifier (`myorg-myaccount`, or a locator such as `xy12345.eu-west-1`).
+    pub account: String,
+    pub user: String,
+    /// `<account>.snowflakecomputing.com` unless given (an emulator's host, a private link).
+    pub host: Option<String>,
+    /// 443 for https, 80 for http, unless given.
+    pub port: Option<u16>,
+    /// `https` (the default) or `http` (a local emulator).
+    pub scheme: String,
+    pub database: Option<String>,
+    pub schema: Option<String>,
+    pub warehouse: Option<String>,
+    pub role: Option<String>,
+    pub password_env: Option<String>,
+    /// Environment variable holding the private key's PEM text.
+    pub private_key_env: Option<String>,
+    /// A file holding the private key's PEM text (relative to the project directory).
+    pub private_key_file: Option<PathBuf>,
+    pub connect_timeout_secs: u64,
+    /// Attempts of a request whose connection fails, in all.
     pub attempts: u32,
     pub span: Span,
 }

@@ -56,7 +56,7 @@ struct Shared {
 pub struct AppState {
     engine: RwLock<Arc<Engine>>,
     online: Arc<dyn OnlineStore>,
-    ledger: Arc<slate_stores::Ledger>,
+    ledger: Arc<dyn slate_stores::Ledger>,
     shared: Mutex<Shared>,
     metrics: Mutex<metrics::Metrics>,
     /// The bearer token every request but `GET /healthz` must carry, when set.

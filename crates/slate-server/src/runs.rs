@@ -123,8 +123,12 @@ pub fn spawn_scheduler(
                 let progress = ServiceProgress(&state);
                 for (query, _tick, result) in scheduler.step(now_micros(), &progress).await {
                     observe_run(&state, &query, "schedule", &result);
-                    if let Err(e) = &result {
-                        eprintln!("slate serve: scheduled run of `{query}` failed: {e}");
+                    match &result {
+                        Ok(s) => println!(
+                            "slate serve: scheduled run {} committed ({} rows ingested, {} scored)",
+                            s.run_id, s.rows_ingested, s.rows_scored
+                        ),
+                        Err(e) => eprintln!("slate serve: scheduled run of `{query}` failed: {e}"),
                     }
                 }
                 if let Ok(mut a) = state.active.lock() {

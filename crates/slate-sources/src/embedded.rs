@@ -174,7 +174,9 @@ impl EmbeddedSource {
         let mut params = vec![ts(to)];
         params.extend(from.map(ts));
         let wrapped =
-            crate::count_distinct_sql(sql, distinct, column, from.is_some(), |i| format!("${i}"));
+            crate::count_distinct_sql(sql, distinct, column, from.is_some(), quote_ident, |i| {
+                format!("${i}")
+            });
         let batches = self
             .ctx
             .sql(&wrapped)

@@ -1,14 +1,17 @@
 //! Data sources: one [`Source`] trait, implemented by the embedded source (local Parquet and
 //! CSV files queried with DataFusion in the Snowflake dialect, so a project written for a
-//! warehouse runs unchanged on a laptop) and by PostgreSQL. [`open`] maps a source's config to
-//! its implementation. Incremental bounds are bound parameters, never spliced into SQL text.
+//! warehouse runs unchanged on a laptop), by PostgreSQL and by Snowflake. [`open`] maps a
+//! source's config to its implementation. Incremental bounds are bound parameters, never
+//! spliced into SQL text.
 
 mod embedded;
 mod pg_decode;
 mod postgres;
+mod snowflake;
 
 pub use embedded::EmbeddedSource;
-pub use postgres::PostgresSource;
+pub use postgres::{PostgresSource, client_config as postgres_client_config};
+pub use snowflake::{SnowflakeSource, key_pair_jwt, public_key_fingerprint};
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -177,6 +180,7 @@ pub async fn open(
             Box::new(EmbeddedSource::open(name, &dir, dialect).await?)
         }
         SourceConfig::Postgres(c) => Box::new(PostgresSource::open(name, c).await?),
+        SourceConfig::Snowflake(c) => Box::new(SnowflakeSource::open(name, c, root)?),
     })
 }
 
@@ -187,19 +191,20 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.to_lowercase().replace('"', "\"\""))
 }
 
-/// The query that counts distinct tuples in a range, shared by the SQL sources: `$1` is the
-/// upper bound, `$2` the lower one when there is one. `ts` turns a parameter into the
-/// source's timestamp expression.
+/// The query that counts distinct tuples in a range, shared by the SQL sources: parameter 1 is
+/// the upper bound, 2 the lower one when there is one. `quote` names a resolver column in the
+/// source's SQL; `ts` turns a parameter into the source's timestamp expression.
 pub(crate) fn count_distinct_sql(
     sql: &str,
     distinct: &[&str],
     column: &str,
     lower: bool,
+    quote: impl Fn(&str) -> String,
     ts: impl Fn(usize) -> String,
 ) -> String {
     let sql = sql.trim().trim_end_matches(';');
-    let cols: Vec<String> = distinct.iter().map(|c| quote_ident(c)).collect();
-    let col = quote_ident(column);
+    let cols: Vec<String> = distinct.iter().map(|c| quote(c)).collect();
+    let col = quote(column);
     let mut filter = format!("{col} < {}", ts(1));
     if lower {
         filter.push_str(&format!(" AND {col} >= {}", ts(2)));

@@ -108,62 +108,70 @@ fn env_var(source: &str, key: &str, var: &str) -> Result<String, SourceError> {
     })
 }
 
+/// The connection settings of `c` (secrets read from the environment now; `name` names the
+/// object in messages) and the text naming the server in messages, `postgres user@host:port/db`
+/// (never the password). The session runs with `TimeZone=UTC`.
+pub fn client_config(name: &str, c: &PostgresConfig) -> Result<(Config, String), SourceError> {
+    let mut config = match &c.url_env {
+        Some(var) => {
+            let url = env_var(name, "url_env", var)?;
+            // The parse error names the problem, never the string (it may hold a password).
+            url.parse::<Config>().map_err(|e| SourceError::Config {
+                source_name: name.into(),
+                reason: format!("the connection string in `{var}` is not valid: {e}"),
+            })?
+        }
+        None => Config::new(),
+    };
+    match &c.host {
+        Some(h) => {
+            config.host(h);
+        }
+        None if config.get_hosts().is_empty() => {
+            config.host("localhost");
+        }
+        None => {}
+    }
+    if let Some(p) = c.port {
+        config.port(p);
+    }
+    if let Some(d) = &c.database {
+        config.dbname(d);
+    }
+    match &c.user {
+        Some(u) => {
+            config.user(u);
+        }
+        None if config.get_user().is_none() => {
+            let user = std::env::var("USER").unwrap_or_else(|_| "postgres".into());
+            config.user(&user);
+        }
+        None => {}
+    }
+    if let Some(var) = &c.password_env {
+        config.password(env_var(name, "password_env", var)?);
+    }
+    config
+        .connect_timeout(Duration::from_secs(c.connect_timeout_secs))
+        .application_name("slate")
+        .options("-c TimeZone=UTC");
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or_default();
+    let db = config.get_dbname().unwrap_or(user);
+    let target = format!("postgres {user}@{host}:{port}/{db}");
+    Ok((config, target))
+}
+
 impl PostgresSource {
     /// Builds the connection settings (reading secrets from the environment); connects on the
     /// first query.
     pub async fn open(name: &str, c: &PostgresConfig) -> Result<Self, SourceError> {
-        let mut config = match &c.url_env {
-            Some(var) => {
-                let url = env_var(name, "url_env", var)?;
-                // The parse error names the problem, never the string (it may hold a password).
-                url.parse::<Config>().map_err(|e| SourceError::Config {
-                    source_name: name.into(),
-                    reason: format!("the connection string in `{var}` is not valid: {e}"),
-                })?
-            }
-            None => Config::new(),
-        };
-        match &c.host {
-            Some(h) => {
-                config.host(h);
-            }
-            None if config.get_hosts().is_empty() => {
-                config.host("localhost");
-            }
-            None => {}
-        }
-        if let Some(p) = c.port {
-            config.port(p);
-        }
-        if let Some(d) = &c.database {
-            config.dbname(d);
-        }
-        match &c.user {
-            Some(u) => {
-                config.user(u);
-            }
-            None if config.get_user().is_none() => {
-                let user = std::env::var("USER").unwrap_or_else(|_| "postgres".into());
-                config.user(&user);
-            }
-            None => {}
-        }
-        if let Some(var) = &c.password_env {
-            config.password(env_var(name, "password_env", var)?);
-        }
-        config
-            .connect_timeout(Duration::from_secs(c.connect_timeout_secs))
-            .application_name("slate")
-            .options("-c TimeZone=UTC");
-        let host = match config.get_hosts().first() {
-            Some(Host::Tcp(h)) => h.clone(),
-            Some(Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let user = config.get_user().unwrap_or_default();
-        let db = config.get_dbname().unwrap_or(user);
-        let target = format!("postgres {user}@{host}:{port}/{db}");
+        let (config, target) = client_config(name, c)?;
         Ok(PostgresSource {
             name: name.into(),
             config,
@@ -278,8 +286,14 @@ impl PostgresSource {
         from: Option<i64>,
         to: i64,
     ) -> Result<usize, SourceError> {
-        let text =
-            crate::count_distinct_sql(sql, distinct, column, from.is_some(), timestamp_param);
+        let text = crate::count_distinct_sql(
+            sql,
+            distinct,
+            column,
+            from.is_some(),
+            quote_ident,
+            timestamp_param,
+        );
         let mut params = vec![to];
         params.extend(from);
         self.attempt(resolver, None, |client| {

@@ -1,6 +1,7 @@
 //! The run ledger: per (scheduled query, resolver) watermarks, one record per committed run and
-//! one per failed run of the service, in an embedded redb database. A run's watermark moves in
-//! the same transaction that records the run, after everything else the run writes.
+//! one per failed run of the service. A run's watermark moves in the same transaction that
+//! records the run, after everything else the run writes. [`RedbLedger`] keeps it in an
+//! embedded redb database; [`crate::PgLedger`] in PostgreSQL, shared by several services.
 
 use crate::{StoreError, io};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -94,19 +95,94 @@ pub struct OutputRecord {
     pub nulls: usize,
 }
 
+/// Where runs are recorded and watermarks kept. Every method is one transaction.
+pub trait Ledger: Send + Sync + std::fmt::Debug {
+    /// The watermark of `resolver` in `query`'s runs.
+    fn watermark(&self, query: &str, resolver: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Every watermark.
+    fn watermarks(&self) -> Result<Vec<Watermark>, StoreError>;
+
+    /// Sets (`Some`) or drops (`None`) a watermark by hand.
+    fn set_watermark(
+        &self,
+        query: &str,
+        resolver: &str,
+        micros: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// Records a finished run and moves the watermarks (`(resolver, micros)` of the run's
+    /// query), atomically. A run recorded again under the same id replaces the first record.
+    fn commit_run(
+        &self,
+        record: &RunRecord,
+        watermarks: &[(String, i64)],
+    ) -> Result<(), StoreError>;
+
+    /// Records a run that failed; watermarks do not move.
+    fn record_failure(&self, record: &RunRecord) -> Result<(), StoreError>;
+
+    /// Every recorded run, committed and failed, in start order (then tick, then id).
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// The committed runs only, in start order.
+    fn committed_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut runs = self.runs()?;
+        runs.retain(|r| r.status == RunStatus::Succeeded);
+        Ok(runs)
+    }
+
+    /// The committed run of `query` that started last.
+    fn last_committed(&self, query: &str) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self
+            .committed_runs()?
+            .into_iter()
+            .rfind(|r| r.query == query))
+    }
+
+    /// The latest tick of `query` that a committed run recorded.
+    fn last_tick(&self, query: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .committed_runs()?
+            .into_iter()
+            .filter(|r| r.query == query)
+            .map(|r| r.tick_micros)
+            .max())
+    }
+
+    /// Whether a run with this id committed.
+    fn is_committed(&self, run_id: &str) -> Result<bool, StoreError> {
+        Ok(self.committed_runs()?.iter().any(|r| r.run_id == run_id))
+    }
+}
+
+/// Records in start order, then tick, then id (the order [`Ledger::runs`] returns).
+pub(crate) fn sort_runs(runs: &mut [RunRecord]) {
+    runs.sort_by(|a, b| {
+        (a.started_micros, a.tick_micros, &a.run_id).cmp(&(
+            b.started_micros,
+            b.tick_micros,
+            &b.run_id,
+        ))
+    });
+}
+
+/// The ledger in a redb file of the state directory (`ledger.redb`).
 #[derive(Debug)]
-pub struct Ledger {
+pub struct RedbLedger {
     db: Database,
 }
 
-impl Ledger {
+impl RedbLedger {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Ledger {
+        Ok(RedbLedger {
             db: crate::open_db("run ledger", path)?,
         })
     }
+}
 
-    pub fn watermark(&self, query: &str, resolver: &str) -> Result<Option<i64>, StoreError> {
+impl Ledger for RedbLedger {
+    fn watermark(&self, query: &str, resolver: &str) -> Result<Option<i64>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("ledger read")(&e))?;
         match tx.open_table(WATERMARKS) {
             Ok(t) => Ok(t
@@ -118,7 +194,7 @@ impl Ledger {
         }
     }
 
-    pub fn watermarks(&self) -> Result<Vec<Watermark>, StoreError> {
+    fn watermarks(&self) -> Result<Vec<Watermark>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("ledger read")(&e))?;
         let t = match tx.open_table(WATERMARKS) {
             Ok(t) => t,
@@ -138,8 +214,7 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Sets (`Some`) or drops (`None`) a watermark by hand.
-    pub fn set_watermark(
+    fn set_watermark(
         &self,
         query: &str,
         resolver: &str,
@@ -159,8 +234,7 @@ impl Ledger {
         tx.commit().map_err(|e| io("ledger commit")(&e))
     }
 
-    /// Records a finished run and moves the watermarks, atomically.
-    pub fn commit_run(
+    fn commit_run(
         &self,
         record: &RunRecord,
         watermarks: &[(String, i64)],
@@ -182,8 +256,7 @@ impl Ledger {
         tx.commit().map_err(|e| io("ledger commit")(&e))
     }
 
-    /// Records a run that failed; watermarks do not move.
-    pub fn record_failure(&self, record: &RunRecord) -> Result<(), StoreError> {
+    fn record_failure(&self, record: &RunRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(record).map_err(|e| io("ledger encode")(&e))?;
         let tx = self.db.begin_write().map_err(|e| io("ledger write")(&e))?;
         {
@@ -199,8 +272,7 @@ impl Ledger {
         tx.commit().map_err(|e| io("ledger commit")(&e))
     }
 
-    /// Every recorded run, committed and failed, in start order.
-    pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("ledger read")(&e))?;
         let mut out: Vec<RunRecord> = Vec::new();
         let decode = |v: &str| -> Result<RunRecord, StoreError> {
@@ -226,20 +298,7 @@ impl Ledger {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(io("ledger read")(&e)),
         }
-        out.sort_by(|a, b| {
-            (a.started_micros, a.tick_micros, &a.run_id).cmp(&(
-                b.started_micros,
-                b.tick_micros,
-                &b.run_id,
-            ))
-        });
+        sort_runs(&mut out);
         Ok(out)
-    }
-
-    /// The committed runs only.
-    pub fn committed_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        let mut runs = self.runs()?;
-        runs.retain(|r| r.status == RunStatus::Succeeded);
-        Ok(runs)
     }
 }

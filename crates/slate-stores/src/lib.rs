@@ -1,16 +1,18 @@
 //! Where runs leave their results: the online store (latest value per feature and key, for
-//! serving; redb embedded or Redis), the offline store (Delta Lake tables, for analysis and training) and the run
-//! ledger (watermarks and run records).
+//! serving; redb embedded or Redis), the offline store (Delta Lake tables, for analysis and
+//! training) and the run ledger (watermarks and run records; redb embedded or PostgreSQL).
 
 mod latest;
 mod ledger;
 mod offline;
 mod online;
+mod pg_ledger;
 mod redis;
 
-pub use ledger::{Ledger, OutputRecord, RunRecord, RunStatus, ScanRecord, Watermark};
+pub use ledger::{Ledger, OutputRecord, RedbLedger, RunRecord, RunStatus, ScanRecord, Watermark};
 pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, day_of};
 pub use online::{OnlineStore, OnlineValue, OnlineWriter, RedbOnlineStore, key_order};
+pub use pg_ledger::{PgLedger, PgRunLock};
 pub use redis::{RedisOnlineStore, RedisSettings};
 
 use slate_types::ErrorKind;
@@ -32,6 +34,12 @@ pub enum StoreError {
     Io { what: &'static str, reason: String },
     #[error("offline table {table}: {reason}")]
     Offline { table: String, reason: String },
+    #[error("{what} failed at {target}: {reason}")]
+    Postgres {
+        what: &'static str,
+        target: String,
+        reason: String,
+    },
     #[error("{what} failed at Redis {target}: {reason}")]
     Redis {
         what: &'static str,

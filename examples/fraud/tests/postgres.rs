@@ -162,8 +162,8 @@ async fn insert_days(client: &tokio_postgres::Client, cfg: &Config, from_day: i6
 }
 
 /// The example project with its `postgres` environment pointed at `db` (through `port`, a
-/// proxy's when it is not the server's).
-fn project_for(dir: &Path, db: &str, port: u16) -> slate_project::Project {
+/// proxy's when it is not the server's), its metadata in `db` under `namespace`.
+fn project_for(dir: &Path, db: &str, port: u16, namespace: &str) -> slate_project::Project {
     common::copy_project(dir);
     let yaml = std::fs::read_to_string(dir.join("slate.yaml")).expect("slate.yaml");
     assert!(yaml.contains("url_env: FRAUD_WAREHOUSE_URL"));
@@ -179,6 +179,16 @@ fn project_for(dir: &Path, db: &str, port: u16) -> slate_project::Project {
     let yaml = yaml.replace(
         "url_env: FRAUD_REDIS_URL",
         &format!("host: 127.0.0.1\n      port: 6379\n      prefix: slate-test:{db}"),
+    );
+    assert!(yaml.contains("url_env: FRAUD_METADATA_URL"));
+    let yaml = yaml.replace(
+        "url_env: FRAUD_METADATA_URL",
+        &format!(
+            "host: {}\n      port: {}\n      database: {db}\n      user: {}\n      namespace: {namespace}",
+            pg_host(),
+            pg_port(),
+            pg_user()
+        ),
     );
     std::fs::write(dir.join("slate.yaml"), yaml).expect("write slate.yaml");
     slate_project::load_project(dir).expect("valid project")
@@ -222,7 +232,7 @@ async fn postgres_environment_predicts_as_the_embedded_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("warehouse");
     write_warehouse(&data, &cfg, 0, 20).expect("data");
-    let project = project_for(&tmp.path().join("project"), &db.name, pg_port());
+    let project = project_for(&tmp.path().join("project"), &db.name, pg_port(), "fraud/pg");
     let (s_emb, s_pg) = (tmp.path().join("embedded"), tmp.path().join("pg"));
 
     let embedded = run(&engine(project.clone(), "default", &data, &s_emb))
@@ -352,7 +362,12 @@ async fn dropped_connections_are_retried_then_fail_cleanly() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("unused");
     let state = tmp.path().join("state");
-    let direct = project_for(&tmp.path().join("direct"), &db.name, pg_port());
+    let direct = project_for(
+        &tmp.path().join("direct"),
+        &db.name,
+        pg_port(),
+        "drop/state",
+    );
     let first = run(&engine(direct.clone(), "postgres", &data, &state))
         .await
         .expect("first run");
@@ -361,7 +376,7 @@ async fn dropped_connections_are_retried_then_fail_cleanly() {
 
     // Every connection is cut mid-result: three attempts, then a clear error; nothing changed.
     let (port, cuts) = cutting_proxy(20_000, usize::MAX).await;
-    let flaky = project_for(&tmp.path().join("flaky"), &db.name, port);
+    let flaky = project_for(&tmp.path().join("flaky"), &db.name, port, "drop/state");
     let err = run(&engine(flaky, "postgres", &data, &state))
         .await
         .expect_err("every attempt is cut");
@@ -385,13 +400,15 @@ async fn dropped_connections_are_retried_then_fail_cleanly() {
 
     // Only the first connection is cut: the retry succeeds and the run is complete.
     let (port, cuts) = cutting_proxy(20_000, 1).await;
-    let once = project_for(&tmp.path().join("once"), &db.name, port);
+    let once = project_for(&tmp.path().join("once"), &db.name, port, "drop/state");
     let second = run(&engine(once, "postgres", &data, &state))
         .await
         .expect("the second attempt succeeds");
     assert_eq!(cuts.load(Ordering::SeqCst), 1);
     let fresh = tmp.path().join("fresh");
-    let whole = run(&engine(direct, "postgres", &data, &fresh))
+    // Its own metadata namespace: a state of its own.
+    let apart = project_for(&tmp.path().join("apart"), &db.name, pg_port(), "drop/fresh");
+    let whole = run(&engine(apart, "postgres", &data, &fresh))
         .await
         .expect("one run over everything");
     assert_eq!(second.watermark_after, whole.watermark_after);
@@ -413,7 +430,7 @@ async fn a_query_past_its_timeout_is_abandoned() {
     let (db, client) = warehouse_db("timeout", &cfg, 2).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("project");
-    project_for(&dir, &db.name, pg_port());
+    project_for(&dir, &db.name, pg_port(), "timeout");
     let sql = dir.join("src/resolvers/sql/get_transactions_offline.chalk.sql");
     let text = std::fs::read_to_string(&sql).expect("sql");
     let text = text
@@ -427,14 +444,10 @@ async fn a_query_past_its_timeout_is_abandoned() {
     let project = slate_project::load_project(&dir).expect("valid project");
     let state = tmp.path().join("state");
     let started = std::time::Instant::now();
-    let err = run(&engine(
-        project,
-        "postgres",
-        &tmp.path().join("unused"),
-        &state,
-    ))
-    .await
-    .expect_err("the query sleeps past its timeout");
+    let e = engine(project, "postgres", &tmp.path().join("unused"), &state);
+    let err = run(&e)
+        .await
+        .expect_err("the query sleeps past its timeout");
     let text = err.to_string();
     assert!(
         text.contains("get_transactions_offline") && text.contains("timeout of 1s"),
@@ -444,7 +457,12 @@ async fn a_query_past_its_timeout_is_abandoned() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "abandoned at the timeout, not after the query's 60 s"
     );
-    assert!(!state.join("ledger.redb").exists(), "no run recorded");
+    let ledger = e.ledger().expect("ledger");
+    assert!(ledger.runs().expect("runs").is_empty(), "no run recorded");
+    assert!(
+        ledger.watermarks().expect("marks").is_empty(),
+        "no watermark"
+    );
     assert!(
         !state.join("offline").exists(),
         "nothing written to the offline store"

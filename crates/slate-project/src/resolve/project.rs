@@ -60,7 +60,13 @@ impl Resolver {
         self.unknown_keys(
             node,
             "an environment",
-            &["state_dir", "offline_retention", "sources", "online"],
+            &[
+                "state_dir",
+                "offline_retention",
+                "sources",
+                "online",
+                "metadata",
+            ],
         );
         let state_dir = node
             .get("state_dir")
@@ -90,12 +96,15 @@ impl Resolver {
                 let kind = v.get("kind").and_then(Node::as_str).unwrap_or("embedded");
                 let config = match kind {
                     "embedded" => self.embedded_source(v),
-                    "postgres" => self.postgres_source(v),
+                    "postgres" => {
+                        SourceConfig::Postgres(self.postgres(v, "a postgres source", &[]))
+                    }
+                    "snowflake" => self.snowflake_source(v),
                     _ => {
                         self.err(
                             &v.span_of("kind"),
                             format!("source kind `{kind}` is not available"),
-                            "use `kind: embedded` (local Parquet and CSV files) or `kind: postgres`",
+                            "use `kind: embedded` (local Parquet and CSV files), `kind: postgres` or `kind: snowflake`",
                         );
                         continue;
                     }
@@ -107,12 +116,17 @@ impl Resolver {
             None => OnlineConfig::Embedded,
             Some(o) => self.online_store(o),
         };
+        let metadata = match node.get("metadata") {
+            None => MetadataConfig::Embedded,
+            Some(m) => self.metadata_store(m),
+        };
         Some(Environment {
             name: name.to_string(),
             sources,
             state_dir: PathBuf::from(state_dir),
             offline_retention_secs,
             online,
+            metadata,
         })
     }
 
@@ -258,24 +272,109 @@ impl Resolver {
         }
     }
 
-    fn postgres_source(&mut self, v: &Node) -> SourceConfig {
+    fn snowflake_source(&mut self, v: &Node) -> SourceConfig {
         self.unknown_keys_but(
             v,
-            "a postgres source",
+            "a snowflake source",
             &[
                 "kind",
+                "account",
+                "user",
                 "host",
                 "port",
+                "scheme",
                 "database",
-                "user",
+                "schema",
+                "warehouse",
+                "role",
                 "password_env",
-                "url_env",
+                "private_key_env",
+                "private_key_file",
                 "connect_timeout",
                 "attempts",
             ],
-            &["password"],
+            &["password", "private_key"],
         );
+        self.secret_keys(v);
+        if let Some(n) = v.get("private_key_env")
+            && !n.as_str().is_some_and(is_env_var_name)
+        {
+            self.err(
+                &n.span,
+                "`private_key_env` names an environment variable (letters, digits, `_`)",
+                "put the PEM text of the private key in an environment variable and name it here",
+            );
+        }
+        if let Some((key, _)) = v
+            .entries()
+            .unwrap_or_default()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("private_key"))
+        {
+            self.diags.push(
+                Diagnostic::new(key.span.clone(), "a private key is never written in slate.yaml")
+                    .hint("put it in an environment variable and name that variable with `private_key_env`")
+                    .without_quote(),
+            );
+        }
         let text = |k: &str| v.get(k).and_then(Node::as_str).map(str::to_string);
+        let mut required = |k: &str, example: &str| match text(k) {
+            Some(t) if !t.is_empty() => t,
+            _ => {
+                self.err(
+                    &v.span_of("kind"),
+                    format!("a snowflake source needs `{k}`"),
+                    format!("e.g. `{k}: {example}`"),
+                );
+                String::new()
+            }
+        };
+        let account = required("account", "myorg-myaccount");
+        let user = required("user", "SLATE_SERVICE");
+        if ["password_env", "private_key_env", "private_key_file"]
+            .iter()
+            .all(|k| v.get(k).is_none())
+        {
+            self.err(
+                &v.span_of("kind"),
+                "a snowflake source needs `password_env`, `private_key_env` or `private_key_file`",
+                "name the environment variable that holds the password or the private key, or the file that holds the key (key-pair authentication)",
+            );
+        }
+        let scheme = match text("scheme").as_deref() {
+            None | Some("https") => "https".to_string(),
+            Some("http") => "http".to_string(),
+            Some(other) => {
+                self.err(
+                    &v.span_of("scheme"),
+                    format!("scheme `{other}` is not available"),
+                    "use `scheme: https` (the default) or `scheme: http` (a local emulator)",
+                );
+                "https".to_string()
+            }
+        };
+        let common = self.connection_settings(v);
+        SourceConfig::Snowflake(Box::new(SnowflakeConfig {
+            account,
+            user,
+            host: text("host"),
+            port: common.port,
+            scheme,
+            database: text("database"),
+            schema: text("schema"),
+            warehouse: text("warehouse"),
+            role: text("role"),
+            password_env: text("password_env"),
+            private_key_env: text("private_key_env"),
+            private_key_file: text("private_key_file").map(PathBuf::from),
+            connect_timeout_secs: common.connect_timeout_secs,
+            attempts: common.attempts,
+            span: v.span_of("kind"),
+        }))
+    }
+
+    /// `port`, `attempts` and `connect_timeout` of a connection to a server.
+    fn connection_settings(&mut self, v: &Node) -> ConnectionSettings {
         let mut number = |k: &str, default: u64, max: u64| match v.get(k) {
             None => default,
             Some(n) => match n.as_str().and_then(|t| t.parse::<u64>().ok()) {
@@ -306,8 +405,76 @@ impl Resolver {
                 }
             },
         };
+        ConnectionSettings {
+            port,
+            attempts,
+            connect_timeout_secs,
+        }
+    }
+
+    fn metadata_store(&mut self, v: &Node) -> MetadataConfig {
+        if self.expect_map(v, "`metadata`").is_none() {
+            return MetadataConfig::Embedded;
+        }
+        let kind = v.get("kind").and_then(Node::as_str).unwrap_or("embedded");
+        match kind {
+            "embedded" => {
+                self.unknown_keys(v, "an embedded metadata store", &["kind"]);
+                MetadataConfig::Embedded
+            }
+            "postgres" => {
+                let connection = self.postgres(v, "a postgres metadata store", &["namespace"]);
+                let namespace = v.get("namespace").and_then(|n| match n.as_str() {
+                    Some(t) if !t.is_empty() => Some(t.to_string()),
+                    _ => {
+                        self.err(
+                            &n.span,
+                            "`namespace` must be a non-empty text",
+                            "e.g. `namespace: fraud/prod`",
+                        );
+                        None
+                    }
+                });
+                MetadataConfig::Postgres {
+                    connection,
+                    namespace,
+                }
+            }
+            _ => {
+                self.err(
+                    &v.span_of("kind"),
+                    format!("metadata store kind `{kind}` is not available"),
+                    "use `kind: embedded` (the state directory) or `kind: postgres`",
+                );
+                MetadataConfig::Embedded
+            }
+        }
+    }
+
+    /// A PostgreSQL connection's settings (`what` names the object in messages); `extra` are
+    /// the object's other keys.
+    fn postgres(&mut self, v: &Node, what: &str, extra: &[&str]) -> PostgresConfig {
+        let mut known = vec![
+            "kind",
+            "host",
+            "port",
+            "database",
+            "user",
+            "password_env",
+            "url_env",
+            "connect_timeout",
+            "attempts",
+        ];
+        known.extend_from_slice(extra);
+        self.unknown_keys_but(v, what, &known, &["password"]);
+        let text = |k: &str| v.get(k).and_then(Node::as_str).map(str::to_string);
+        let ConnectionSettings {
+            port,
+            attempts,
+            connect_timeout_secs,
+        } = self.connection_settings(v);
         self.secret_keys(v);
-        SourceConfig::Postgres(PostgresConfig {
+        PostgresConfig {
             host: text("host"),
             port,
             database: text("database"),
@@ -317,7 +484,7 @@ impl Resolver {
             connect_timeout_secs,
             attempts,
             span: v.span_of("kind"),
-        })
+        }
     }
 
     pub(super) fn resolve_queries(&mut self, node: &Node) -> Vec<ScheduledQuery> {
@@ -462,4 +629,11 @@ fn is_env_var_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The settings every connection to a server takes.
+struct ConnectionSettings {
+    port: Option<u16>,
+    attempts: u32,
+    connect_timeout_secs: u64,
 }
