@@ -80,15 +80,7 @@ impl TestDb {
 
     async fn drop_now(self) {
         // The Redis keys the `postgres` environment wrote under this database's prefix.
-        let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("redis client");
-        let mut c = client.get_connection().expect("redis connection");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("slate-test:{}:*", self.name))
-            .query(&mut c)
-            .expect("keys");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query(&mut c).expect("del");
-        }
+        common::delete_redis_keys(&format!("slate-test:{}", self.name));
         let admin = connect("postgres").await;
         admin
             .batch_execute(&format!(
@@ -210,16 +202,6 @@ async fn run(e: &Engine) -> Result<RunSummary, EngineError> {
     e.run(&plan, &SilentProgress).await
 }
 
-async fn predictions(state: &Path) -> RecordBatch {
-    let b = slate_stores::OfflineStore::new(&state.join("offline"))
-        .read_all(QUERY)
-        .await
-        .expect("read predictions");
-    common::without_run_id_by_id(
-        &arrow::compute::concat_batches(&b[0].schema(), &b).expect("concat"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_environment_predicts_as_the_embedded_one() {
     let cfg = Config {
@@ -245,7 +227,10 @@ async fn postgres_environment_predicts_as_the_embedded_one() {
     let first_rows = pg.rows_ingested;
     assert_eq!(pg.rows_ingested, embedded.rows_ingested);
     assert_eq!(pg.watermark_after, embedded.watermark_after);
-    assert_eq!(predictions(&s_pg).await, predictions(&s_emb).await);
+    assert_eq!(
+        common::predictions(&s_pg).await,
+        common::predictions(&s_emb).await
+    );
 
     // A day later: the incremental bound (a bound parameter in PostgreSQL) reads the same rows.
     insert_days(&client, &cfg, 20, 21).await;
@@ -263,8 +248,8 @@ async fn postgres_environment_predicts_as_the_embedded_one() {
         pg.rows_ingested
     );
     assert_eq!(pg.late_rows, embedded.late_rows);
-    let p = predictions(&s_pg).await;
-    assert_eq!(p, predictions(&s_emb).await);
+    let p = common::predictions(&s_pg).await;
+    assert_eq!(p, common::predictions(&s_emb).await);
 
     // The online values: Redis in the `postgres` environment, redb in the embedded one.
     let ids: Vec<String> = arrow::compute::cast(
@@ -371,7 +356,7 @@ async fn dropped_connections_are_retried_then_fail_cleanly() {
     let first = run(&engine(direct.clone(), "postgres", &data, &state))
         .await
         .expect("first run");
-    let before = predictions(&state).await;
+    let before = common::predictions(&state).await;
     insert_days(&client, &cfg, 10, 15).await;
 
     // Every connection is cut mid-result: three attempts, then a clear error; nothing changed.
@@ -396,7 +381,7 @@ async fn dropped_connections_are_retried_then_fail_cleanly() {
         "watermark unchanged"
     );
     drop(e);
-    assert_eq!(predictions(&state).await, before, "nothing written");
+    assert_eq!(common::predictions(&state).await, before, "nothing written");
 
     // Only the first connection is cut: the retry succeeds and the run is complete.
     let (port, cuts) = cutting_proxy(20_000, 1).await;
@@ -412,7 +397,10 @@ async fn dropped_connections_are_retried_then_fail_cleanly() {
         .await
         .expect("one run over everything");
     assert_eq!(second.watermark_after, whole.watermark_after);
-    assert_eq!(predictions(&state).await, predictions(&fresh).await);
+    assert_eq!(
+        common::predictions(&state).await,
+        common::predictions(&fresh).await
+    );
     drop(client);
     db.drop_now().await;
 }

@@ -41,3 +41,28 @@ pub fn copy_project(to: &Path) {
         std::fs::copy(from.join(rel), dst).expect("copy");
     }
 }
+
+/// The predictions of `run_fraud_model` in the offline store of `state`, in the form of
+/// [`without_run_id_by_id`].
+#[allow(dead_code)]
+pub async fn predictions(state: &Path) -> RecordBatch {
+    let b = slate_stores::OfflineStore::new(&state.join("offline"))
+        .read_all("run_fraud_model")
+        .await
+        .expect("read predictions");
+    without_run_id_by_id(&arrow::compute::concat_batches(&b[0].schema(), &b).expect("concat"))
+}
+
+/// Deletes the Redis keys under `prefix` (what a test's environment wrote).
+#[allow(dead_code)]
+pub fn delete_redis_keys(prefix: &str) {
+    let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("redis client");
+    let mut c = client.get_connection().expect("redis connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut c)
+        .expect("keys");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut c).expect("del");
+    }
+}
