@@ -442,8 +442,24 @@ impl Engine {
     }
 
     /// One run of `plan` for a schedule's tick (or, with `None`, on demand); the run is
-    /// identified and recorded by `query@tick`.
+    /// identified and recorded by `query@tick`. A run that fails in a state directory it
+    /// created leaves no state directory behind.
     pub async fn run_tick(
+        &self,
+        plan: &QueryPlan,
+        tick: Option<i64>,
+        progress: &dyn Progress,
+    ) -> Result<RunSummary, EngineError> {
+        let fresh = !self.state_dir.exists();
+        let result = self.run_tick_in_state(plan, tick, progress).await;
+        if result.is_err() && fresh && self.state_dir.exists() {
+            // Nothing committed: what the run wrote (its lock, rows it ingested) goes with it.
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+        result
+    }
+
+    async fn run_tick_in_state(
         &self,
         plan: &QueryPlan,
         tick: Option<i64>,

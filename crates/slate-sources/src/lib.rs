@@ -76,7 +76,8 @@ pub enum SourceError {
         reason: String,
     },
     #[error(
-        "resolver `{resolver}` failed on source `{source_name}` after {attempts} attempts: {reason}"
+        "resolver `{resolver}` failed on source `{source_name}` after {}: {reason}",
+        attempts_text(*.attempts)
     )]
     Unavailable {
         resolver: String,
@@ -118,6 +119,13 @@ impl SourceError {
             ),
             _ => None,
         }
+    }
+}
+
+fn attempts_text(n: u32) -> String {
+    match n {
+        1 => "1 attempt".into(),
+        n => format!("{n} attempts"),
     }
 }
 

@@ -243,12 +243,12 @@ impl SnowflakeSource {
             .header("User-Agent", concat!("Slate/", env!("CARGO_PKG_VERSION")))
             .send()
             .await
-            .map_err(|e| Failure::Transient(describe(&e)))?;
+            .map_err(|e| Failure::Transient(describe(e)))?;
         let status = resp.status();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Failure::Transient(describe(&e)))?;
+            .map_err(|e| Failure::Transient(describe(e)))?;
         let value: Option<Value> = serde_json::from_slice(&body).ok();
         if status.is_server_error() || status.as_u16() == 429 {
             let message = value
@@ -472,7 +472,7 @@ impl SnowflakeSource {
         let resp = req
             .send()
             .await
-            .map_err(|e| Failure::Transient(describe(&e)))?;
+            .map_err(|e| Failure::Transient(describe(e)))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(Failure::Transient(format!("result chunk: HTTP {status}")));
@@ -480,7 +480,7 @@ impl SnowflakeSource {
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| Failure::Transient(describe(&e)))?;
+            .map_err(|e| Failure::Transient(describe(e)))?;
         if bytes.starts_with(&[0x1f, 0x8b]) {
             let mut out = Vec::new();
             std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
@@ -614,9 +614,11 @@ impl JsonBody for reqwest::RequestBuilder {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// A request's error with its causes, without its URL (it holds a request id).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut s = e.to_string();
-    let mut cause = std::error::Error::source(e);
+    let mut cause = std::error::Error::source(&e);
     while let Some(c) = cause {
         s.push_str(&format!(": {c}"));
         cause = c.source();

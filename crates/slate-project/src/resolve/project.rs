@@ -353,7 +353,7 @@ impl Resolver {
                 "https".to_string()
             }
         };
-        let common = self.connection_settings(v);
+        let common = self.connection_settings(v, 443);
         SourceConfig::Snowflake(Box::new(SnowflakeConfig {
             account,
             user,
@@ -373,8 +373,9 @@ impl Resolver {
         }))
     }
 
-    /// `port`, `attempts` and `connect_timeout` of a connection to a server.
-    fn connection_settings(&mut self, v: &Node) -> ConnectionSettings {
+    /// `port` (`default_port` in hints), `attempts` and `connect_timeout` of a connection to a
+    /// server.
+    fn connection_settings(&mut self, v: &Node, default_port: u64) -> ConnectionSettings {
         let mut number = |k: &str, default: u64, max: u64| match v.get(k) {
             None => default,
             Some(n) => match n.as_str().and_then(|t| t.parse::<u64>().ok()) {
@@ -389,7 +390,9 @@ impl Resolver {
                 }
             },
         };
-        let port = v.get("port").map(|_| number("port", 5432, 65_535) as u16);
+        let port = v
+            .get("port")
+            .map(|_| number("port", default_port, 65_535) as u16);
         let attempts = number("attempts", 3, 100) as u32;
         let connect_timeout_secs = match v.get("connect_timeout") {
             None => 10,
@@ -472,7 +475,7 @@ impl Resolver {
             port,
             attempts,
             connect_timeout_secs,
-        } = self.connection_settings(v);
+        } = self.connection_settings(v, 5432);
         self.secret_keys(v);
         PostgresConfig {
             host: text("host"),
