@@ -334,9 +334,10 @@ async fn two_services_on_one_metadata_store_run_each_tick_once() {
     let db = format!("slate_serve_{}", std::process::id());
     pg(
         "postgres",
-        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"),
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
     )
     .await;
+    pg("postgres", &format!("CREATE DATABASE {db}")).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("warehouse");
     warehouse(&data, 30, 3);

@@ -312,18 +312,20 @@ impl SnowflakeSource {
         })
     }
 
-    /// Submits `sql` (with `bindings`, each a `(type, value)`) and follows it to its end.
-    /// `sent` maps positions of the server's messages back into the resolver's SQL.
+    /// Submits a statement and follows it to its end.
     async fn submit(
         &self,
         token: &str,
         request_id: &str,
         resolver: &str,
-        sql: &str,
-        bindings: &[(&str, String)],
-        describe_only: bool,
-        sent: Sent,
+        statement: Statement<'_>,
     ) -> Result<Answer, Failure> {
+        let Statement {
+            sql,
+            bindings,
+            describe_only,
+            sent,
+        } = statement;
         let mut body = json!({
             "sqlText": sql,
             "asyncExec": false,
@@ -514,7 +516,17 @@ impl SnowflakeSource {
                 let request_id = &request_id;
                 async move {
                     let answer = self
-                        .submit(&token, request_id, resolver, sql, bindings, false, sent)
+                        .submit(
+                            &token,
+                            request_id,
+                            resolver,
+                            Statement {
+                                sql,
+                                bindings,
+                                describe_only: false,
+                                sent,
+                            },
+                        )
                         .await?;
                     let schema = output_schema(&self.name, resolver, &answer.rowtype)
                         .map_err(Failure::Final)?;
@@ -630,6 +642,16 @@ fn unix_seconds() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A statement to submit: its SQL, its bindings (each a `(type, value)`), whether only its
+/// result's columns are wanted, and how its text relates to the resolver's SQL.
+#[derive(Clone, Copy)]
+struct Statement<'a> {
+    sql: &'a str,
+    bindings: &'a [(&'a str, String)],
+    describe_only: bool,
+    sent: Sent,
 }
 
 /// How the text sent relates to the resolver's SQL: characters of a wrapper before it, and
@@ -1154,13 +1176,15 @@ impl SnowflakeSource {
                         &token,
                         request_id,
                         resolver,
-                        body,
-                        &[],
-                        true,
-                        Sent {
-                            skipped: 0,
-                            lead,
-                            maps: true,
+                        Statement {
+                            sql: body,
+                            bindings: &[],
+                            describe_only: true,
+                            sent: Sent {
+                                skipped: 0,
+                                lead,
+                                maps: true,
+                            },
                         },
                     )
                     .await

@@ -317,7 +317,7 @@ fn redb_ledger() {
     let ledger = RedbLedger::open(&tmp.path().join("ledger.redb")).expect("open");
     conformance(&ledger);
     let random = RedbLedger::open(&tmp.path().join("random.redb")).expect("open");
-    random_sequence(&random, 0x5eed_1);
+    random_sequence(&random, 0x5eed1);
 }
 
 #[test]
@@ -329,7 +329,7 @@ fn postgres_ledger() {
     let other = pg_ledger(&db, "fraud/staging");
     assert!(other.runs().expect("runs").is_empty());
     assert!(other.watermarks().expect("watermarks").is_empty());
-    random_sequence(&other, 0x5eed_1);
+    random_sequence(&other, 0x5eed1);
     // A second ledger on the same namespace (another service) sees the same state.
     let again = pg_ledger(&db, "fraud/prod");
     assert_eq!(

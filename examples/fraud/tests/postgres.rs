@@ -7,7 +7,6 @@
 
 mod common;
 
-use arrow_array::RecordBatch;
 use fraud_example::{Config, START_MICROS, Txn, write_warehouse};
 use slate_engine::{Engine, EngineConfig, EngineError, RunSummary, SilentProgress, plan_query};
 use slate_types::FixedClock;
