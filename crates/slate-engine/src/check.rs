@@ -30,18 +30,26 @@ pub async fn source_diagnostics(
         }
     }
     if let MetadataConfig::Postgres { connection, .. } = &environment.metadata {
-        let opened = slate_sources::postgres_client_config("metadata", connection)
-            .map_err(|e| e.to_string())
-            .and_then(|(config, target)| {
-                slate_stores::PgLedger::open(
-                    config,
-                    target,
-                    format!("{}/{env}", project.name),
-                    connection.attempts,
-                )
-                .map_err(|e| e.to_string())
-            });
-        if let Err(e) = opened {
+        // Connects and asks nothing: `apply` writes nothing, not even the ledger's tables.
+        let answered = match slate_sources::postgres_client_config("metadata", connection) {
+            Err(e) => Err(e.to_string()),
+            Ok((config, target)) => match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, conn)) => {
+                    tokio::spawn(conn);
+                    client
+                        .simple_query("SELECT 1")
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("{target}: {e}"))
+                }
+                Err(e) => Err(format!(
+                    "cannot connect to {target}: {}",
+                    std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), |c| format!("{e}: {c}"))
+                )),
+            },
+        };
+        if let Err(e) = answered {
             out.push(
                 Diagnostic::new(connection.span.clone(), format!("metadata store: {e}"))
                     .hint("check that PostgreSQL is up and reachable, and `metadata:` of this environment in slate.yaml"),

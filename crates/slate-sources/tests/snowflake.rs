@@ -2,8 +2,9 @@
 //! `SLATE_TEST_SNOWFLAKE_HOST` and `_PORT` point elsewhere; `scripts/services` starts it):
 //! login with a password and with a key pair, every type it reads (from Arrow results and from
 //! JSON ones), nulls, the incremental bound as a binding, distinct counts in a range, describe,
-//! and the errors of a missing table, a column type it cannot read and a dead server. Fails
-//! (never skips) without the emulator.
+//! and the errors of a missing table, a column type it cannot read and a dead server;
+//! connections cut mid-result through a proxy (retried, then a clear error). Fails (never
+//! skips) without the emulator.
 
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
@@ -15,6 +16,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use slate_project::{SnowflakeConfig, SourceConfig, Span};
 use slate_sources::{IncrementalBound, Source, SourceError};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.into())
@@ -296,6 +301,7 @@ async fn key_pair_login() {
             "-out",
         ])
         .arg(&key)
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("openssl");
     assert!(ok.success());
@@ -364,4 +370,92 @@ async fn key_pair_login() {
         missing.to_string().contains("SLATE_TEST_SURELY_UNSET_KEY"),
         "{missing}"
     );
+}
+
+/// A TCP proxy to the emulator that cuts connections once `after` bytes of the server's replies
+/// have passed (mid-result for a large result), at most `cut` of them; returns its port and the
+/// number of connections it cut.
+async fn cutting_proxy(after: usize, cut: usize) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counter = cuts.clone();
+    let upstream = format!(
+        "{}:{}",
+        setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1"),
+        setting("SLATE_TEST_SNOWFLAKE_PORT", "8765")
+    );
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut passed = 0;
+                    let mut buf = vec![0u8; 8192];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        passed += n;
+                        if passed > after && counter.load(Ordering::SeqCst) < cut {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    (port, cuts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_are_retried_then_fail_cleanly() {
+    let (db, source) = database("cut").await;
+    exec(
+        &*source,
+        "CREATE OR REPLACE TABLE big AS SELECT seq4() AS id FROM TABLE(GENERATOR(ROWCOUNT => 50000))",
+    )
+    .await;
+    let sql = "SELECT id FROM big";
+    let want = all(&*source, sql, None).await;
+    assert_eq!(want.num_rows(), 50_000);
+
+    // The first connection to carry the result is cut mid-way: the retry reads it whole.
+    let (port, cuts) = cutting_proxy(100_000, 1).await;
+    let mut c = config(&db);
+    c.port = Some(port);
+    c.attempts = 3;
+    let got = all(&*open(c.clone()).await, sql, None).await;
+    assert_eq!(cuts.load(Ordering::SeqCst), 1);
+    assert_eq!(got, want);
+
+    // Every connection is cut: three attempts, then an error that says so.
+    let (port, cuts) = cutting_proxy(100_000, usize::MAX).await;
+    c.port = Some(port);
+    let e = open(c)
+        .await
+        .query("r", sql, None)
+        .await
+        .expect_err("every attempt is cut");
+    assert!(
+        matches!(&e, SourceError::Unavailable { attempts: 3, .. }),
+        "{e}"
+    );
+    assert_eq!(cuts.load(Ordering::SeqCst), 3, "bounded retries");
 }
