@@ -303,33 +303,33 @@ impl Engine {
     /// Takes the run lock of the environment's state: at once or `Busy`, or (`wait`) when the
     /// run holding it has finished.
     pub(crate) async fn lock(&self, wait: bool) -> Result<RunLock, EngineError> {
+        let interval = Duration::from_millis(250);
+        if let MetadataConfig::Postgres { .. } = self.metadata_config()? {
+            let (config, target) = self.metadata_connection()?;
+            let namespace = self.metadata_namespace();
+            return match PgRunLock::acquire(&config, &target, &namespace, wait.then_some(interval))
+                .await?
+            {
+                Some(lock) => Ok(RunLock::Postgres(lock)),
+                None => Err(EngineError::Busy {
+                    holder: format!("the run lock of `{namespace}` in the metadata store"),
+                }),
+            };
+        }
         loop {
-            if let Some(lock) = self.try_lock().await? {
+            if let Some(lock) = self.try_lock_file()? {
                 return Ok(lock);
             }
             if !wait {
                 return Err(EngineError::Busy {
-                    holder: match self.metadata_config()? {
-                        MetadataConfig::Embedded => {
-                            format!("the state directory {}", self.state_dir.display())
-                        }
-                        MetadataConfig::Postgres { .. } => format!(
-                            "the run lock of `{}` in the metadata store",
-                            self.metadata_namespace()
-                        ),
-                    },
+                    holder: format!("the state directory {}", self.state_dir.display()),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(interval).await;
         }
     }
 
-    async fn try_lock(&self) -> Result<Option<RunLock>, EngineError> {
-        if let MetadataConfig::Postgres { .. } = self.metadata_config()? {
-            let (config, target) = self.metadata_connection()?;
-            let lock = PgRunLock::try_acquire(&config, &target, &self.metadata_namespace()).await?;
-            return Ok(lock.map(RunLock::Postgres));
-        }
+    fn try_lock_file(&self) -> Result<Option<RunLock>, EngineError> {
         let io = |e: std::io::Error| {
             EngineError::Store(slate_stores::StoreError::Io {
                 what: "run lock",

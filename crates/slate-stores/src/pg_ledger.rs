@@ -516,6 +516,17 @@ impl PgRunLock {
         target: &str,
         namespace: &str,
     ) -> Result<Option<PgRunLock>, StoreError> {
+        Self::acquire(config, target, namespace, None).await
+    }
+
+    /// Takes the run lock of `namespace`: at once, or (`wait` given) asking again at that
+    /// interval, on one connection, until it is free. `None`: held elsewhere and not waited for.
+    pub async fn acquire(
+        config: &Config,
+        target: &str,
+        namespace: &str,
+        wait: Option<Duration>,
+    ) -> Result<Option<PgRunLock>, StoreError> {
         let fail = |e: tokio_postgres::Error| StoreError::Postgres {
             what: "run lock",
             target: target.into(),
@@ -526,14 +537,20 @@ impl PgRunLock {
             let _ = connection.await;
         });
         let key = format!("slate run lock {namespace}");
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&key],
-            )
-            .await
-            .map_err(fail)?
-            .get(0);
-        Ok(got.then_some(PgRunLock { _client: client }))
+        loop {
+            let got: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&key],
+                )
+                .await
+                .map_err(fail)?
+                .get(0);
+            match (got, wait) {
+                (true, _) => return Ok(Some(PgRunLock { _client: client })),
+                (false, None) => return Ok(None),
+                (false, Some(interval)) => tokio::time::sleep(interval).await,
+            }
+        }
     }
 }
