@@ -4,7 +4,9 @@
 //! the resolver's file.
 
 use arrow::compute::can_cast_types;
-use slate_project::{Diagnostic, MetadataConfig, OnlineConfig, Project, Span, SqlResolver};
+use slate_project::{
+    Diagnostic, MetadataConfig, OnlineConfig, Project, SourceConfig, Span, SqlResolver,
+};
 use slate_sources::SourceError;
 use std::path::Path;
 
@@ -74,7 +76,13 @@ pub async fn source_diagnostics(
         for r in resolvers {
             // `${feature}` inputs as positional parameters, in text of the same length, so that
             // positions still point into the file.
-            let (sql, _) = slate_project::bind_placeholders(&r.sql);
+            let (sql, _) = match config {
+                // Snowflake binds `?`; `$1` would name a staged file's column there.
+                SourceConfig::Snowflake(_) => {
+                    slate_project::bind_placeholders_as(&r.sql, |_| "?".into())
+                }
+                _ => slate_project::bind_placeholders(&r.sql),
+            };
             match source.describe(&r.name, &sql).await {
                 Ok(columns) => out.extend(column_problems(project, r, &columns)),
                 // Problems of the query itself: located in the resolver's SQL.

@@ -13,4 +13,4 @@ mod yaml;
 pub use diag::{Diagnostic, Diagnostics, Span};
 pub use load::load_project;
 pub use model::*;
-pub use sql_file::bind_placeholders;
+pub use sql_file::{bind_placeholders, bind_placeholders_as};

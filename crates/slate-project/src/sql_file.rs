@@ -85,9 +85,15 @@ fn is_key_line(content: &str) -> bool {
         && (rest.is_empty() || rest.starts_with(' '))
 }
 
-/// Replaces each `${feature.ref}` with a same-length positional placeholder so the query parses
-/// and positions stay true.
+/// Replaces each `${feature.ref}` with a same-length positional placeholder (`$1`, `$2`, ...)
+/// so the query parses and positions stay true.
 pub fn bind_placeholders(sql: &str) -> (String, Vec<String>) {
+    bind_placeholders_as(sql, |n| format!("${n}"))
+}
+
+/// [`bind_placeholders`] with the placeholder of the `n`th input (from 1) written by `mark`
+/// (`?` for Snowflake); it is padded to the reference's length.
+pub fn bind_placeholders_as(sql: &str, mark: impl Fn(usize) -> String) -> (String, Vec<String>) {
     let mut out = String::with_capacity(sql.len());
     let mut refs = Vec::new();
     let mut rest = sql;
@@ -96,7 +102,7 @@ pub fn bind_placeholders(sql: &str) -> (String, Vec<String>) {
         match rest[start..].find('}') {
             Some(end) => {
                 refs.push(rest[start + 2..start + end].trim().to_string());
-                let placeholder = format!("${}", refs.len());
+                let placeholder = mark(refs.len());
                 let width = end + 1;
                 out.push_str(&format!("{placeholder:<width$}"));
                 rest = &rest[start + end + 1..];
@@ -217,5 +223,7 @@ mod tests {
             "SELECT a FROM t WHERE id = ${User.id} AND x = 1".len()
         );
         assert!(sql.contains("$1"));
+        let (q, _) = bind_placeholders_as("WHERE a = ${User.id} AND b = ${User.x}", |_| "?".into());
+        assert_eq!(q, "WHERE a = ?          AND b = ?        ");
     }
 }
