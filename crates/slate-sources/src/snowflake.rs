@@ -409,13 +409,6 @@ impl SnowflakeSource {
             .unwrap_or_default();
         let json_rows = match data["queryResultFormat"].as_str().unwrap_or("arrow") {
             f if f.eq_ignore_ascii_case("json") => {
-                if data["chunks"].as_array().is_some_and(|c| !c.is_empty()) {
-                    return Err(Failure::Final(SourceError::Query {
-                        resolver: resolver.into(),
-                        source_name: self.name.clone(),
-                        reason: "a result in chunks of JSON; Slate reads large results in Arrow (is QUERY_RESULT_FORMAT forced to JSON for this user?)".into(),
-                    }));
-                }
                 Some(data["rowset"].as_array().cloned().unwrap_or_default())
             }
             _ => None,
@@ -537,11 +530,6 @@ impl SnowflakeSource {
                             reason,
                         })
                     };
-                    if let Some(rows) = &answer.json {
-                        return Ok(vec![
-                            decode_json(rows, &answer.rowtype, &schema).map_err(bad)?,
-                        ]);
-                    }
                     let mut parts: Vec<Vec<u8>> = answer.inline.into_iter().collect();
                     let headers = &answer.headers;
                     let fetched: Vec<Vec<u8>> = futures::stream::iter(answer.chunks.clone())
@@ -551,6 +539,15 @@ impl SnowflakeSource {
                         .await?;
                     parts.extend(fetched);
                     let mut out = Vec::new();
+                    // A JSON result: its first rows inline, then chunks of rows.
+                    if let Some(rows) = &answer.json {
+                        out.push(decode_json(rows, &answer.rowtype, &schema).map_err(bad)?);
+                        for part in &parts {
+                            let rows = json_chunk_rows(part).map_err(Failure::Transient)?;
+                            out.push(decode_json(&rows, &answer.rowtype, &schema).map_err(bad)?);
+                        }
+                        return Ok(out);
+                    }
                     for part in parts {
                         let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(
                             std::io::Cursor::new(part),
@@ -817,6 +814,16 @@ fn decode_json(
         columns.push(array);
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// The rows of a chunk of a JSON result: arrays of values separated by commas, without the
+/// enclosing brackets.
+fn json_chunk_rows(bytes: &[u8]) -> Result<Vec<Value>, String> {
+    let mut text = Vec::with_capacity(bytes.len() + 2);
+    text.push(b'[');
+    text.extend_from_slice(bytes);
+    text.push(b']');
+    serde_json::from_slice(&text).map_err(|e| format!("a bad JSON result chunk: {e}"))
 }
 
 /// A timestamp of the JSON format, `seconds.fraction` since the epoch (then, for
@@ -1270,6 +1277,13 @@ mod tests {
             -1,
             "cut toward the past"
         );
+    }
+
+    #[test]
+    fn json_chunks() {
+        let rows = json_chunk_rows(br#"["1","a"],["2",null]"#).expect("rows");
+        assert_eq!(rows, vec![json!(["1", "a"]), json!(["2", null])]);
+        assert!(json_chunk_rows(b"[1").is_err());
     }
 
     #[test]

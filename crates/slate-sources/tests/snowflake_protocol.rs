@@ -3,7 +3,8 @@
 //! answers as Snowflake does for large and slow queries:
 //!
 //! - a result split into an inline part and chunks fetched from their own URLs, one of them
-//!   gzipped, each requiring the `chunkHeaders` the answer gives;
+//!   gzipped, each requiring the `chunkHeaders` the answer gives; in Arrow, and in Snowflake's
+//!   JSON format;
 //! - a query answered "in progress" (code 333334) and followed through its result URL;
 //! - a session that expired (code 390112): the source logs in again and retries;
 //! - a query abandoned before its end (a resolver's timeout): the source sends an
@@ -54,6 +55,8 @@ struct Front {
     aborts: Mutex<Vec<String>>,
     /// The next query request is refused as from an expired session.
     expire_next: Mutex<bool>,
+    /// The next result comes in Snowflake's JSON format (values as text) rather than Arrow.
+    json_next: Mutex<bool>,
     /// Answers kept for their result URL: (id, polls left before the answer, answer).
     pending: Mutex<Vec<(String, usize, Value)>>,
     /// Chunks served: (path, bytes).
@@ -94,6 +97,34 @@ fn ipc(batch: &RecordBatch) -> Vec<u8> {
         w.finish().expect("finish");
     }
     out
+}
+
+/// The rows of `b` as Snowflake's JSON format writes them: every value as text.
+fn json_rows(b: &RecordBatch) -> Vec<Value> {
+    use datafusion::arrow::array::{Array, AsArray};
+    let texts: Vec<_> = b
+        .columns()
+        .iter()
+        .map(|c| {
+            datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Utf8)
+                .expect("text")
+        })
+        .collect();
+    (0..b.num_rows())
+        .map(|r| {
+            texts
+                .iter()
+                .map(|c| {
+                    let c = c.as_string::<i32>();
+                    if c.is_null(r) {
+                        Value::Null
+                    } else {
+                        Value::String(c.value(r).to_string())
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -158,6 +189,24 @@ async fn query(State(f): State<Arc<Front>>, uri: Uri, headers: HeaderMap, body: 
             );
             answer["data"]["chunks"] = Value::Array(chunks);
             answer["data"]["chunkHeaders"] = json!({ CHUNK_KEY: "chunk-secret" });
+            if std::mem::take(&mut *lock(&f.json_next)) {
+                // The same rows as JSON text: the first third inline, the rest in two chunks
+                // of comma-separated rows without brackets (the second gzipped).
+                let rows = json_rows(&all);
+                answer["data"]["queryResultFormat"] = json!("json");
+                answer["data"]["rowsetBase64"] = Value::Null;
+                answer["data"]["rowset"] = Value::Array(rows[..a].to_vec());
+                let mut served = lock(&f.chunks);
+                let last = served.len();
+                for (i, (from, to)) in [(a, b), (b, n)].into_iter().enumerate() {
+                    let text: Vec<String> = rows[from..to].iter().map(Value::to_string).collect();
+                    let mut bytes = text.join(",").into_bytes();
+                    if i == 1 {
+                        bytes = gzip(&bytes);
+                    }
+                    served[last - 2 + i].1 = bytes;
+                }
+            }
         }
     }
     // Every query is "in progress" for two polls of its result URL.
@@ -293,6 +342,12 @@ async fn chunks_progress_expiry_and_abort() {
     assert_eq!(lock(&front.chunks).len(), 2, "the result came in chunks");
     assert!(lock(&front.pending).is_empty(), "followed to its end");
     assert_eq!(*lock(&front.logins), 1);
+
+    // The same result in the JSON format, inline and in chunks.
+    *lock(&front.json_next) = true;
+    let as_json = all(&*source, sql).await;
+    assert!(!*lock(&front.json_next), "the result came as JSON");
+    assert_eq!(as_json, want);
 
     // An expired session: the source logs in again and the query runs.
     *lock(&front.expire_next) = true;
