@@ -532,6 +532,12 @@ impl PgRunLock {
             target: target.into(),
             reason: pg_reason(&e),
         };
+        // The connection idles for the whole run: TCP keepalives keep it known to firewalls and
+        // let the server see a vanished holder within minutes.
+        let mut config = config.clone();
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
         let (client, connection) = config.connect(NoTls).await.map_err(fail)?;
         tokio::spawn(async move {
             let _ = connection.await;
