@@ -259,7 +259,12 @@ async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
     // Watermarks come from the ledger, so runs of other processes count too.
-    let marks = s.ledger.watermarks().unwrap_or_default();
+    let ledger = s.ledger.clone();
+    let marks = tokio::task::spawn_blocking(move || ledger.watermarks())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let (queued, running) = match s.shared.lock() {
         Ok(sh) => (
             sh.runs.iter().filter(|r| r.status == "queued").count(),

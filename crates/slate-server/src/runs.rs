@@ -293,9 +293,12 @@ fn record_json(r: &RunRecord) -> Value {
 /// Every run in the ledger (committed and failed) in start order, then the API's runs that
 /// have not ended; a ledger run the API started carries the API's id and idempotency key.
 pub(crate) async fn list_runs(State(s): State<Arc<AppState>>) -> Response {
-    let records = match s.ledger.runs() {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger: {e}")),
+    // A ledger call may be a database round trip: off the async workers.
+    let ledger = s.ledger.clone();
+    let records = match tokio::task::spawn_blocking(move || ledger.runs()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger: {e}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("ledger: {e}")),
     };
     let api: Vec<ApiRun> = match s.shared.lock() {
         Ok(sh) => sh.runs.clone(),
