@@ -192,6 +192,24 @@ pub async fn open(
     })
 }
 
+/// The value of environment variable `var`, which `key` of source `source` names.
+pub(crate) fn env_var(source: &str, key: &str, var: &str) -> Result<String, SourceError> {
+    std::env::var(var).map_err(|_| SourceError::Config {
+        source_name: source.into(),
+        reason: format!(
+            "`{key}` names the environment variable `{var}`, which is not set (or not UTF-8)"
+        ),
+    })
+}
+
+/// The resolver's SQL without surrounding blanks and a final `;`, and how many characters were
+/// dropped before it.
+pub(crate) fn body(sql: &str) -> (&str, usize) {
+    let trimmed = sql.trim_start();
+    let lead = sql.chars().count() - trimmed.chars().count();
+    (trimmed.trim_end().trim_end_matches(';'), lead)
+}
+
 /// An identifier of a resolver's output column in a wrapping query: the name in lower case
 /// (what an unquoted alias becomes in PostgreSQL and DataFusion, and how the project reads a
 /// resolver's columns), quoted so that a reserved word (`order`, `user`) stays a column.

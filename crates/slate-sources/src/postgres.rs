@@ -8,7 +8,7 @@
 //! query the database rejects is not.
 
 use crate::pg_decode::Column;
-use crate::{IncrementalBound, Source, SourceError, SourceFuture, quote_ident};
+use crate::{IncrementalBound, Source, SourceError, SourceFuture, body, env_var, quote_ident};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::{StreamExt, pin_mut};
@@ -97,15 +97,6 @@ fn describe_error(e: &tokio_postgres::Error) -> String {
             None => e.to_string(),
         },
     }
-}
-
-fn env_var(source: &str, key: &str, var: &str) -> Result<String, SourceError> {
-    std::env::var(var).map_err(|_| SourceError::Config {
-        source_name: source.into(),
-        reason: format!(
-            "`{key}` names the environment variable `{var}`, which is not set (or not UTF-8)"
-        ),
-    })
 }
 
 /// The connection settings of `c` (secrets read from the environment now; `name` names the
@@ -348,14 +339,6 @@ fn to_params(params: &[i64]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> 
         .iter()
         .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect()
-}
-
-/// The resolver's SQL without surrounding blanks and a final `;`, and how many characters were
-/// dropped before it.
-fn body(sql: &str) -> (&str, usize) {
-    let trimmed = sql.trim_start();
-    let lead = sql.chars().count() - trimmed.chars().count();
-    (trimmed.trim_end().trim_end_matches(';'), lead)
 }
 
 /// The timestamp of parameter `$i`, bound as microseconds since the epoch (exact, unlike a

@@ -18,16 +18,14 @@
 //! upper-case name. A request whose connection fails, or that the server answers with a 5xx or
 //! 429, is tried again with the same request id (Snowflake runs it once), up to `attempts`.
 
-use crate::{IncrementalBound, Source, SourceError, SourceFuture};
+use crate::{IncrementalBound, Source, SourceError, SourceFuture, body, env_var};
 use base64::Engine as _;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
     StructArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    DataType, Decimal128Type, Field, Int8Type, Int16Type, Int32Type, Int64Type, Schema, TimeUnit,
-};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
@@ -86,7 +84,8 @@ struct RowType {
 /// What a query returned: its columns and the Arrow IPC streams of its rows, in order.
 struct Answer {
     rowtype: Vec<RowType>,
-    /// Rows in the JSON format (what statements other than queries answer with).
+    /// The first rows when the result is in the JSON format (statements other than queries,
+    /// or a server that does not send Arrow); its chunks are then JSON too.
     json: Option<Vec<Value>>,
     inline: Option<Vec<u8>>,
     chunks: Vec<String>,
@@ -128,21 +127,15 @@ impl SnowflakeSource {
         })
     }
 
-    fn env_var(&self, key: &str, var: &str) -> Result<String, SourceError> {
-        std::env::var(var).map_err(|_| SourceError::Config {
-            source_name: self.name.clone(),
-            reason: format!(
-                "`{key}` names the environment variable `{var}`, which is not set (or not UTF-8)"
-            ),
-        })
-    }
-
     /// The login request's credentials: a JWT when a private key is configured, else the
     /// password.
     fn credentials(&self) -> Result<Value, SourceError> {
         let c = &self.config;
         let key = match (&c.private_key_env, &c.private_key_file) {
-            (Some(var), _) => Some((self.env_var("private_key_env", var)?, format!("`{var}`"))),
+            (Some(var), _) => Some((
+                env_var(&self.name, "private_key_env", var)?,
+                format!("`{var}`"),
+            )),
             (None, Some(path)) => Some((
                 std::fs::read_to_string(path).map_err(|e| SourceError::Config {
                     source_name: self.name.clone(),
@@ -163,7 +156,7 @@ impl SnowflakeSource {
             return Ok(json!({"AUTHENTICATOR": "SNOWFLAKE_JWT", "TOKEN": jwt}));
         }
         match &c.password_env {
-            Some(var) => Ok(json!({"PASSWORD": self.env_var("password_env", var)?})),
+            Some(var) => Ok(json!({"PASSWORD": env_var(&self.name, "password_env", var)?})),
             None => Err(SourceError::Config {
                 source_name: self.name.clone(),
                 reason: "none of `password_env`, `private_key_env`, `private_key_file` is set"
@@ -178,7 +171,7 @@ impl SnowflakeSource {
         let mut data = json!({
             "CLIENT_APP_ID": "Slate",
             "CLIENT_APP_VERSION": env!("CARGO_PKG_VERSION"),
-            "ACCOUNT_NAME": c.account.split('.').next().unwrap_or_default().to_uppercase(),
+            "ACCOUNT_NAME": account_name(&c.account),
             "LOGIN_NAME": c.user,
             "SESSION_PARAMETERS": {
                 "TIMEZONE": "UTC",
@@ -754,7 +747,11 @@ fn decode_json(
 ) -> Result<RecordBatch, String> {
     let cell = |r: usize, c: usize| -> Result<Option<&str>, String> {
         match rows[r].get(c) {
-            None | Some(Value::Null) => Ok(None),
+            None => Err(format!(
+                "row {r} has fewer values than the {} columns described",
+                rowtype.len()
+            )),
+            Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
             Some(other) => Err(format!("row {r}: a value {other} where text was expected")),
         }
@@ -867,74 +864,69 @@ fn decode_column(a: &ArrayRef, c: &RowType) -> Result<ArrayRef, String> {
 /// A `NUMBER(p, s)`: integers when `s` is 0 (64 bits), the nearest double otherwise
 /// (correctly rounded from the exact decimal).
 fn fixed(a: &ArrayRef, scale: i64) -> Result<ArrayRef, String> {
-    let n = a.len();
-    let ints: Vec<Option<i128>> = match a.data_type() {
-        DataType::Int8 => a
-            .as_primitive::<Int8Type>()
-            .iter()
-            .map(|v| v.map(i128::from))
-            .collect(),
-        DataType::Int16 => a
-            .as_primitive::<Int16Type>()
-            .iter()
-            .map(|v| v.map(i128::from))
-            .collect(),
-        DataType::Int32 => a
-            .as_primitive::<Int32Type>()
-            .iter()
-            .map(|v| v.map(i128::from))
-            .collect(),
-        DataType::Int64 => a
-            .as_primitive::<Int64Type>()
-            .iter()
-            .map(|v| v.map(i128::from))
-            .collect(),
-        DataType::Decimal128(_, _) => a.as_primitive::<Decimal128Type>().iter().collect(),
+    let decimal = match a.data_type() {
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => None,
+        DataType::Decimal128(_, _) => Some(a.as_primitive::<Decimal128Type>()),
         DataType::Float64 if scale > 0 => return Ok(a.clone()),
         t => return Err(format!("a NUMBER encoded as {t}")),
     };
-    debug_assert_eq!(ints.len(), n);
-    if scale == 0 {
-        let out = ints
-            .into_iter()
-            .map(|v| {
-                v.map(|x| i64::try_from(x).map_err(|_| format!("{x} does not fit in 64 bits")))
-                    .transpose()
-            })
-            .collect::<Result<Int64Array, _>>()?;
-        return Ok(Arc::new(out));
+    match (decimal, scale) {
+        // Integers of any width as 64-bit integers (a widening cast: exact).
+        (None, 0) => cast(a, &DataType::Int64).map_err(|e| e.to_string()),
+        (Some(d), 0) => Ok(Arc::new(
+            d.iter()
+                .map(|v| {
+                    v.map(|x| i64::try_from(x).map_err(|_| format!("{x} does not fit in 64 bits")))
+                        .transpose()
+                })
+                .collect::<Result<Int64Array, _>>()?,
+        )),
+        // Scaled integers: the nearest double to the exact decimal `x × 10^-scale`.
+        _ => {
+            let raw: Vec<Option<i128>> = match decimal {
+                Some(d) => d.iter().collect(),
+                None => cast(a, &DataType::Int64)
+                    .map_err(|e| e.to_string())?
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|v| v.map(i128::from))
+                    .collect(),
+            };
+            Ok(Arc::new(
+                raw.into_iter()
+                    .map(|v| {
+                        v.map(|x| {
+                            format!("{x}e-{scale}")
+                                .parse::<f64>()
+                                .map_err(|e| e.to_string())
+                        })
+                        .transpose()
+                    })
+                    .collect::<Result<Float64Array, _>>()?,
+            ))
+        }
     }
-    let out = ints
-        .into_iter()
-        .map(|v| {
-            v.map(|x| {
-                format!("{x}e-{scale}")
-                    .parse::<f64>()
-                    .map_err(|e| e.to_string())
-            })
-            .transpose()
-        })
-        .collect::<Result<Float64Array, _>>()?;
-    Ok(Arc::new(out))
 }
 
 /// Timestamps as microseconds since the epoch, UTC: from a struct of `epoch` seconds and
 /// `fraction` nanoseconds, or an integer in units of 10^-scale seconds (alone, or as the first
 /// field of a struct with a `timezone`). Finer than a microsecond is cut toward the past.
 fn timestamps(a: &ArrayRef, scale: i64) -> Result<ArrayRef, String> {
-    let scaled = |v: i64| -> i64 {
+    let range = |v: i64| format!("timestamp {v} (scale {scale}) is out of range");
+    let scaled = |v: i64| -> Result<i64, String> {
         if scale <= 6 {
-            v.saturating_mul(10_i64.pow((6 - scale) as u32))
+            v.checked_mul(10_i64.pow((6 - scale) as u32))
+                .ok_or_else(|| range(v))
         } else {
-            v.div_euclid(10_i64.pow((scale - 6) as u32))
+            Ok(v.div_euclid(10_i64.pow((scale - 6) as u32)))
         }
     };
     let out: TimestampMicrosecondArray = match a.data_type() {
         DataType::Int64 => a
             .as_primitive::<Int64Type>()
             .iter()
-            .map(|v| v.map(scaled))
-            .collect(),
+            .map(|v| v.map(scaled).transpose())
+            .collect::<Result<_, _>>()?,
         DataType::Struct(_) => {
             let s: &StructArray = a.as_struct();
             let epoch = s
@@ -949,16 +941,25 @@ fn timestamps(a: &ArrayRef, scale: i64) -> Result<ArrayRef, String> {
                     let f = f.as_primitive::<Int64Type>();
                     (0..s.len())
                         .map(|i| {
-                            (s.is_valid(i) && epoch.is_valid(i) && f.is_valid(i)).then(|| {
-                                epoch.value(i).saturating_mul(1_000_000)
-                                    + f.value(i).div_euclid(1_000)
-                            })
+                            (s.is_valid(i) && epoch.is_valid(i) && f.is_valid(i))
+                                .then(|| {
+                                    epoch
+                                        .value(i)
+                                        .checked_mul(1_000_000)
+                                        .and_then(|m| m.checked_add(f.value(i).div_euclid(1_000)))
+                                        .ok_or_else(|| range(epoch.value(i)))
+                                })
+                                .transpose()
                         })
-                        .collect()
+                        .collect::<Result<_, _>>()?
                 }
                 None => (0..s.len())
-                    .map(|i| (s.is_valid(i) && epoch.is_valid(i)).then(|| scaled(epoch.value(i))))
-                    .collect(),
+                    .map(|i| {
+                        (s.is_valid(i) && epoch.is_valid(i))
+                            .then(|| scaled(epoch.value(i)))
+                            .transpose()
+                    })
+                    .collect::<Result<_, _>>()?,
             }
         }
         DataType::Timestamp(_, _) => {
@@ -971,6 +972,12 @@ fn timestamps(a: &ArrayRef, scale: i64) -> Result<ArrayRef, String> {
         t => return Err(format!("a timestamp encoded as {t}")),
     };
     Ok(Arc::new(out.with_timezone("UTC")))
+}
+
+/// The account as login and key-pair tokens name it: upper case, without a locator's region
+/// (`xy12345.eu-west-1` is `XY12345`).
+fn account_name(account: &str) -> String {
+    account.split('.').next().unwrap_or_default().to_uppercase()
 }
 
 /// The JWT of key-pair authentication: `iss` is `ACCOUNT.USER.SHA256:<fingerprint of the public
@@ -989,7 +996,7 @@ pub fn key_pair_jwt(account: &str, user: &str, pem: &str, now: i64) -> Result<St
         other => return Err(format!("a PEM `{other}`, not an RSA private key")),
     }
     .map_err(|e| format!("not a usable RSA private key ({e})"))?;
-    let account = account.split('.').next().unwrap_or_default().to_uppercase();
+    let account = account_name(account);
     let user = user.to_uppercase();
     let fingerprint = public_key_fingerprint(key.public().as_ref());
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -1073,14 +1080,6 @@ fn quote_upper(name: &str) -> String {
     format!("\"{}\"", name.to_uppercase().replace('"', "\"\""))
 }
 
-/// The resolver's SQL without surrounding blanks and a final `;`, and how many characters were
-/// dropped before it.
-fn body(sql: &str) -> (&str, usize) {
-    let trimmed = sql.trim_start();
-    let lead = sql.chars().count() - trimmed.chars().count();
-    (trimmed.trim_end().trim_end_matches(';'), lead)
-}
-
 /// A `TIMESTAMP_NTZ` binding: nanoseconds since the epoch (UTC in this session).
 fn ts_binding(micros: i64) -> (&'static str, String) {
     ("TIMESTAMP_NTZ", (i128::from(micros) * 1000).to_string())
@@ -1156,16 +1155,19 @@ impl SnowflakeSource {
                 },
             )
             .await?;
-        let n = batches
+        batches
             .iter()
             .find(|b| b.num_rows() > 0)
             .and_then(|b| {
                 b.column(0)
                     .as_primitive_opt::<Int64Type>()
-                    .map(|a| a.value(0))
+                    .and_then(|a| usize::try_from(a.value(0)).ok())
             })
-            .unwrap_or(0);
-        Ok(usize::try_from(n).unwrap_or(0))
+            .ok_or_else(|| SourceError::Query {
+                resolver: resolver.into(),
+                source_name: self.name.clone(),
+                reason: "the count of late rows came back without a count".into(),
+            })
     }
 
     async fn run_describe(
@@ -1260,6 +1262,54 @@ mod tests {
                 .expect("decimal"),
         );
         assert!(fixed(&big, 0).expect_err("too wide").contains("64 bits"));
+        let small: ArrayRef = Arc::new(datafusion::arrow::array::Int8Array::from(vec![
+            Some(-7),
+            None,
+        ]));
+        let out = fixed(&small, 0).expect("decode");
+        assert_eq!(
+            out.as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![Some(-7), None])
+        );
+        let cents: ArrayRef = Arc::new(
+            datafusion::arrow::array::Decimal128Array::from(vec![Some(1234567), Some(-1)])
+                .with_precision_and_scale(12, 2)
+                .expect("decimal"),
+        );
+        let out = fixed(&cents, 2).expect("decode");
+        let f = out.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+        assert_eq!((f.value(0), f.value(1)), (12345.67, -0.01));
+    }
+
+    #[test]
+    fn out_of_range_and_short_rows_are_errors() {
+        let far: ArrayRef = Arc::new(Int64Array::from(vec![Some(i64::MAX / 10)]));
+        assert!(
+            timestamps(&far, 0)
+                .expect_err("past i64 microseconds")
+                .contains("out of range")
+        );
+        let rowtype = vec![
+            RowType {
+                name: "A".into(),
+                kind: "fixed".into(),
+                scale: 0,
+            },
+            RowType {
+                name: "B".into(),
+                kind: "text".into(),
+                scale: 0,
+            },
+        ];
+        let schema = output_schema("s", "r", &rowtype).expect("schema");
+        let rows = vec![json!(["1", "x"]), json!(["2"])];
+        assert!(
+            decode_json(&rows, &rowtype, &schema)
+                .expect_err("a short row")
+                .contains("fewer values")
+        );
+        let ok = decode_json(&rows[..1], &rowtype, &schema).expect("a full row");
+        assert_eq!(ok.num_rows(), 1);
     }
 
     #[test]
