@@ -13,53 +13,18 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-use slate_project::{SnowflakeConfig, SourceConfig, Span};
+mod common;
+
+use common::{emulator_port, open, setting};
+use slate_project::SnowflakeConfig;
 use slate_sources::{IncrementalBound, Source, SourceError};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
 fn config(database: &str) -> SnowflakeConfig {
-    SnowflakeConfig {
-        account: "slate-test".into(),
-        user: "tester".into(),
-        host: Some(setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1")),
-        port: Some(
-            setting("SLATE_TEST_SNOWFLAKE_PORT", "8765")
-                .parse()
-                .expect("port"),
-        ),
-        scheme: "http".into(),
-        database: Some(database.into()),
-        schema: Some("PUBLIC".into()),
-        warehouse: Some("TEST_WH".into()),
-        role: None,
-        password_env: Some("SLATE_TEST_SNOWFLAKE_PASSWORD".into()),
-        private_key_env: None,
-        private_key_file: None,
-        connect_timeout_secs: 5,
-        attempts: 2,
-        span: Span::file("slate.yaml"),
-    }
-}
-
-/// The source (`SLATE_TEST_SNOWFLAKE_PASSWORD`, set in .cargo/config.toml, holds the password
-/// the emulator is given; it accepts any).
-async fn open(c: SnowflakeConfig) -> Box<dyn Source> {
-    slate_sources::open(
-        "warehouse",
-        &SourceConfig::Snowflake(Box::new(c)),
-        Path::new("."),
-        None,
-    )
-    .await
-    .expect("open")
+    common::config(emulator_port(), database)
 }
 
 /// Runs statements (DDL, inserts) through the source itself.

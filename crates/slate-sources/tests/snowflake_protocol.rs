@@ -13,6 +13,8 @@
 //! Rows still come from the emulator, so the test compares them with a direct read. Fails
 //! (never skips) without the emulator at 127.0.0.1:8765 (`SLATE_TEST_SNOWFLAKE_HOST`, `_PORT`).
 
+mod common;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,26 +22,21 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
+use common::{config, emulator_port, open, setting};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::{Value, json};
-use slate_project::{SnowflakeConfig, SourceConfig, Span};
 use slate_sources::Source;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
 
 fn emulator() -> String {
     format!(
         "http://{}:{}",
         setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1"),
-        setting("SLATE_TEST_SNOWFLAKE_PORT", "8765")
+        emulator_port()
     )
 }
 
@@ -276,37 +273,6 @@ async fn start_front() -> (Arc<Front>, u16) {
     (front, port)
 }
 
-fn config(port: u16, database: &str) -> SnowflakeConfig {
-    SnowflakeConfig {
-        account: "slate-test".into(),
-        user: "tester".into(),
-        host: Some("127.0.0.1".into()),
-        port: Some(port),
-        scheme: "http".into(),
-        database: Some(database.into()),
-        schema: Some("PUBLIC".into()),
-        warehouse: None,
-        role: None,
-        password_env: Some("SLATE_TEST_SNOWFLAKE_PASSWORD".into()),
-        private_key_env: None,
-        private_key_file: None,
-        connect_timeout_secs: 5,
-        attempts: 2,
-        span: Span::file("slate.yaml"),
-    }
-}
-
-async fn open(c: SnowflakeConfig) -> Box<dyn Source> {
-    slate_sources::open(
-        "warehouse",
-        &SourceConfig::Snowflake(Box::new(c)),
-        Path::new("."),
-        None,
-    )
-    .await
-    .expect("open")
-}
-
 async fn all(source: &dyn Source, sql: &str) -> RecordBatch {
     let batches = source.query("r", sql, None).await.expect("query");
     concat_batches(&batches[0].schema(), &batches).expect("concat")
@@ -315,9 +281,7 @@ async fn all(source: &dyn Source, sql: &str) -> RecordBatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_progress_expiry_and_abort() {
     let db = format!("SLATE_PROTO_{}", std::process::id());
-    let port: u16 = setting("SLATE_TEST_SNOWFLAKE_PORT", "8765")
-        .parse()
-        .expect("port");
+    let port = emulator_port();
     let direct = open(config(port, "ADMIN")).await;
     for sql in [
         format!("CREATE OR REPLACE DATABASE {db}"),
