@@ -8,8 +8,7 @@
 mod common;
 
 use fraud_example::{Config, START_MICROS, Txn, write_warehouse};
-use slate_engine::{Engine, EngineConfig, EngineError, RunSummary, SilentProgress, plan_query};
-use slate_types::FixedClock;
+use slate_engine::{Engine, EngineError, RunSummary, SilentProgress, plan_query};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,9 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 const DAY: i64 = 86_400_000_000;
 const QUERY: &str = "run_fraud_model";
 
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
+use common::setting;
 
 fn pg_host() -> String {
     setting("SLATE_TEST_PG_HOST", "127.0.0.1")
@@ -186,14 +183,7 @@ fn project_for(dir: &Path, db: &str, port: u16, namespace: &str) -> slate_projec
 }
 
 fn engine(project: slate_project::Project, env: &str, data: &Path, state: &Path) -> Engine {
-    Engine::new(EngineConfig {
-        project,
-        env: env.into(),
-        data_dir: (env == "default").then(|| data.into()),
-        state_dir: Some(state.into()),
-        clock: Arc::new(FixedClock(START_MICROS + 40 * DAY)),
-    })
-    .expect("engine")
+    common::engine_at_day_40(project, env, data, state)
 }
 
 async fn run(e: &Engine) -> Result<RunSummary, EngineError> {

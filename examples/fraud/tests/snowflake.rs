@@ -8,19 +8,15 @@
 mod common;
 
 use fraud_example::{Config, START_MICROS, Txn, write_warehouse};
-use slate_engine::{Engine, EngineConfig, RunSummary, SilentProgress, plan_query};
+use slate_engine::{Engine, RunSummary, SilentProgress, plan_query};
 use slate_project::{SnowflakeConfig, SourceConfig, Span};
 use slate_sources::Source;
-use slate_types::FixedClock;
 use std::path::Path;
-use std::sync::Arc;
 
 const DAY: i64 = 86_400_000_000;
 const QUERY: &str = "run_fraud_model";
 
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
+use common::setting;
 
 fn sf_host() -> String {
     setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1")
@@ -132,14 +128,7 @@ fn project_for(dir: &Path, db: &str, namespace: &str) -> slate_project::Project 
 }
 
 fn engine(project: slate_project::Project, env: &str, data: &Path, state: &Path) -> Engine {
-    Engine::new(EngineConfig {
-        project,
-        env: env.into(),
-        data_dir: (env == "default").then(|| data.into()),
-        state_dir: Some(state.into()),
-        clock: Arc::new(FixedClock(START_MICROS + 40 * DAY)),
-    })
-    .expect("engine")
+    common::engine_at_day_40(project, env, data, state)
 }
 
 async fn run(e: &Engine) -> RunSummary {

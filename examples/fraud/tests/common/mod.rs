@@ -66,3 +66,30 @@ pub fn delete_redis_keys(prefix: &str) {
         let _: () = redis::cmd("DEL").arg(keys).query(&mut c).expect("del");
     }
 }
+
+/// A test setting from the environment (`SLATE_TEST_*`), or its default.
+#[allow(dead_code)]
+pub fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+/// The engine of `project` in environment `env`, with its state in `state`, embedded data in
+/// `data` (the `default` environment only), at a fixed time 40 days into the example's data.
+#[allow(dead_code)]
+pub fn engine_at_day_40(
+    project: slate_project::Project,
+    env: &str,
+    data: &Path,
+    state: &Path,
+) -> slate_engine::Engine {
+    slate_engine::Engine::new(slate_engine::EngineConfig {
+        project,
+        env: env.into(),
+        data_dir: (env == "default").then(|| data.into()),
+        state_dir: Some(state.into()),
+        clock: std::sync::Arc::new(slate_types::FixedClock(
+            fraud_example::START_MICROS + 40 * 86_400_000_000,
+        )),
+    })
+    .expect("engine")
+}
