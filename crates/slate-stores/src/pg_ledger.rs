@@ -84,7 +84,7 @@ enum Op {
         json: String,
     },
     Runs {
-        failed: bool,
+        with_failures: bool,
     },
     LastTick {
         query: String,
@@ -261,8 +261,8 @@ impl Worker {
                     .await?;
                 Answer::None
             }
-            Op::Runs { failed } => {
-                let sql = if *failed {
+            Op::Runs { with_failures } => {
+                let sql = if *with_failures {
                     "SELECT record::text FROM slate_runs WHERE namespace = $1 UNION ALL SELECT record::text FROM slate_failed_runs WHERE namespace = $1"
                 } else {
                     "SELECT record::text FROM slate_runs WHERE namespace = $1"
@@ -384,8 +384,8 @@ impl PgLedger {
         rx.recv().map_err(|_| gone())?
     }
 
-    fn records(&self, failed: bool) -> Result<Vec<RunRecord>, StoreError> {
-        let Answer::Records(texts) = self.call(Op::Runs { failed })? else {
+    fn records(&self, with_failures: bool) -> Result<Vec<RunRecord>, StoreError> {
+        let Answer::Records(texts) = self.call(Op::Runs { with_failures })? else {
             return Err(self.unexpected());
         };
         let mut out = texts
