@@ -1,7 +1,7 @@
 //! Exactly-once under SIGKILL: `slate run` killed at seeded random moments, then run again to
 //! completion, leaves the stores exactly as one uninterrupted run does: no duplicate, no gap.
 
-mod common;
+use crate::common;
 
 use common::{project, stores};
 use fraud_example::{Config, write_warehouse};

@@ -4,7 +4,7 @@
 //! services sharing one PostgreSQL metadata store (the server at 127.0.0.1:5432, and Redis at
 //! 127.0.0.1:6379; the test fails without them) where each tick runs once.
 
-mod common;
+use crate::common;
 
 use common::{project, stores};
 use fraud_example::{Config, write_warehouse};
@@ -309,16 +309,12 @@ fn a_changed_project_is_picked_up_without_a_restart() {
     assert!(status.success(), "{out}");
 }
 
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
 /// Runs `sql` in database `db` of the test server.
 async fn pg(db: &str, sql: &str) {
     let (client, conn) = tokio_postgres::Config::new()
-        .host(setting("SLATE_TEST_PG_HOST", "127.0.0.1"))
-        .port(setting("SLATE_TEST_PG_PORT", "5432").parse().expect("port"))
-        .user(setting("SLATE_TEST_PG_USER", "root"))
+        .host(slate_testkit::postgres().host.clone())
+        .port(slate_testkit::postgres().port)
+        .user(slate_testkit::postgres().user.clone())
         .dbname(db)
         .connect(tokio_postgres::NoTls)
         .await
@@ -347,10 +343,12 @@ async fn two_services_on_one_metadata_store_run_each_tick_once() {
     // offline directory (`--state-dir`). The query runs every 3 seconds.
     let yaml = std::fs::read_to_string(proj.join("slate.yaml")).expect("slate.yaml");
     let shared = format!(
-        "  shared:\n    sources:\n      sf:\n        kind: embedded\n        path: data/warehouse\n    online:\n      kind: redis\n      host: 127.0.0.1\n      port: 6379\n      prefix: slate-test:{db}\n    metadata:\n      kind: postgres\n      host: {}\n      port: {}\n      user: {}\n      database: {db}\n",
-        setting("SLATE_TEST_PG_HOST", "127.0.0.1"),
-        setting("SLATE_TEST_PG_PORT", "5432"),
-        setting("SLATE_TEST_PG_USER", "root"),
+        "  shared:\n    sources:\n      sf:\n        kind: embedded\n        path: data/warehouse\n    online:\n      kind: redis\n      host: {}\n      port: {}\n      prefix: slate-test:{db}\n    metadata:\n      kind: postgres\n      host: {}\n      port: {}\n      user: {}\n      database: {db}\n",
+        slate_testkit::redis().host,
+        slate_testkit::redis().port,
+        slate_testkit::postgres().host,
+        slate_testkit::postgres().port,
+        slate_testkit::postgres().user,
     );
     std::fs::write(proj.join("slate.yaml"), format!("{yaml}{shared}")).expect("write");
     let queries = proj.join("src/queries.yaml");
@@ -368,9 +366,9 @@ async fn two_services_on_one_metadata_store_run_each_tick_once() {
 
     let mut config = tokio_postgres::Config::new();
     config
-        .host(setting("SLATE_TEST_PG_HOST", "127.0.0.1"))
-        .port(setting("SLATE_TEST_PG_PORT", "5432").parse().expect("port"))
-        .user(setting("SLATE_TEST_PG_USER", "root"))
+        .host(slate_testkit::postgres().host.clone())
+        .port(slate_testkit::postgres().port)
+        .user(slate_testkit::postgres().user.clone())
         .dbname(&db);
     let ledger =
         slate_stores::PgLedger::open(config, db.clone(), "fraud/shared".into(), 3).expect("ledger");

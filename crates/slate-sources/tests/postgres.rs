@@ -13,16 +13,12 @@ use slate_project::{PostgresConfig, SourceConfig, Span};
 use slate_sources::{IncrementalBound, Source, SourceError};
 use std::path::Path;
 
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
 fn config(database: &str) -> PostgresConfig {
     PostgresConfig {
-        host: Some(setting("SLATE_TEST_PG_HOST", "127.0.0.1")),
-        port: Some(setting("SLATE_TEST_PG_PORT", "5432").parse().expect("port")),
+        host: Some(slate_testkit::postgres().host.clone()),
+        port: Some(slate_testkit::postgres().port),
         database: Some(database.into()),
-        user: Some(setting("SLATE_TEST_PG_USER", "root")),
+        user: Some(slate_testkit::postgres().user.clone()),
         password_env: None,
         url_env: None,
         connect_timeout_secs: 5,

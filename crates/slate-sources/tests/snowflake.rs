@@ -6,6 +6,7 @@
 //! connections cut mid-result through a proxy (retried, then a clear error). Fails (never
 //! skips) without the emulator.
 
+use crate::common;
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
     TimestampMicrosecondArray,
@@ -13,9 +14,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-mod common;
 
-use common::{emulator_port, open, setting};
+use common::{emulator_port, open};
 use slate_project::SnowflakeConfig;
 use slate_sources::{IncrementalBound, Source, SourceError};
 use std::sync::Arc;
@@ -50,8 +50,8 @@ async fn database(tag: &str) -> (String, Box<dyn Source>) {
     if let Err(e) = created {
         panic!(
             "the Snowflake emulator must run at {}:{} for this test (start it with `scripts/services`): {e}",
-            setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1"),
-            setting("SLATE_TEST_SNOWFLAKE_PORT", "8765")
+            slate_testkit::snowflake().host,
+            slate_testkit::snowflake().port
         );
     }
     exec(
@@ -347,8 +347,8 @@ async fn cutting_proxy(after: usize, cut: usize) -> (u16, Arc<AtomicUsize>) {
     let counter = cuts.clone();
     let upstream = format!(
         "{}:{}",
-        setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1"),
-        setting("SLATE_TEST_SNOWFLAKE_PORT", "8765")
+        slate_testkit::snowflake().host,
+        slate_testkit::snowflake().port
     );
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {

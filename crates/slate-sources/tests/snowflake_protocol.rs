@@ -13,7 +13,7 @@
 //! Rows still come from the emulator, so the test compares them with a direct read. Fails
 //! (never skips) without the emulator at 127.0.0.1:8765 (`SLATE_TEST_SNOWFLAKE_HOST`, `_PORT`).
 
-mod common;
+use crate::common;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use common::{config, emulator_port, open, setting};
+use common::{config, emulator_port, open};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -35,7 +35,7 @@ use std::time::Duration;
 fn emulator() -> String {
     format!(
         "http://{}:{}",
-        setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1"),
+        slate_testkit::snowflake().host,
         emulator_port()
     )
 }

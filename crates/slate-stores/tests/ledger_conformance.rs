@@ -12,15 +12,11 @@ use slate_stores::{
 };
 use std::collections::BTreeMap;
 
-fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
 fn pg_config(database: &str) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
-    c.host(setting("SLATE_TEST_PG_HOST", "127.0.0.1"))
-        .port(setting("SLATE_TEST_PG_PORT", "5432").parse().expect("port"))
-        .user(setting("SLATE_TEST_PG_USER", "root"))
+    c.host(slate_testkit::postgres().host.clone())
+        .port(slate_testkit::postgres().port)
+        .user(slate_testkit::postgres().user.clone())
         .dbname(database)
         .application_name("slate")
         .connect_timeout(std::time::Duration::from_secs(5));

@@ -11,7 +11,7 @@ use slate_stores::{
 use std::collections::{BTreeMap, HashMap};
 
 fn redis_url() -> String {
-    std::env::var("SLATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+    slate_testkit::redis().url.clone()
 }
 
 /// A Redis store under a prefix of its own; its keys are deleted first.

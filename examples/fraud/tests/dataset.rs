@@ -2,7 +2,7 @@
 //! equal, value for value, the inputs and predictions stored by the scheduled runs that scored
 //! them (no training/serving skew), from a spine file in any row order or from a time range.
 
-mod common;
+use crate::common;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use fraud_example::{Config, START_MICROS, write_warehouse};

@@ -2,7 +2,7 @@
 //! keeps its own file hash, and the second model's label and score equal a direct prediction
 //! over the stored inputs (the first model's score among them).
 
-mod common;
+use crate::common;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::Float64Type;

@@ -5,7 +5,7 @@
 //! mid-result is retried a bounded number of times; when every attempt fails, the run fails
 //! with the watermark and the stores unchanged. Fails (never skips) without a server.
 
-mod common;
+use crate::common;
 
 use fraud_example::{Config, START_MICROS, Txn, write_warehouse};
 use slate_engine::{Engine, EngineError, RunSummary, SilentProgress, plan_query};
@@ -18,20 +18,16 @@ use tokio::net::{TcpListener, TcpStream};
 const DAY: i64 = 86_400_000_000;
 const QUERY: &str = "run_fraud_model";
 
-use common::setting;
-
 fn pg_host() -> String {
-    setting("SLATE_TEST_PG_HOST", "127.0.0.1")
+    slate_testkit::postgres().host.clone()
 }
 
 fn pg_port() -> u16 {
-    setting("SLATE_TEST_PG_PORT", "5432")
-        .parse()
-        .expect("SLATE_TEST_PG_PORT is a port")
+    slate_testkit::postgres().port
 }
 
 fn pg_user() -> String {
-    setting("SLATE_TEST_PG_USER", "root")
+    slate_testkit::postgres().user.clone()
 }
 
 async fn connect(db: &str) -> tokio_postgres::Client {
@@ -166,7 +162,11 @@ fn project_for(dir: &Path, db: &str, port: u16, namespace: &str) -> slate_projec
     assert!(yaml.contains("url_env: FRAUD_REDIS_URL"));
     let yaml = yaml.replace(
         "url_env: FRAUD_REDIS_URL",
-        &format!("host: 127.0.0.1\n      port: 6379\n      prefix: slate-test:{db}"),
+        &format!(
+            "host: {}\n      port: {}\n      prefix: slate-test:{db}",
+            slate_testkit::redis().host,
+            slate_testkit::redis().port
+        ),
     );
     assert!(yaml.contains("url_env: FRAUD_METADATA_URL"));
     let yaml = yaml.replace(

@@ -2,7 +2,7 @@
 //! each tick, never twice (also after a restart), and ticks missed during a downtime follow the
 //! query's catch-up policy.
 
-mod common;
+use crate::common;
 
 use fraud_example::{Config, START_MICROS, write_warehouse};
 use slate_engine::{Engine, EngineConfig, Scheduler, SilentProgress};

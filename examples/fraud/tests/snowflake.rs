@@ -5,7 +5,7 @@
 //! run's on the same data, after a first run and after an incremental one. Fails (never skips)
 //! without the emulator, PostgreSQL or Redis.
 
-mod common;
+use crate::common;
 
 use fraud_example::{Config, START_MICROS, Txn, write_warehouse};
 use slate_engine::{Engine, RunSummary, SilentProgress, plan_query};
@@ -16,14 +16,12 @@ use std::path::Path;
 const DAY: i64 = 86_400_000_000;
 const QUERY: &str = "run_fraud_model";
 
-use common::setting;
-
 fn sf_host() -> String {
-    setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1")
+    slate_testkit::snowflake().host.clone()
 }
 
 fn sf_port() -> String {
-    setting("SLATE_TEST_SNOWFLAKE_PORT", "8765")
+    slate_testkit::snowflake().port.to_string()
 }
 
 /// A client of the emulator in `database` (`SLATE_TEST_SNOWFLAKE_PASSWORD`, set in
@@ -112,15 +110,19 @@ fn project_for(dir: &Path, db: &str, namespace: &str) -> slate_project::Project 
     );
     let yaml = yaml.replace(
         "url_env: FRAUD_REDIS_URL",
-        &format!("host: 127.0.0.1\n      port: 6379\n      prefix: slate-test:{db}"),
+        &format!(
+            "host: {}\n      port: {}\n      prefix: slate-test:{db}",
+            slate_testkit::redis().host,
+            slate_testkit::redis().port
+        ),
     );
     let yaml = yaml.replace(
         "url_env: FRAUD_METADATA_URL",
         &format!(
             "host: {}\n      port: {}\n      database: postgres\n      user: {}\n      namespace: {namespace}",
-            setting("SLATE_TEST_PG_HOST", "127.0.0.1"),
-            setting("SLATE_TEST_PG_PORT", "5432"),
-            setting("SLATE_TEST_PG_USER", "root"),
+            slate_testkit::postgres().host,
+            slate_testkit::postgres().port,
+            slate_testkit::postgres().user,
         ),
     );
     std::fs::write(dir.join("slate.yaml"), yaml).expect("write slate.yaml");
@@ -222,9 +224,9 @@ async fn snowflake_environment_predicts_as_the_embedded_one() {
     drop(e);
     common::delete_redis_keys(&format!("slate-test:{db}"));
     let (pg, conn) = tokio_postgres::Config::new()
-        .host(setting("SLATE_TEST_PG_HOST", "127.0.0.1"))
-        .port(setting("SLATE_TEST_PG_PORT", "5432").parse().expect("port"))
-        .user(setting("SLATE_TEST_PG_USER", "root"))
+        .host(slate_testkit::postgres().host.clone())
+        .port(slate_testkit::postgres().port)
+        .user(slate_testkit::postgres().user.clone())
         .dbname("postgres")
         .connect(tokio_postgres::NoTls)
         .await

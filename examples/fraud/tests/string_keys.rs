@@ -2,7 +2,7 @@
 //! hold them) computes the same features and predictions as with int ids: distinct counts and
 //! entity keys are compared exactly, never through a numeric cast.
 
-mod common;
+use crate::common;
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};

@@ -4,15 +4,9 @@ use slate_project::{SnowflakeConfig, SourceConfig, Span};
 use slate_sources::Source;
 use std::path::Path;
 
-pub fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
 /// The emulator's port (fakesnow at 127.0.0.1:8765 unless `SLATE_TEST_SNOWFLAKE_PORT` says).
 pub fn emulator_port() -> u16 {
-    setting("SLATE_TEST_SNOWFLAKE_PORT", "8765")
-        .parse()
-        .expect("SLATE_TEST_SNOWFLAKE_PORT is a port")
+    slate_testkit::snowflake().port
 }
 
 /// A Snowflake source's settings for the server at `port` (plain HTTP) and `database`; the
@@ -21,7 +15,7 @@ pub fn config(port: u16, database: &str) -> SnowflakeConfig {
     SnowflakeConfig {
         account: "slate-test".into(),
         user: "tester".into(),
-        host: Some(setting("SLATE_TEST_SNOWFLAKE_HOST", "127.0.0.1")),
+        host: Some(slate_testkit::snowflake().host.clone()),
         port: Some(port),
         scheme: "http".into(),
         database: Some(database.into()),

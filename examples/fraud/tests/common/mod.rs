@@ -56,7 +56,7 @@ pub async fn predictions(state: &Path) -> RecordBatch {
 /// Deletes the Redis keys under `prefix` (what a test's environment wrote).
 #[allow(dead_code)]
 pub fn delete_redis_keys(prefix: &str) {
-    let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("redis client");
+    let client = redis::Client::open(slate_testkit::redis().url.as_str()).expect("redis client");
     let mut c = client.get_connection().expect("redis connection");
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
@@ -65,12 +65,6 @@ pub fn delete_redis_keys(prefix: &str) {
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query(&mut c).expect("del");
     }
-}
-
-/// A test setting from the environment (`SLATE_TEST_*`), or its default.
-#[allow(dead_code)]
-pub fn setting(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
 }
 
 /// The engine of `project` in environment `env`, with its state in `state`, embedded data in
