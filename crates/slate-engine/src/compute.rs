@@ -22,6 +22,10 @@ pub(crate) struct Frame {
     pub columns: HashMap<String, ArrayRef>,
     pub now: Vec<i64>,
     pub rows: usize,
+    /// `(table, time column)` when the frame's rows are every row of that offline table and
+    /// each row's now is its time (a backfill's root rows): aggregations over the table then
+    /// compute from the frame instead of reading the table back.
+    pub whole_table: Option<(String, String)>,
 }
 
 impl Frame {
@@ -37,6 +41,7 @@ impl Frame {
             columns,
             now,
             rows: rows.num_rows(),
+            whole_table: None,
         }
     }
 
@@ -187,7 +192,7 @@ pub(crate) async fn lookup(
 
 /// How an aggregated field's values reach the kernel and its results come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Use {
+pub(crate) enum Use {
     /// No values (`count`, time since latest).
     None,
     /// Exact codes for `count_distinct`.
@@ -198,7 +203,7 @@ enum Use {
     Ordered,
 }
 
-fn use_of(agg: Agg) -> Use {
+pub(crate) fn use_of(agg: Agg) -> Use {
     match agg {
         Agg::Count | Agg::TimeSinceLatest => Use::None,
         Agg::CountDistinct => Use::Distinct,
@@ -208,7 +213,7 @@ fn use_of(agg: Agg) -> Use {
 }
 
 /// Turns kernel results of [`Use::Ordered`] codes back into the field's values.
-enum Decode {
+pub(crate) enum Decode {
     Plain,
     Timestamp,
     Bool,
@@ -216,7 +221,7 @@ enum Decode {
     Ranked(ArrayRef),
 }
 
-fn kernel_values(col: &ArrayRef, how: Use) -> Result<(Values, Decode), EngineError> {
+pub(crate) fn kernel_values(col: &ArrayRef, how: Use) -> Result<(Values, Decode), EngineError> {
     let n = col.len();
     let ints = |a: &ArrayRef| -> Result<Values, EngineError> {
         let a = strict_cast(a, &DataType::Int64)?;
@@ -281,7 +286,7 @@ fn kernel_values(col: &ArrayRef, how: Use) -> Result<(Values, Decode), EngineErr
     })
 }
 
-fn decode(out: Output, how: &Decode) -> Result<ArrayRef, EngineError> {
+pub(crate) fn decode(out: Output, how: &Decode) -> Result<ArrayRef, EngineError> {
     Ok(match (out, how) {
         (Output::Float(v), _) => Arc::new(Float64Array::from(v)),
         (Output::Int(v), Decode::Plain) => Arc::new(Int64Array::from(v)),
@@ -355,6 +360,16 @@ pub(crate) async fn aggregates(
         },
         _ => Since::All,
     };
+    if frame.whole_table.as_ref() == Some(&(table.clone(), table_time.clone())) && key == table_key
+    {
+        // The entity state still moves on, as the read below would have moved it.
+        if let Since::Latest { advance_to, .. } = since {
+            store
+                .advance_latest_state(table, table_key, table_time, advance_to)
+                .await?;
+        }
+        return aggregates_over_frame(frame, nodes, key, table_time, query).await;
+    }
     let mut columns = vec![table_key.as_str(), table_time.as_str()];
     columns.extend(fields.iter().copied());
     let (codes, batch, table_codes) = keyed_read(
@@ -510,6 +525,159 @@ pub(crate) async fn aggregates(
     arrays
         .into_iter()
         .map(|a| a.ok_or_else(|| EngineError::Internal("an aggregation was not computed".into())))
+        .collect()
+}
+
+/// Rows per batch of the frame fed to the point-in-time operator.
+const FRAME_BATCH_ROWS: usize = 1 << 16;
+
+/// Whole entities per chunk of the point-in-time operator.
+const PIT_CHUNK_ROWS: usize = 1 << 18;
+
+/// The aggregate `nodes` when the frame's rows are the whole history of their table (each row
+/// an event at `time` and a query as of the same time), through the partitioned point-in-time
+/// operator: rows hash-partitioned by `key` over the machine's cores, each partition sorted by
+/// (key, time) with DataFusion's spilling sort and aggregated one chunk of whole entities at a
+/// time. Results in frame order.
+async fn aggregates_over_frame(
+    frame: &Frame,
+    nodes: &[&Node],
+    key: &str,
+    time: &str,
+    query: &str,
+) -> Result<Vec<ArrayRef>, EngineError> {
+    use crate::exec::pit_aggregate::{EVENT, PitAggregation, PitSpec, QUERY, pit_plan};
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::prelude::SessionContext;
+
+    let mut fields: Vec<String> = Vec::new();
+    let mut aggregations = Vec::new();
+    for n in nodes {
+        let Node::Aggregate {
+            feature,
+            field,
+            agg,
+            window,
+            ty,
+            ..
+        } = n
+        else {
+            return Err(EngineError::Internal("not an aggregation".into()));
+        };
+        let field = field.clone().filter(|_| use_of(*agg) != Use::None);
+        let input = match field {
+            Some(f) => {
+                let j = match fields.iter().position(|x| *x == f) {
+                    Some(j) => j,
+                    None => {
+                        fields.push(f);
+                        fields.len() - 1
+                    }
+                };
+                Some(format!("__field{j}"))
+            }
+            None => None,
+        };
+        aggregations.push(PitAggregation {
+            name: feature.to_string(),
+            agg: *agg,
+            field: input,
+            window: *window,
+            output: ty.arrow(),
+        });
+    }
+    let key_col = frame.column(key)?.clone();
+    let time_valid = frame.column(time)?.clone();
+    let mut schema_fields = vec![
+        Field::new("__row", DataType::UInt32, false),
+        Field::new("__key", key_col.data_type().clone(), true),
+        Field::new("__time", ts_type(), false),
+        Field::new("__role", DataType::UInt8, false),
+    ];
+    let mut field_cols = Vec::new();
+    for (j, f) in fields.iter().enumerate() {
+        let c = frame.column(f)?.clone();
+        schema_fields.push(Field::new(
+            format!("__field{j}"),
+            c.data_type().clone(),
+            true,
+        ));
+        field_cols.push(c);
+    }
+    let schema = Arc::new(Schema::new(schema_fields));
+    let rows = u32::try_from(frame.rows).map_err(|_| {
+        EngineError::Internal(format!("{} rows in one frame; at most 2^32", frame.rows))
+    })?;
+    let mut batches = Vec::new();
+    for start in (0..frame.rows).step_by(FRAME_BATCH_ROWS) {
+        let len = FRAME_BATCH_ROWS.min(frame.rows - start);
+        let end = start + len;
+        // A row without a time asks (as of its now) but is no event.
+        let role = arrow::array::UInt8Array::from_iter_values((start..end).map(|i| {
+            if time_valid.is_valid(i) {
+                EVENT | QUERY
+            } else {
+                QUERY
+            }
+        }));
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from_iter_values(start as u32..end as u32)),
+            key_col.slice(start, len),
+            Arc::new(
+                TimestampMicrosecondArray::from(frame.now[start..end].to_vec())
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(role),
+        ];
+        cols.extend(field_cols.iter().map(|c| c.slice(start, len)));
+        batches.push(RecordBatch::try_new(schema.clone(), cols)?);
+    }
+    let spec = PitSpec {
+        key: "__key".into(),
+        time: "__time".into(),
+        role: "__role".into(),
+        carry: vec!["__row".into()],
+        aggregations,
+        chunk_rows: PIT_CHUNK_ROWS,
+    };
+    let partitions = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let failed = |e: datafusion::error::DataFusionError| EngineError::Plan {
+        query: query.into(),
+        reason: match e.find_root() {
+            datafusion::error::DataFusionError::Execution(m) => m.clone(),
+            root => root.to_string(),
+        },
+    };
+    let plan = MemorySourceConfig::try_new_exec(&[batches], schema, None)
+        .and_then(|source| pit_plan(source, spec, partitions))
+        .map_err(failed)?;
+    let ctx = SessionContext::new();
+    let out = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+        .await
+        .map_err(failed)?;
+    let all = concat_batches(&plan.schema(), &out)?;
+    // Every frame row is a query: one output row each, in partition order; back to frame order.
+    let mut position = vec![0u32; frame.rows];
+    let mut seen = 0u32;
+    for (i, r) in all
+        .column(0)
+        .as_primitive::<arrow::datatypes::UInt32Type>()
+        .values()
+        .iter()
+        .enumerate()
+    {
+        position[*r as usize] = i as u32;
+        seen += 1;
+    }
+    if seen != rows {
+        return Err(EngineError::Internal(format!(
+            "the point-in-time operator returned {seen} rows for {rows}"
+        )));
+    }
+    let position = UInt32Array::from(position);
+    (1..all.num_columns())
+        .map(|c| Ok(take(all.column(c), &position, None)?))
         .collect()
 }
 

@@ -169,6 +169,7 @@ impl Engine {
             columns,
             now,
             rows: n,
+            whole_table: None,
         };
         if !missing.is_empty() {
             let mut read: Vec<&str> = vec![pk.as_str()];
@@ -215,7 +216,7 @@ impl Engine {
         }
         self.compute_nodes(&offline, plan, &mut frame, &models)
             .await?;
-        let batch = self.output_batch(plan, &frame, None, &models)?;
+        let batch = self.output_batch(plan, &frame, None, &models, 0..frame.rows)?;
         Ok(Dataset { batch, versions })
     }
 }

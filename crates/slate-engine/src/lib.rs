@@ -8,6 +8,7 @@ mod compute;
 mod dataset;
 mod encode;
 mod error;
+pub mod exec;
 mod frame;
 mod plan;
 mod run;

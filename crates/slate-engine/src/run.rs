@@ -108,6 +108,8 @@ pub struct Engine {
     shared_ledger: Option<Arc<dyn Ledger>>,
     /// A PostgreSQL ledger, connected at its first use and kept for the engine's life.
     pg_ledger: std::sync::Mutex<Option<Arc<dyn Ledger>>>,
+    /// Rows per batch of the offline record and per chunk of the online write.
+    write_chunk_rows: usize,
 }
 
 /// The run lock a run holds while it writes: one run at a time per environment's state.
@@ -142,7 +144,16 @@ impl Engine {
             shared_online: None,
             shared_ledger: None,
             pg_ledger: std::sync::Mutex::new(None),
+            write_chunk_rows: WRITE_CHUNK_ROWS,
         })
+    }
+
+    /// The engine writing its outputs in batches of at most `rows` rows (default 1,048,576;
+    /// at least 1). The stores end the same whatever the size; smaller batches hold less
+    /// memory at once.
+    pub fn with_write_chunk_rows(mut self, rows: usize) -> Self {
+        self.write_chunk_rows = rows.max(1);
+        self
     }
 
     /// The engine writing through `online`, opened once and shared with in-process readers
@@ -570,6 +581,12 @@ impl Engine {
             None => vec![tick; rows.num_rows()],
         };
         let mut frame = Frame::new(rows, now);
+        // A root scan that read everything replaced its table with exactly these rows.
+        if ingested[0].bound.is_none()
+            && let Some(t) = &plan.root_time
+        {
+            frame.whole_table = Some((plan.root_table(), t.clone()));
+        }
         let predict_time = self
             .compute_nodes(&offline, plan, &mut frame, &models)
             .await?;
@@ -635,8 +652,26 @@ impl Engine {
             };
             let keys = key_strings(&key_col)?;
             let order = slate_stores::key_order(&keys, &frame.now)?;
+            // The rows in key order, in chunks: each chunk's keys, times and row positions,
+            // shared by every feature (and each chunk's JSON far below Arrow's 2 GiB limit
+            // per string array, whatever the run's size).
+            let chunks = order
+                .chunks(self.write_chunk_rows)
+                .map(|rows| -> Result<_, EngineError> {
+                    let idx = arrow::array::UInt32Array::from(rows.to_vec());
+                    let k = arrow::compute::take(&keys, &idx, None)?;
+                    let k = k
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .cloned()
+                        .ok_or_else(|| EngineError::Internal("key take".into()))?;
+                    let times: Vec<i64> = rows.iter().map(|&i| frame.now[i as usize]).collect();
+                    Ok((k, times, idx))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            drop((keys, order));
             let mut writer = online.writer()?;
-            // One feature's JSON values are built on one core while the previous feature's are
+            // One chunk's JSON values are built on one core while the previous chunk's are
             // inserted on the other.
             let columns = published
                 .iter()
@@ -644,18 +679,27 @@ impl Engine {
                 .collect::<Result<Vec<_>, _>>()?;
             std::thread::scope(|s| -> Result<(), EngineError> {
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let chunks = &chunks;
                 s.spawn(move || {
                     for c in &columns {
-                        if tx.send(json_values(c)).is_err() {
-                            return;
+                        for (_, _, idx) in chunks {
+                            let json = arrow::compute::take(c, idx, None)
+                                .map_err(EngineError::from)
+                                .and_then(|v| json_values(&v));
+                            if tx.send(json).is_err() {
+                                return;
+                            }
                         }
                     }
                 });
                 for (f, _) in &published {
-                    let json = rx.recv().map_err(|_| {
-                        EngineError::Internal("online values thread ended".into())
-                    })??;
-                    writer.put_ordered(&f.column_name(), &keys, &frame.now, &json, &order)?;
+                    for (k, times, _) in chunks {
+                        let json = rx.recv().map_err(|_| {
+                            EngineError::Internal("online values thread ended".into())
+                        })??;
+                        let identity: Vec<u32> = (0..k.len() as u32).collect();
+                        writer.put_ordered(&f.column_name(), k, times, &json, &identity)?;
+                    }
                 }
                 Ok(())
             })?;
@@ -664,7 +708,7 @@ impl Engine {
         }
         if plan.query.store_offline {
             let w = Instant::now();
-            let batch = self.output_batch(plan, &frame, Some(&run_id), &models)?;
+            let batches = self.output_batches(plan, &frame, Some(&run_id), &models)?;
             let replace = ingested[0].bound.as_ref().map(|b| ReplaceRange {
                 column: "feature_time".into(),
                 from_micros: b.micros,
@@ -672,7 +716,7 @@ impl Engine {
             offline
                 .write(
                     &plan.query.name,
-                    vec![batch],
+                    batches,
                     replace.as_ref(),
                     Some("feature_time"),
                 )
@@ -947,18 +991,47 @@ impl Engine {
         })
     }
 
-    /// The offline record of a run: run id, key and feature time, then every computed column
-    /// in plan order, each model's file hash before its outputs.
+    /// [`Engine::output_batch`] in batches of at most the engine's write chunk of rows (one
+    /// batch, empty, for no rows).
+    pub(crate) fn output_batches(
+        &self,
+        plan: &QueryPlan,
+        frame: &Frame,
+        run_id: Option<&str>,
+        models: &HashMap<String, OnnxModel>,
+    ) -> Result<Vec<RecordBatch>, EngineError> {
+        if frame.rows == 0 {
+            return Ok(vec![self.output_batch(
+                plan,
+                frame,
+                run_id,
+                models,
+                0..0,
+            )?]);
+        }
+        (0..frame.rows)
+            .step_by(self.write_chunk_rows)
+            .map(|start| {
+                let end = (start + self.write_chunk_rows).min(frame.rows);
+                self.output_batch(plan, frame, run_id, models, start..end)
+            })
+            .collect()
+    }
+
+    /// The offline record of a run's `rows`: run id, key and feature time, then every computed
+    /// column in plan order, each model's file hash before its outputs.
     pub(crate) fn output_batch(
         &self,
         plan: &QueryPlan,
         frame: &Frame,
         run_id: Option<&str>,
         models: &HashMap<String, OnnxModel>,
+        rows: std::ops::Range<usize>,
     ) -> Result<RecordBatch, EngineError> {
-        let n = frame.rows;
+        let n = rows.len();
+        let slice = |a: &ArrayRef| a.slice(rows.start, n);
         let pk = &plan.root.primary_key;
-        let key = frame.column(pk)?.clone();
+        let key = slice(frame.column(pk)?);
         let mut fields = Vec::new();
         let mut cols: Vec<ArrayRef> = Vec::new();
         if let Some(run_id) = run_id {
@@ -971,7 +1044,8 @@ impl Engine {
         fields.push(Field::new("feature_time", ts_type(), false));
         cols.push(key);
         cols.push(Arc::new(
-            arrow::array::TimestampMicrosecondArray::from(frame.now.clone()).with_timezone("UTC"),
+            arrow::array::TimestampMicrosecondArray::from(frame.now[rows.clone()].to_vec())
+                .with_timezone("UTC"),
         ));
         let one_model = plan.models().count() == 1;
         let mut seen: Vec<&str> = vec!["run_id", pk, "feature_time"];
@@ -996,7 +1070,7 @@ impl Engine {
                     continue;
                 }
                 seen.push(c);
-                let a = frame.column(c)?.clone();
+                let a = slice(frame.column(c)?);
                 fields.push(Field::new(c, a.data_type().clone(), true));
                 cols.push(a);
             }
@@ -1004,6 +1078,11 @@ impl Engine {
         Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
     }
 }
+
+/// Rows per batch of a run's offline record and per chunk of its online write: string columns
+/// (the run id, a model's hash of 64 bytes a row, JSON values) stay far below Arrow's 2 GiB
+/// limit per array whatever the run's size.
+const WRITE_CHUNK_ROWS: usize = 1 << 20;
 
 /// One scan's rows and its watermark movement.
 struct Ingested {

@@ -93,6 +93,25 @@ impl OfflineStore {
         Ok(out)
     }
 
+    /// Moves the entity state of `table` (by `key`, `time`) on to `advance_to`'s day, as
+    /// [`OfflineStore::read_latest_for_keys`] does after its read: for a caller that had the
+    /// rows at hand (a backfill computes from the rows it ingested).
+    pub async fn advance_latest_state(
+        &self,
+        table: &str,
+        key: &str,
+        time: &str,
+        advance_to: i64,
+    ) -> Result<(), StoreError> {
+        let dir = self.state_dir(table, key, time);
+        let target = i64::from(day_of(advance_to)) * 86_400_000_000;
+        let current = state_files(&dir).into_iter().map(|(c, _)| c).max();
+        if current.is_none_or(|c| c < target) {
+            self.advance(table, key, time, &dir, target).await?;
+        }
+        Ok(())
+    }
+
     /// `columns` of the state file's rows for `keys` (`None` when the file lacks a column).
     async fn state_rows(
         &self,

@@ -288,6 +288,35 @@ async fn fraud_pipeline_end_to_end() {
         common::without_run_id_by_id(&p3),
         "same data, same features and predictions"
     );
+
+    // Outputs written in small batches (many offline batches, many online chunks) leave the
+    // same stores as one batch.
+    let state3 = tmp.path().join("state3");
+    let chunked = engine(&data, &state3, now + 99 * DAY).with_write_chunk_rows(97);
+    let plan = plan_query(&project(), "run_fraud_model").expect("plan");
+    let r = chunked
+        .run(&plan, &SilentProgress)
+        .await
+        .expect("chunked run");
+    assert!(r.rows_scored > 3 * 97, "several chunks were written");
+    assert_eq!(
+        common::without_run_id_by_id(&predictions(&state3).await),
+        common::without_run_id_by_id(&q),
+        "chunked writes, same offline record"
+    );
+    let ids: Vec<String> = i64s(&q, "id").iter().map(|k| k.to_string()).collect();
+    let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let whole = engine(&data, &state2, now).online().expect("online");
+    let chunked_online = chunked.online().expect("online");
+    for feature in ["transaction.is_fraud", "transaction.fraud_score"] {
+        assert_eq!(
+            chunked_online
+                .get_many(feature, &keys)
+                .expect("chunked values"),
+            whole.get_many(feature, &keys).expect("values"),
+            "chunked writes, same online values of {feature}"
+        );
+    }
 }
 
 /// Five months of daily runs at midnight, across a new year (the 60-minute lookback crosses

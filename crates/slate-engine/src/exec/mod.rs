@@ -1,0 +1,3 @@
+//! The run's physical operators, each a DataFusion `ExecutionPlan` with its own tests.
+
+pub mod pit_aggregate;
