@@ -2,8 +2,10 @@
 
 use crate::EngineError;
 use crate::encode::Dictionary;
+use crate::exec::pit_aggregate::PitAggregation;
 use crate::frame::ts_column;
 use crate::plan::Node;
+use crate::windows::WindowsError;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
     TimestampMicrosecondArray, UInt32Array,
@@ -413,118 +415,59 @@ pub(crate) async fn aggregates(
         entity,
         ts,
     });
-    let mut prepared: HashMap<(Option<String>, Use), (Prepared, Decode)> = HashMap::new();
-    // Each field's values are prepared once; every window of one aggregation of a field is
-    // computed in one pass; the passes, independent of each other, run on every core.
-    type Slot = (Option<String>, Use);
-    /// The node positions and windows of one aggregation of one prepared field.
-    type Windows = Vec<(usize, Option<i64>)>;
-    let mut jobs: Vec<(Slot, Agg, Windows)> = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let Node::Aggregate {
-            field, agg, window, ..
-        } = n
-        else {
-            continue;
+    let values = |f: &str| -> Result<Option<ArrayRef>, EngineError> {
+        let Some(b) = &batch else {
+            return Ok(None);
         };
-        let how = use_of(*agg);
-        let slot = (field.clone().filter(|_| how != Use::None), how);
-        if !prepared.contains_key(&slot) {
-            let entry = match (&slot.0, &batch) {
-                (Some(f), Some(b)) => {
-                    let col = b
-                        .column_by_name(f)
-                        .ok_or_else(|| EngineError::Internal(format!("{table} read lacks {f}")))?;
-                    let col = take(col, &kept, None)?;
-                    let (values, decode) = kernel_values(&col, how)?;
-                    (base.with_values(&values), decode)
-                }
-                _ => (base.with_values(&Values::nulls(keep.len())), Decode::Plain),
-            };
-            prepared.insert(slot.clone(), entry);
-        }
-        match jobs.iter_mut().find(|j| j.0 == slot && j.1 == *agg) {
-            Some(j) => j.2.push((i, *window)),
-            None => jobs.push((slot, *agg, vec![(i, *window)])),
-        }
-    }
-    // The heaviest passes first, so that both cores stay busy to the end.
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.2.len()));
-    let one = |j: usize| -> Result<Vec<(usize, ArrayRef)>, EngineError> {
-        let (slot, agg, windows) = &jobs[j];
-        let (p, decoder) = prepared
-            .get(slot)
-            .ok_or_else(|| EngineError::Internal("aggregation input not prepared".into()))?;
-        let w: Vec<Option<i64>> = windows.iter().map(|w| w.1).collect();
-        let results = p
-            .aggregate_windows(&queries, &order, *agg, &w)
-            .map_err(|e| {
-                let feature = windows
-                    .iter()
-                    .filter_map(|w| match nodes[w.0] {
-                        Node::Aggregate { feature, .. } => Some(feature.to_string()),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                EngineError::Plan {
-                    query: query.into(),
-                    reason: format!("{feature}: {e}"),
-                }
-            })?;
-        let mut out = Vec::new();
-        for (result, (i, _)) in results.into_iter().zip(windows) {
-            let Node::Aggregate { ty, .. } = nodes[*i] else {
-                continue;
-            };
-            let array = decode(result, decoder)?;
-            out.push((*i, strict_cast(&array, &ty.arrow())?));
-        }
-        Ok(out)
+        let col = b
+            .column_by_name(f)
+            .ok_or_else(|| EngineError::Internal(format!("{table} read lacks {f}")))?;
+        Ok(Some(take(col, &kept, None)?))
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(jobs.len());
-    let done: Vec<Result<Vec<(usize, ArrayRef)>, EngineError>> = if threads <= 1 {
-        (0..jobs.len()).map(one).collect()
-    } else {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if j >= jobs.len() {
-                                return mine;
-                            }
-                            mine.push(one(j));
-                        }
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        vec![Err(EngineError::Internal(
-                            "an aggregation thread panicked".into(),
-                        ))]
-                    })
-                })
-                .collect()
+    let wanted = wanted(nodes, |f| f.to_string())?;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    crate::windows::aggregate(
+        &base,
+        keep.len(),
+        &values,
+        &queries,
+        &order,
+        &wanted,
+        threads,
+    )
+    .map_err(|e| match e {
+        WindowsError::Kernel(reason) => EngineError::Plan {
+            query: query.into(),
+            reason,
+        },
+        WindowsError::Engine(e) => e,
+    })
+}
+
+/// The aggregations of aggregate `nodes`, their fields named by `field`.
+fn wanted(
+    nodes: &[&Node],
+    field: impl Fn(&str) -> String,
+) -> Result<Vec<PitAggregation>, EngineError> {
+    nodes
+        .iter()
+        .map(|n| match n {
+            Node::Aggregate {
+                feature,
+                field: f,
+                agg,
+                window,
+                ty,
+                ..
+            } => Ok(PitAggregation {
+                field: f.as_deref().map(&field),
+                agg: *agg,
+                window: *window,
+                output: ty.arrow(),
+                name: feature.to_string(),
+            }),
+            _ => Err(EngineError::Internal("not an aggregation".into())),
         })
-    };
-    let mut arrays: Vec<Option<ArrayRef>> = vec![None; nodes.len()];
-    for r in done {
-        for (i, a) in r? {
-            arrays[i] = Some(a);
-        }
-    }
-    arrays
-        .into_iter()
-        .map(|a| a.ok_or_else(|| EngineError::Internal("an aggregation was not computed".into())))
         .collect()
 }
 
@@ -546,47 +489,29 @@ async fn aggregates_over_frame(
     time: &str,
     query: &str,
 ) -> Result<Vec<ArrayRef>, EngineError> {
-    use crate::exec::pit_aggregate::{EVENT, PitAggregation, PitSpec, QUERY, pit_plan};
+    use crate::exec::pit_aggregate::{EVENT, PitSpec, QUERY, pit_plan};
     use arrow::datatypes::{Field, Schema};
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::prelude::SessionContext;
 
+    // Each aggregated field once, as `__field<j>`.
     let mut fields: Vec<String> = Vec::new();
-    let mut aggregations = Vec::new();
     for n in nodes {
-        let Node::Aggregate {
-            feature,
-            field,
+        if let Node::Aggregate {
+            field: Some(f),
             agg,
-            window,
-            ty,
             ..
         } = n
-        else {
-            return Err(EngineError::Internal("not an aggregation".into()));
-        };
-        let field = field.clone().filter(|_| use_of(*agg) != Use::None);
-        let input = match field {
-            Some(f) => {
-                let j = match fields.iter().position(|x| *x == f) {
-                    Some(j) => j,
-                    None => {
-                        fields.push(f);
-                        fields.len() - 1
-                    }
-                };
-                Some(format!("__field{j}"))
-            }
-            None => None,
-        };
-        aggregations.push(PitAggregation {
-            name: feature.to_string(),
-            agg: *agg,
-            field: input,
-            window: *window,
-            output: ty.arrow(),
-        });
+            && use_of(*agg) != Use::None
+            && !fields.contains(f)
+        {
+            fields.push(f.clone());
+        }
     }
+    let aggregations = wanted(nodes, |f| {
+        let j = fields.iter().position(|x| x == f).unwrap_or(0);
+        format!("__field{j}")
+    })?;
     let key_col = frame.column(key)?.clone();
     let time_valid = frame.column(time)?.clone();
     let mut schema_fields = vec![

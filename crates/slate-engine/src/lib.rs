@@ -13,6 +13,7 @@ mod frame;
 mod plan;
 mod run;
 mod schedule;
+mod windows;
 
 pub use check::source_diagnostics;
 pub use compute::{Function, Functions};

@@ -11,9 +11,9 @@
 //! bounded by the chunk, not by the history: the buffer is reserved from the memory pool, and
 //! a refusal is an error naming the operator and the bytes it asked for.
 
-use crate::compute::{Use, decode, kernel_values, strict_cast, use_of};
 use crate::encode::Dictionary;
 use crate::frame::ts_column;
+use crate::windows::WindowsError;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt8Type};
@@ -36,7 +36,6 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use slate_aggregate::kernel::{Prepared, QueryOrder};
 use slate_aggregate::{Agg, Events, Query, Values};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -339,9 +338,6 @@ fn engine_err(e: crate::EngineError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
-/// A field's values as one kernel input: the field (none for row counts) and how it is used.
-type Slot = (Option<String>, Use);
-
 /// The aggregates of every query row of `chunk`, whose entities are complete.
 fn aggregate_chunk(spec: &PitSpec, schema: &SchemaRef, chunk: &RecordBatch) -> Result<RecordBatch> {
     let column = |name: &str| {
@@ -382,61 +378,32 @@ fn aggregate_chunk(spec: &PitSpec, schema: &SchemaRef, chunk: &RecordBatch) -> R
             .collect(),
         value: Values::nulls(events.len()),
     });
-    // Each field's values are prepared once, each aggregation of it runs once over its windows.
-    let mut prepared: HashMap<Slot, (Prepared, crate::compute::Decode)> = HashMap::new();
-    let mut jobs: Vec<(Slot, Agg, Vec<usize>)> = Vec::new();
-    for (i, a) in spec.aggregations.iter().enumerate() {
-        let how = use_of(a.agg);
-        let slot = (a.field.clone().filter(|_| how != Use::None), how);
-        if !prepared.contains_key(&slot) {
-            let entry = match &slot.0 {
-                Some(f) => {
-                    let values = take(&column(f)?, &event_idx, None)?;
-                    let (values, decoder) = kernel_values(&values, how).map_err(engine_err)?;
-                    (base.with_values(&values), decoder)
-                }
-                None => (
-                    base.with_values(&Values::nulls(events.len())),
-                    crate::compute::Decode::Plain,
-                ),
-            };
-            prepared.insert(slot.clone(), entry);
-        }
-        match jobs.iter_mut().find(|j| j.0 == slot && j.1 == a.agg) {
-            Some(j) => j.2.push(i),
-            None => jobs.push((slot, a.agg, vec![i])),
-        }
-    }
-    let mut outputs: Vec<Option<ArrayRef>> = vec![None; spec.aggregations.len()];
-    for (slot, agg, members) in &jobs {
-        let (p, decoder) = prepared
-            .get(slot)
-            .ok_or_else(|| DataFusionError::Internal("aggregation input not prepared".into()))?;
-        let windows: Vec<Option<i64>> = members
-            .iter()
-            .map(|&i| spec.aggregations[i].window)
-            .collect();
-        let results = p
-            .aggregate_windows(&qs, &order, *agg, &windows)
-            .map_err(|e| {
-                DataFusionError::Execution(format!("{}: {e}", spec.aggregations[members[0]].name))
-            })?;
-        for (result, &i) in results.into_iter().zip(members) {
-            let array = decode(result, decoder).map_err(engine_err)?;
-            outputs[i] =
-                Some(strict_cast(&array, &spec.aggregations[i].output).map_err(engine_err)?);
-        }
-    }
+    let values = |f: &str| -> std::result::Result<Option<ArrayRef>, crate::EngineError> {
+        let c = chunk
+            .column_by_name(f)
+            .ok_or_else(|| crate::EngineError::Internal(format!("input lacks column {f}")))?;
+        Ok(Some(take(c, &event_idx, None)?))
+    };
+    // Partitions run on their own threads: one here.
+    let outputs = crate::windows::aggregate(
+        &base,
+        events.len(),
+        &values,
+        &qs,
+        &order,
+        &spec.aggregations,
+        1,
+    )
+    .map_err(|e| match e {
+        WindowsError::Kernel(reason) => DataFusionError::Execution(reason),
+        WindowsError::Engine(e) => engine_err(e),
+    })?;
     let query_idx = UInt32Array::from_iter_values(queries.iter().map(|&i| i as u32));
     let mut columns: Vec<ArrayRef> = Vec::new();
     for c in &spec.carry {
         columns.push(take(&column(c)?, &query_idx, None)?);
     }
-    for o in outputs {
-        columns.push(
-            o.ok_or_else(|| DataFusionError::Internal("an aggregation was not computed".into()))?,
-        );
-    }
+    columns.extend(outputs);
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
@@ -452,6 +419,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use slate_aggregate::reference;
+    use std::collections::HashMap;
 
     const HOUR: i64 = 3_600_000_000;
 
