@@ -312,6 +312,7 @@ pub(crate) async fn aggregates(
     frame: &Frame,
     nodes: &[&Node],
     query: &str,
+    partitions: usize,
 ) -> Result<Vec<ArrayRef>, EngineError> {
     let Some(Node::Aggregate {
         key,
@@ -370,7 +371,7 @@ pub(crate) async fn aggregates(
                 .advance_latest_state(table, table_key, table_time, advance_to)
                 .await?;
         }
-        return aggregates_over_frame(frame, nodes, key, table_time, query).await;
+        return aggregates_over_frame(frame, nodes, key, table_time, query, partitions).await;
     }
     let mut columns = vec![table_key.as_str(), table_time.as_str()];
     columns.extend(fields.iter().copied());
@@ -479,7 +480,7 @@ const PIT_CHUNK_ROWS: usize = 1 << 18;
 
 /// The aggregate `nodes` when the frame's rows are the whole history of their table (each row
 /// an event at `time` and a query as of the same time), through the partitioned point-in-time
-/// operator: rows hash-partitioned by `key` over the machine's cores, each partition sorted by
+/// operator: rows hash-partitioned by `key` into `partitions`, each partition sorted by
 /// (key, time) with DataFusion's spilling sort and aggregated one chunk of whole entities at a
 /// time. Results in frame order.
 async fn aggregates_over_frame(
@@ -488,6 +489,7 @@ async fn aggregates_over_frame(
     key: &str,
     time: &str,
     query: &str,
+    partitions: usize,
 ) -> Result<Vec<ArrayRef>, EngineError> {
     use crate::exec::pit_aggregate::{EVENT, PitSpec, QUERY, pit_plan};
     use arrow::datatypes::{Field, Schema};
@@ -566,7 +568,6 @@ async fn aggregates_over_frame(
         aggregations,
         chunk_rows: PIT_CHUNK_ROWS,
     };
-    let partitions = std::thread::available_parallelism().map_or(1, |t| t.get());
     let failed = |e: datafusion::error::DataFusionError| EngineError::Plan {
         query: query.into(),
         reason: match e.find_root() {

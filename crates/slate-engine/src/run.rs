@@ -110,6 +110,8 @@ pub struct Engine {
     pg_ledger: std::sync::Mutex<Option<Arc<dyn Ledger>>>,
     /// Rows per batch of the offline record and per chunk of the online write.
     write_chunk_rows: usize,
+    /// Partitions (by entity key) of the point-in-time operator.
+    partitions: usize,
 }
 
 /// The run lock a run holds while it writes: one run at a time per environment's state.
@@ -145,7 +147,15 @@ impl Engine {
             shared_ledger: None,
             pg_ledger: std::sync::Mutex::new(None),
             write_chunk_rows: WRITE_CHUNK_ROWS,
+            partitions: std::thread::available_parallelism().map_or(1, |t| t.get()),
         })
+    }
+
+    /// The engine running its point-in-time operator in `n` partitions by entity key (at
+    /// least 1; default: one per core). Results do not depend on it.
+    pub fn with_partitions(mut self, n: usize) -> Self {
+        self.partitions = n.max(1);
+        self
     }
 
     /// The engine writing its outputs in batches of at most `rows` rows (default 1,048,576;
@@ -844,8 +854,14 @@ impl Engine {
                         })
                         .collect();
                     let nodes: Vec<&Node> = group.iter().map(|&j| &plan.nodes[j]).collect();
-                    let arrays =
-                        compute::aggregates(offline, &*frame, &nodes, &plan.query.name).await?;
+                    let arrays = compute::aggregates(
+                        offline,
+                        &*frame,
+                        &nodes,
+                        &plan.query.name,
+                        self.partitions,
+                    )
+                    .await?;
                     for (&j, a) in group.iter().zip(arrays) {
                         if let Node::Aggregate { column, .. } = &plan.nodes[j] {
                             frame.columns.insert(column.clone(), a);

@@ -319,6 +319,47 @@ async fn fraud_pipeline_end_to_end() {
     }
 }
 
+/// A backfill computes the same stores whatever the number of partitions of its point-in-time
+/// operator (rows hash-partitioned by user).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_partitions_do_not_change_the_stores() {
+    let cfg = Config {
+        users: 90,
+        merchants: 40,
+        seed: 5,
+        activity: 1.0,
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("warehouse");
+    write_warehouse(&data, &cfg, 0, 20).expect("data");
+    let plan = plan_query(&project(), "run_fraud_model").expect("plan");
+    let now = START_MICROS + 21 * DAY;
+    let mut first: Option<(RecordBatch, Vec<Option<slate_stores::OnlineValue>>)> = None;
+    for n in [1, 3, 16] {
+        let state = tmp.path().join(format!("state{n}"));
+        let e = engine(&data, &state, now).with_partitions(n);
+        e.run(&plan, &SilentProgress).await.expect("run");
+        let p = common::without_run_id_by_id(&predictions(&state).await);
+        let ids: Vec<String> = i64s(&p, "id").iter().map(|k| k.to_string()).collect();
+        let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let online = e
+            .online()
+            .expect("online")
+            .get_many("transaction.is_fraud", &keys)
+            .expect("online values");
+        match &first {
+            None => {
+                check_features_against_reference(&p, &source_rows(&cfg, 20));
+                first = Some((p, online));
+            }
+            Some((p1, o1)) => {
+                assert_eq!(&p, p1, "{n} partitions: the same offline record");
+                assert_eq!(&online, o1, "{n} partitions: the same online values");
+            }
+        }
+    }
+}
+
 /// Five months of daily runs at midnight, across a new year (the 60-minute lookback crosses
 /// midnight every time; checkpoints every 10 commits): every day's offline partition stays one
 /// file, and the tables end equal to one run over everything; every feature matches the brute

@@ -411,6 +411,45 @@ async fn order_features_equal_the_reference_across_an_incremental_run() {
     }
 }
 
+/// A first run computes the same order features whatever the number of partitions of its
+/// point-in-time operator (rows hash-partitioned by customer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_partitions_do_not_change_the_features() {
+    let cfg = Config {
+        seed: 13,
+        orders: 4_000,
+        customers: 120,
+        ..Config::default()
+    };
+    let w = generate(&cfg);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    write_warehouse(&data, &w, None).expect("write");
+    let plan = plan_query(&project(), "order_features").expect("plan");
+    let mut first: Option<RecordBatch> = None;
+    for n in [1, 3, 16] {
+        let state = tmp.path().join(format!("state{n}"));
+        engine(&data, &state, START_MICROS + 60 * DAY)
+            .with_partitions(n)
+            .run(&plan, &SilentProgress)
+            .await
+            .expect("run");
+        let b = read(&state, "order_features").await;
+        let keep: Vec<usize> = (0..b.num_columns())
+            .filter(|&i| !["run_id", "slate_day"].contains(&b.schema().field(i).name().as_str()))
+            .collect();
+        let b = b.project(&keep).expect("project");
+        let order =
+            arrow::compute::sort_to_indices(b.column_by_name("id").expect("id"), None, None)
+                .expect("sort");
+        let b = arrow::compute::take_record_batch(&b, &order).expect("take");
+        match &first {
+            None => first = Some(b),
+            Some(b1) => assert_eq!(&b, b1, "{n} partitions: the same order features"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_features_are_computed_as_of_the_run() {
     let cfg = Config {
