@@ -8,8 +8,9 @@
 //! operator buffers whole entities, up to about [`PitSpec::chunk_rows`] rows, hands them to
 //! Slate's kernel (exact, one pass per aggregation over every window) and emits one output row
 //! per query row: the query's carried columns, then one column per aggregation. Memory is
-//! bounded by the chunk, not by the history: the buffer is reserved from the memory pool, and
-//! a refusal is an error naming the operator and the bytes it asked for.
+//! bounded by the chunk, not by the history: the buffer is reserved from the memory pool; a
+//! refusal ends the chunk early, at the last whole entity, and only an entity whose rows alone
+//! do not fit is an error, naming the operator and the bytes it asked for.
 
 use crate::encode::Dictionary;
 use crate::frame::ts_column;
