@@ -33,6 +33,11 @@ struct Cli {
     /// Keep stores and the run ledger here instead of `<project>/<state_dir>/<env>`.
     #[arg(long, global = true, env = "SLATE_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// The memory a run's operators may hold before they spill to disk under the state
+    /// directory (`2GB`, `512MiB`; binary units); overrides the environment's `memory_limit`.
+    /// Default: half of the machine's memory.
+    #[arg(long, global = true, env = "SLATE_MEMORY_LIMIT", value_parser = memory_limit)]
+    memory_limit: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -182,13 +187,26 @@ fn load(cli: &Cli) -> Result<Project, Failure> {
 }
 
 fn engine(cli: &Cli, project: Project) -> Result<Engine, Failure> {
-    Ok(Engine::new(EngineConfig {
+    let engine = Engine::new(EngineConfig {
         project,
         env: cli.env.clone(),
         data_dir: cli.data_dir.clone(),
         state_dir: cli.state_dir.clone(),
         clock: Arc::new(SystemClock),
-    })?)
+    })?;
+    Ok(match cli.memory_limit {
+        Some(bytes) => engine.with_memory_limit(bytes),
+        None => engine,
+    })
+}
+
+/// `--memory-limit`: a positive size.
+fn memory_limit(text: &str) -> Result<usize, String> {
+    match slate_types::parse_size_bytes(text) {
+        Ok(0) => Err("the memory limit must be positive".into()),
+        Ok(b) => Ok(usize::try_from(b).unwrap_or(usize::MAX)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Problems only visible with the environment and the model files at hand.

@@ -239,6 +239,7 @@ mod tests {
             ],
             watermark_before: None,
             watermark_after: None,
+            spilled_bytes: 0,
             stages: vec![("ingest".into(), Duration::from_millis(20))],
             late_rows: Some(7),
             record: slate_stores::RunRecord {

@@ -3,6 +3,7 @@
 use crate::EngineError;
 use crate::encode::Dictionary;
 use crate::exec::pit_aggregate::PitAggregation;
+use crate::exec::runtime::Execution;
 use crate::frame::ts_column;
 use crate::plan::Node;
 use crate::windows::WindowsError;
@@ -312,7 +313,7 @@ pub(crate) async fn aggregates(
     frame: &Frame,
     nodes: &[&Node],
     query: &str,
-    partitions: usize,
+    exec: &Execution,
 ) -> Result<Vec<ArrayRef>, EngineError> {
     let Some(Node::Aggregate {
         key,
@@ -371,7 +372,7 @@ pub(crate) async fn aggregates(
                 .advance_latest_state(table, table_key, table_time, advance_to)
                 .await?;
         }
-        return aggregates_over_frame(frame, nodes, key, table_time, query, partitions).await;
+        return aggregates_over_frame(frame, nodes, key, table_time, query, exec).await;
     }
     let mut columns = vec![table_key.as_str(), table_time.as_str()];
     columns.extend(fields.iter().copied());
@@ -472,9 +473,6 @@ fn wanted(
         .collect()
 }
 
-/// Rows per batch of the frame fed to the point-in-time operator.
-const FRAME_BATCH_ROWS: usize = 1 << 16;
-
 /// Whole entities per chunk of the point-in-time operator.
 const PIT_CHUNK_ROWS: usize = 1 << 18;
 
@@ -489,12 +487,11 @@ async fn aggregates_over_frame(
     key: &str,
     time: &str,
     query: &str,
-    partitions: usize,
+    exec: &Execution,
 ) -> Result<Vec<ArrayRef>, EngineError> {
     use crate::exec::pit_aggregate::{EVENT, PitSpec, QUERY, pit_plan};
     use arrow::datatypes::{Field, Schema};
     use datafusion::datasource::memory::MemorySourceConfig;
-    use datafusion::prelude::SessionContext;
 
     // Each aggregated field once, as `__field<j>`.
     let mut fields: Vec<String> = Vec::new();
@@ -536,9 +533,15 @@ async fn aggregates_over_frame(
     let rows = u32::try_from(frame.rows).map_err(|_| {
         EngineError::Internal(format!("{} rows in one frame; at most 2^32", frame.rows))
     })?;
+    let row_bytes = schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type().primitive_width().unwrap_or(24))
+        .sum();
+    let batch_rows = exec.batch_rows(row_bytes);
     let mut batches = Vec::new();
-    for start in (0..frame.rows).step_by(FRAME_BATCH_ROWS) {
-        let len = FRAME_BATCH_ROWS.min(frame.rows - start);
+    for start in (0..frame.rows).step_by(batch_rows) {
+        let len = batch_rows.min(frame.rows - start);
         let end = start + len;
         // A row without a time asks (as of its now) but is no event.
         let role = arrow::array::UInt8Array::from_iter_values((start..end).map(|i| {
@@ -576,12 +579,13 @@ async fn aggregates_over_frame(
         },
     };
     let plan = MemorySourceConfig::try_new_exec(&[batches], schema, None)
-        .and_then(|source| pit_plan(source, spec, partitions))
+        .and_then(|source| pit_plan(source, spec, exec.partitions))
         .map_err(failed)?;
-    let ctx = SessionContext::new();
+    let ctx = exec.session(batch_rows).map_err(failed)?;
     let out = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
         .await
         .map_err(failed)?;
+    exec.record_spills(&plan);
     let all = concat_batches(&plan.schema(), &out)?;
     // Every frame row is a query: one output row each, in partition order; back to frame order.
     let mut position = vec![0u32; frame.rows];

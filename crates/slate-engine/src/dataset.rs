@@ -214,7 +214,7 @@ impl Engine {
                 frame.columns.insert(m.to_string(), a);
             }
         }
-        self.compute_nodes(&offline, plan, &mut frame, &models)
+        self.compute_nodes(&offline, plan, &mut frame, &models, &self.execution())
             .await?;
         let batch = self.output_batch(plan, &frame, None, &models, 0..frame.rows)?;
         Ok(Dataset { batch, versions })

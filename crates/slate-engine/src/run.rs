@@ -2,6 +2,7 @@
 
 use crate::EngineError;
 use crate::compute::{self, Frame};
+use crate::exec::runtime::{Execution, default_memory_limit};
 use crate::frame::{dedupe_sorted, to_class_batch, ts_column};
 use crate::plan::{Node, QueryPlan, Scan};
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
@@ -57,6 +58,8 @@ pub struct RunSummary {
     pub watermark_before: Option<i64>,
     pub watermark_after: Option<i64>,
     pub stages: Vec<(String, Duration)>,
+    /// Bytes the run's operators spilled to disk under the memory limit.
+    pub spilled_bytes: usize,
     /// What the ledger recorded.
     pub record: RunRecord,
 }
@@ -112,6 +115,8 @@ pub struct Engine {
     write_chunk_rows: usize,
     /// Partitions (by entity key) of the point-in-time operator.
     partitions: usize,
+    /// What a run's operators may hold in memory before they spill; `None`: no limit.
+    memory_limit: Option<usize>,
 }
 
 /// The run lock a run holds while it writes: one run at a time per environment's state.
@@ -138,6 +143,10 @@ impl Engine {
             None => cfg.project.root.join(&env.state_dir).join(&cfg.env),
         };
         let offline_retention_micros = env.offline_retention_secs.saturating_mul(1_000_000);
+        let memory_limit = match env.memory_limit_bytes {
+            Some(b) => Some(usize::try_from(b).unwrap_or(usize::MAX)),
+            None => default_memory_limit(),
+        };
         Ok(Engine {
             cfg,
             state_dir,
@@ -148,7 +157,30 @@ impl Engine {
             pg_ledger: std::sync::Mutex::new(None),
             write_chunk_rows: WRITE_CHUNK_ROWS,
             partitions: std::thread::available_parallelism().map_or(1, |t| t.get()),
+            memory_limit,
         })
+    }
+
+    /// The engine's runs holding at most `bytes` in their operators' state (sorts, the
+    /// point-in-time aggregation) before spilling under the state directory; overrides the
+    /// environment's `memory_limit`. Results do not depend on it.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The memory budget of this engine's runs, in bytes.
+    pub fn memory_limit(&self) -> Option<usize> {
+        self.memory_limit
+    }
+
+    /// The execution settings of one run.
+    pub(crate) fn execution(&self) -> Execution {
+        Execution::new(
+            self.partitions,
+            self.memory_limit,
+            self.state_dir.join("spill"),
+        )
     }
 
     /// The engine running its point-in-time operator in `n` partitions by entity key (at
@@ -597,8 +629,9 @@ impl Engine {
         {
             frame.whole_table = Some((plan.root_table(), t.clone()));
         }
+        let exec = self.execution();
         let predict_time = self
-            .compute_nodes(&offline, plan, &mut frame, &models)
+            .compute_nodes(&offline, plan, &mut frame, &models, &exec)
             .await?;
         // Models are timed apart: the features and the scoring are different costs.
         let n_models = plan.models().count();
@@ -607,9 +640,20 @@ impl Engine {
             .iter()
             .filter(|n| !matches!(n, Node::Model { .. }))
             .count();
+        let spilled = match exec.spills() {
+            (0, _) => String::new(),
+            (bytes, files) => format!(
+                " (spilled {:.1} MiB in {files} file{})",
+                bytes as f64 / (1 << 20) as f64,
+                if files == 1 { "" } else { "s" }
+            ),
+        };
         took(
             "compute",
-            format!("{n_features} features for {} rows", rows.num_rows()),
+            format!(
+                "{n_features} features for {} rows{spilled}",
+                rows.num_rows()
+            ),
             t.elapsed().saturating_sub(predict_time),
         );
         if n_models > 0 {
@@ -681,35 +725,42 @@ impl Engine {
                 .collect::<Result<Vec<_>, _>>()?;
             drop((keys, order));
             let mut writer = online.writer()?;
-            // One chunk's JSON values are built on one core while the previous chunk's are
-            // inserted on the other.
+            // One chunk's JSON values are built on one core while the previous chunk's records
+            // are written on the other.
             let columns = published
                 .iter()
                 .map(|(_, c)| frame.column(c).cloned())
                 .collect::<Result<Vec<_>, _>>()?;
+            let names: Vec<String> = published.iter().map(|(f, _)| f.column_name()).collect();
             std::thread::scope(|s| -> Result<(), EngineError> {
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
                 let chunks = &chunks;
                 s.spawn(move || {
-                    for c in &columns {
-                        for (_, _, idx) in chunks {
-                            let json = arrow::compute::take(c, idx, None)
-                                .map_err(EngineError::from)
-                                .and_then(|v| json_values(&v));
-                            if tx.send(json).is_err() {
-                                return;
-                            }
+                    for (_, _, idx) in chunks {
+                        let json = columns
+                            .iter()
+                            .map(|c| {
+                                arrow::compute::take(c, idx, None)
+                                    .map_err(EngineError::from)
+                                    .and_then(|v| json_values(&v))
+                            })
+                            .collect::<Result<Vec<_>, _>>();
+                        if tx.send(json).is_err() {
+                            return;
                         }
                     }
                 });
-                for (f, _) in &published {
-                    for (k, times, _) in chunks {
-                        let json = rx.recv().map_err(|_| {
-                            EngineError::Internal("online values thread ended".into())
-                        })??;
-                        let identity: Vec<u32> = (0..k.len() as u32).collect();
-                        writer.put_ordered(&f.column_name(), k, times, &json, &identity)?;
-                    }
+                for (k, times, _) in chunks {
+                    let json = rx.recv().map_err(|_| {
+                        EngineError::Internal("online values thread ended".into())
+                    })??;
+                    let rows = slate_stores::OnlineRows {
+                        keys: k,
+                        times,
+                        values: names.iter().map(|n| n.as_str()).zip(&json).collect(),
+                    };
+                    let identity: Vec<u32> = (0..k.len() as u32).collect();
+                    writer.put_ordered(&rows, &identity)?;
                 }
                 Ok(())
             })?;
@@ -808,6 +859,7 @@ impl Engine {
             watermark_before: before,
             watermark_after: after,
             stages,
+            spilled_bytes: exec.spills().0,
             record,
         })
     }
@@ -819,6 +871,7 @@ impl Engine {
         plan: &QueryPlan,
         frame: &mut Frame,
         models: &HashMap<String, OnnxModel>,
+        exec: &Execution,
     ) -> Result<Duration, EngineError> {
         let mut predict_time = std::time::Duration::ZERO;
         let mut done = vec![false; plan.nodes.len()];
@@ -854,14 +907,9 @@ impl Engine {
                         })
                         .collect();
                     let nodes: Vec<&Node> = group.iter().map(|&j| &plan.nodes[j]).collect();
-                    let arrays = compute::aggregates(
-                        offline,
-                        &*frame,
-                        &nodes,
-                        &plan.query.name,
-                        self.partitions,
-                    )
-                    .await?;
+                    let arrays =
+                        compute::aggregates(offline, &*frame, &nodes, &plan.query.name, exec)
+                            .await?;
                     for (&j, a) in group.iter().zip(arrays) {
                         if let Node::Aggregate { column, .. } = &plan.nodes[j] {
                             frame.columns.insert(column.clone(), a);

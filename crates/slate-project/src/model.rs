@@ -53,6 +53,9 @@ pub struct Environment {
     /// How long the offline store keeps files a write replaced, for readers of older table
     /// versions (`offline_retention`, default 7 days).
     pub offline_retention_secs: i64,
+    /// The memory a run's operators may hold before they spill to disk (`memory_limit`, e.g.
+    /// `2GB`); unset: a share of the machine's memory.
+    pub memory_limit_bytes: Option<u64>,
     /// Where the latest values are served from (`online:`; embedded redb by default).
     pub online: OnlineConfig,
     /// Where the run ledger, the watermarks and the run lock live (`metadata:`; the state

@@ -115,25 +115,20 @@ fn online_inner(s: &AppState, body: &[u8]) -> Result<Response, (StatusCode, Stri
     // float comes back with exactly the digits that were stored.
     let mut data: Vec<String> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
-    // One read per feature for all keys (one round trip for a server store).
+    // One read of each key's record for every feature (one round trip for a server store).
     let key_texts: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
-    let mut values = Vec::with_capacity(refs.len());
-    for (_, r) in &refs {
-        values.push(
-            s.online
-                .get_many(&r.column_name(), &key_texts)
-                .map_err(|e| {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("online store: {e}"),
-                    )
-                })?,
-        );
-    }
+    let columns: Vec<String> = refs.iter().map(|(_, r)| r.column_name()).collect();
+    let columns: Vec<&str> = columns.iter().map(|c| c.as_str()).collect();
+    let mut values = s.online.get_features(&columns, &key_texts).map_err(|e| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("online store: {e}"),
+        )
+    })?;
     for (i, (key_json, _)) in keys.iter().enumerate() {
         let mut found = false;
         for (j, (name, _)) in refs.iter().enumerate() {
-            let (value, ts) = match values[j][i].take() {
+            let (value, ts) = match values[i][j].take() {
                 Some(v) => {
                     found = true;
                     let raw = serde_json::value::RawValue::from_string(v.json.clone())

@@ -7,11 +7,14 @@ mod ledger;
 mod offline;
 mod online;
 mod pg_ledger;
+mod record;
 mod redis;
 
 pub use ledger::{Ledger, OutputRecord, RedbLedger, RunRecord, RunStatus, ScanRecord, Watermark};
 pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, day_of};
-pub use online::{OnlineStore, OnlineValue, OnlineWriter, RedbOnlineStore, key_order};
+pub use online::{
+    OnlineRows, OnlineStore, OnlineValue, OnlineWriter, RedbOnlineStore, class_of, key_order,
+};
 pub use pg_ledger::{PgLedger, PgRunLock};
 pub use redis::{RedisOnlineStore, RedisSettings};
 

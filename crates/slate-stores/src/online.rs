@@ -1,12 +1,17 @@
 //! The online store: the latest value of each (feature, key), for serving. [`OnlineStore`] is
-//! the one interface; this file holds it and the embedded implementation (one redb table per
-//! feature), `redis.rs` the Redis one. Writes are upserts: a value with an older feature time
-//! never replaces a newer one, an equal one replaces it. Keys are the entity's primary key as
-//! text (`42`, `u-17`), so every key type is stored exactly; values are JSON.
+//! the one interface; this file holds it and the embedded implementation, `redis.rs` the Redis
+//! one. Both keep one record per entity key and class (`record.rs`), holding every feature of
+//! the class written for that key, so a run writes each output row once whatever the number of
+//! its outputs. Writes are upserts per feature: a value with an older feature time never
+//! replaces a newer one, an equal one replaces it. Keys are the entity's primary key as text
+//! (`42`, `u-17`), so every key type is stored exactly; values are JSON. A feature's class is
+//! the part of its name before the first `.` (`transaction` of `transaction.user.count__1d`).
 
+use crate::record::{self, Entry};
 use crate::{StoreError, io};
 use arrow::array::{Array, StringArray};
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Where runs leave the latest values and the online API reads them.
@@ -14,7 +19,9 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     /// A writer for one run's values of several features.
     fn writer(&self) -> Result<Box<dyn OnlineWriter>, StoreError>;
 
-    fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError>;
+    fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError> {
+        Ok(self.get_many(feature, &[key])?.pop().flatten())
+    }
 
     /// The values of several keys of one feature, in the keys' order.
     fn get_many(
@@ -22,10 +29,22 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
         feature: &str,
         keys: &[&str],
     ) -> Result<Vec<Option<OnlineValue>>, StoreError> {
-        keys.iter().map(|k| self.get(feature, k)).collect()
+        Ok(self
+            .get_features(&[feature], keys)?
+            .into_iter()
+            .map(|mut v| v.pop().flatten())
+            .collect())
     }
 
-    /// Number of keys stored for `feature`.
+    /// The values of several features of several keys: one row per key, in the keys' order,
+    /// holding the features in their order. Each key's record is read once.
+    fn get_features(
+        &self,
+        features: &[&str],
+        keys: &[&str],
+    ) -> Result<Vec<Vec<Option<OnlineValue>>>, StoreError>;
+
+    /// Number of keys holding a value of `feature` (reads every record of its class).
     fn count(&self, feature: &str) -> Result<usize, StoreError>;
 
     /// Upserts `(key, feature_time, json)` rows of one feature with a writer of its own;
@@ -36,6 +55,49 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
         w.commit()?;
         Ok(n)
     }
+}
+
+/// The values of one write: per row a key and a feature time shared by every feature, and one
+/// JSON value per feature, all aligned by position.
+pub struct OnlineRows<'a> {
+    pub keys: &'a StringArray,
+    pub times: &'a [i64],
+    /// Each feature's name and values; names are unique.
+    pub values: Vec<(&'a str, &'a StringArray)>,
+}
+
+/// Features of one class and their values, sorted by name.
+pub(crate) type ClassValues<'a> = Vec<(&'a str, &'a StringArray)>;
+
+impl OnlineRows<'_> {
+    /// The features grouped by class, each group sorted by name (the records' order).
+    pub(crate) fn by_class(&self) -> Result<BTreeMap<&str, ClassValues<'_>>, StoreError> {
+        let mut groups: BTreeMap<&str, ClassValues<'_>> = BTreeMap::new();
+        for &(f, v) in &self.values {
+            if v.len() != self.keys.len() || self.times.len() != self.keys.len() {
+                return Err(StoreError::Io {
+                    what: "online write",
+                    reason: format!("the values of {f} are not aligned with the keys"),
+                });
+            }
+            groups.entry(class_of(f)).or_default().push((f, v));
+        }
+        for g in groups.values_mut() {
+            g.sort_by_key(|(f, _)| *f);
+            if let Some(w) = g.windows(2).find(|w| w[0].0 == w[1].0) {
+                return Err(StoreError::Io {
+                    what: "online write",
+                    reason: format!("feature {} given twice in one write", w[0].0),
+                });
+            }
+        }
+        Ok(groups)
+    }
+}
+
+/// The class whose records hold `feature`.
+pub fn class_of(feature: &str) -> &str {
+    feature.split_once('.').map_or(feature, |(c, _)| c)
 }
 
 /// Upserts of a run. What becomes visible when depends on the store: the embedded store shows
@@ -53,26 +115,29 @@ pub trait OnlineWriter: Send {
         let times: Vec<i64> = rows.iter().map(|r| r.1).collect();
         let values = StringArray::from_iter_values(rows.iter().map(|r| r.2.as_str()));
         let order = key_order(&keys, &times)?;
-        self.put_ordered(feature, &keys, &times, &values, &order)
+        let rows = OnlineRows {
+            keys: &keys,
+            times: &times,
+            values: vec![(feature, &values)],
+        };
+        self.put_ordered(&rows, &order)
     }
 
-    /// Upserts the rows at `order` (positions into `keys`, `times` and `values`, in the order
-    /// [`key_order`] gives); returns how many were stored.
-    fn put_ordered(
-        &mut self,
-        feature: &str,
-        keys: &StringArray,
-        times: &[i64],
-        values: &StringArray,
-        order: &[u32],
-    ) -> Result<usize, StoreError>;
+    /// Upserts the rows at `order` (positions into `rows`, in the order [`key_order`] gives);
+    /// returns how many values (rows times features) were stored.
+    fn put_ordered(&mut self, rows: &OnlineRows<'_>, order: &[u32]) -> Result<usize, StoreError>;
 
     fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
-/// The table of one feature: key to (feature time, JSON value).
-fn table(feature: &str) -> TableDefinition<'_, &'static str, (i64, &'static str)> {
-    TableDefinition::new(feature)
+/// The records of one class: key to its record.
+fn records(table: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(table)
+}
+
+/// The table name of a class's records; other tables are an earlier layout's (one per feature).
+fn records_table(class: &str) -> String {
+    format!("records:{class}")
 }
 
 /// Upserts of several features in one redb transaction; nothing is visible before `commit`.
@@ -81,21 +146,12 @@ pub struct RedbWriter {
 }
 
 impl OnlineWriter for RedbWriter {
-    fn put_ordered(
-        &mut self,
-        feature: &str,
-        keys: &StringArray,
-        times: &[i64],
-        values: &StringArray,
-        order: &[u32],
-    ) -> Result<usize, StoreError> {
-        self.put_rows(
-            feature,
-            order.iter().map(|&i| {
-                let i = i as usize;
-                (keys.value(i), times[i], values.value(i))
-            }),
-        )
+    fn put_ordered(&mut self, rows: &OnlineRows<'_>, order: &[u32]) -> Result<usize, StoreError> {
+        let mut written = 0;
+        for (class, features) in rows.by_class()? {
+            written += self.put_records(&records_table(class), rows, &features, order)?;
+        }
+        Ok(written)
     }
 
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
@@ -104,32 +160,56 @@ impl OnlineWriter for RedbWriter {
 }
 
 impl RedbWriter {
-    // Private and called through the non-generic functions above: the engine's own instance of
-    // this generic function (compiled in the engine's crate) measured 2.5x slower per insert.
-    fn put_rows<'a>(
+    fn put_records(
         &mut self,
-        feature: &str,
-        rows: impl Iterator<Item = (&'a str, i64, &'a str)>,
+        table: &str,
+        rows: &OnlineRows<'_>,
+        features: &[(&str, &StringArray)],
+        order: &[u32],
     ) -> Result<usize, StoreError> {
         let mut t = self
             .tx
-            .open_table(table(feature))
+            .open_table(records(table))
             .map_err(|e| io("online write")(&e))?;
         let mut written = 0;
-        for (key, ft, json) in rows {
-            // Insert first and put the old value back in the rare case it was newer: one tree
-            // walk per row instead of two.
-            let older = t
-                .insert(key, (ft, json))
+        let mut new = Vec::with_capacity(features.len());
+        let mut bytes = Vec::new();
+        let mut old_bytes = Vec::new();
+        for &i in order {
+            let i = i as usize;
+            let (key, time) = (rows.keys.value(i), rows.times[i]);
+            new.clear();
+            new.extend(features.iter().map(|(f, v)| Entry {
+                feature: f,
+                time,
+                json: v.value(i),
+            }));
+            bytes.clear();
+            record::encode(&new, &mut bytes)?;
+            // Insert first and merge in the rare case a record was there: one tree walk per
+            // new key instead of two.
+            let existed = match t
+                .insert(key, bytes.as_slice())
                 .map_err(|e| io("online write")(&e))?
-                .map(|old| (old.value().0, old.value().1.to_string()))
-                .filter(|(old_ft, _)| *old_ft > ft);
-            match older {
-                Some((old_ft, old_json)) => {
-                    t.insert(key, (old_ft, old_json.as_str()))
-                        .map_err(|e| io("online write")(&e))?;
+            {
+                Some(old) => {
+                    old_bytes.clear();
+                    old_bytes.extend_from_slice(old.value());
+                    true
                 }
-                None => written += 1,
+                None => false,
+            };
+            if !existed {
+                written += new.len();
+                continue;
+            }
+            let (merged, taken) = record::merge(&record::decode(&old_bytes)?, &new);
+            written += taken;
+            if merged != new {
+                bytes.clear();
+                record::encode(&merged, &mut bytes)?;
+                t.insert(key, bytes.as_slice())
+                    .map_err(|e| io("online write")(&e))?;
             }
         }
         Ok(written)
@@ -195,48 +275,136 @@ pub struct RedbOnlineStore {
     db: Database,
 }
 
+/// A table of the layout before records: one per feature, key to (feature time, JSON).
+type FeatureTable<'a> = TableDefinition<'a, &'static str, (i64, &'static str)>;
+
 impl RedbOnlineStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(RedbOnlineStore {
+        let store = RedbOnlineStore {
             db: crate::open_db("online store", path)?,
-        })
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Moves the values of a store written with one table per feature into records, in one
+    /// transaction, so that a store kept from an earlier release serves the same values.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let fail = |e: &dyn std::fmt::Display| io("online store migration")(e);
+        let old: Vec<String> = {
+            let tx = self.db.begin_read().map_err(|e| fail(&e))?;
+            tx.list_tables()
+                .map_err(|e| fail(&e))?
+                .map(|t| t.name().to_string())
+                .filter(|n| !n.starts_with("records:"))
+                .collect()
+        };
+        if old.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| fail(&e))?;
+        let mut w = RedbWriter { tx };
+        for feature in &old {
+            let (keys, times, values) = {
+                let t =
+                    w.tx.open_table(FeatureTable::new(feature))
+                        .map_err(|e| fail(&e))?;
+                let mut keys = Vec::new();
+                let mut times = Vec::new();
+                let mut values = Vec::new();
+                for row in t.iter().map_err(|e| fail(&e))? {
+                    let (k, v) = row.map_err(|e| fail(&e))?;
+                    let (time, json) = v.value();
+                    keys.push(k.value().to_string());
+                    times.push(time);
+                    values.push(json.to_string());
+                }
+                (StringArray::from(keys), times, StringArray::from(values))
+            };
+            let order: Vec<u32> = (0..keys.len() as u32).collect();
+            let rows = OnlineRows {
+                keys: &keys,
+                times: &times,
+                values: vec![(feature.as_str(), &values)],
+            };
+            w.put_ordered(&rows, &order)?;
+            w.tx.delete_table(FeatureTable::new(feature))
+                .map_err(|e| fail(&e))?;
+        }
+        Box::new(w).commit()
     }
 }
 
 impl OnlineStore for RedbOnlineStore {
-    /// A write transaction for several features: readers see all of a run's values or none,
-    /// and the caller builds one feature's rows at a time.
+    /// A write transaction for several features: readers see all of a run's values or none.
     fn writer(&self) -> Result<Box<dyn OnlineWriter>, StoreError> {
         Ok(Box::new(RedbWriter {
             tx: self.db.begin_write().map_err(|e| io("online write")(&e))?,
         }))
     }
 
-    fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError> {
+    fn get_features(
+        &self,
+        features: &[&str],
+        keys: &[&str],
+    ) -> Result<Vec<Vec<Option<OnlineValue>>>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
-        let t = match tx.open_table(table(feature)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(io("online read")(&e)),
-        };
-        Ok(t.get(key).map_err(|e| io("online read")(&e))?.map(|v| {
-            let (feature_time, json) = v.value();
-            OnlineValue {
-                feature_time,
-                json: json.to_string(),
+        let mut tables = BTreeMap::new();
+        for f in features {
+            let class = class_of(f);
+            if tables.contains_key(class) {
+                continue;
             }
-        }))
+            let t = match tx.open_table(records(&records_table(class))) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(io("online read")(&e)),
+            };
+            tables.insert(class, t);
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut row = vec![None; features.len()];
+            let mut read: BTreeMap<&str, Option<Vec<u8>>> = BTreeMap::new();
+            for (slot, f) in row.iter_mut().zip(features) {
+                let class = class_of(f);
+                if !read.contains_key(class) {
+                    let bytes = match &tables[class] {
+                        Some(t) => t
+                            .get(*key)
+                            .map_err(|e| io("online read")(&e))?
+                            .map(|v| v.value().to_vec()),
+                        None => None,
+                    };
+                    read.insert(class, bytes);
+                }
+                if let Some(bytes) = &read[class] {
+                    *slot = record::find(bytes, f)?.map(|e| OnlineValue {
+                        feature_time: e.time,
+                        json: e.json.to_string(),
+                    });
+                }
+            }
+            out.push(row);
+        }
+        Ok(out)
     }
 
     fn count(&self, feature: &str) -> Result<usize, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
-        let t = match tx.open_table(table(feature)) {
+        let t = match tx.open_table(records(&records_table(class_of(feature)))) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(io("online read")(&e)),
         };
-        let n = t.len().map_err(|e| io("online read")(&e))?;
-        usize::try_from(n).map_err(|e| io("online read")(&e))
+        let mut n = 0;
+        for row in t.iter().map_err(|e| io("online read")(&e))? {
+            let (_, v) = row.map_err(|e| io("online read")(&e))?;
+            if record::find(v.value(), feature)?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -321,5 +489,58 @@ mod tests {
         );
         assert_eq!(s.count("transaction.is_fraud").expect("count"), 2);
         assert_eq!(s.get("transaction.is_fraud", "3").expect("get"), None);
+    }
+
+    /// A store written with one table per feature opens with the same values, in records.
+    #[test]
+    fn a_store_of_feature_tables_is_migrated_to_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("online.redb");
+        {
+            let db = redb::Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("write");
+            for (feature, rows) in [
+                (
+                    "transaction.is_fraud",
+                    vec![("1", 10, "true"), ("2", 3, "false")],
+                ),
+                ("transaction.amount", vec![("1", 10, "4.5")]),
+                ("user.name", vec![("1", 7, "\"ann\"")]),
+            ] {
+                let mut t = tx.open_table(FeatureTable::new(feature)).expect("table");
+                for (k, time, json) in rows {
+                    t.insert(k, (time, json)).expect("insert");
+                }
+            }
+            tx.commit().expect("commit");
+        }
+        let s = RedbOnlineStore::open(&path).expect("open");
+        let v = |t: i64, j: &str| {
+            Some(OnlineValue {
+                feature_time: t,
+                json: j.into(),
+            })
+        };
+        assert_eq!(
+            s.get_features(
+                &["transaction.amount", "transaction.is_fraud", "user.name"],
+                &["1", "2"]
+            )
+            .expect("get"),
+            vec![
+                vec![v(10, "4.5"), v(10, "true"), v(7, "\"ann\"")],
+                vec![None, v(3, "false"), None],
+            ]
+        );
+        assert_eq!(s.count("transaction.is_fraud").expect("count"), 2);
+        drop(s);
+        let db = redb::Database::open(&path).expect("reopen");
+        let tx = db.begin_read().expect("read");
+        let names: Vec<String> = tx
+            .list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_string())
+            .collect();
+        assert_eq!(names, vec!["records:transaction", "records:user"]);
     }
 }

@@ -1,13 +1,16 @@
-//! The Redis online store. Layout: one hash per (feature, key) at `<prefix>:<feature>:<key>`
-//! with the fields `t` (feature time, microseconds since the epoch, decimal) and `v` (the value
-//! as JSON); `<prefix>` is `slate:<project>` unless configured. Feature names hold no `:`, so
-//! the layout is unambiguous. A write is a Lua script over a batch of keys that compares feature
-//! times on the server (an older value never replaces a newer one, atomically per key), sets
-//! the feature's TTL on what it writes, and runs pipelined: 512 keys per script call, 32 calls
-//! per round trip. Reads of several keys are one pipelined round trip.
+//! The Redis online store. Layout: one hash per entity key and class at
+//! `<prefix>:<class>:<key>`, holding one field per feature of the class written for that key;
+//! a field's value is `<feature time>:<expiry>:<JSON>` (microseconds since the epoch; the
+//! server's time in milliseconds after which the value is gone, 0 for never); `<prefix>` is
+//! `slate:<project>` unless configured. Class names hold no `:`, so the layout is unambiguous.
+//! A write is a Lua script over a batch of keys that compares feature times per field on the
+//! server (an older value never replaces a newer one, atomically per key), stamps each value
+//! with its feature's TTL and lets the hash expire with its last value, and runs pipelined:
+//! 512 keys per script call, 32 calls per round trip. Reads of several keys are one pipelined
+//! round trip, with the server's time to drop expired values.
 
 use crate::StoreError;
-use crate::online::{OnlineStore, OnlineValue, OnlineWriter};
+use crate::online::{OnlineRows, OnlineStore, OnlineValue, OnlineWriter, class_of};
 use arrow::array::StringArray;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -19,18 +22,58 @@ const CALLS_PER_TRIP: usize = 32;
 /// Connections kept open for reuse (reads of concurrent API requests each take one).
 const MAX_IDLE: usize = 64;
 
-/// KEYS: the rows' keys; ARGV[1]: TTL in milliseconds (0: none); then per key its feature
-/// time and JSON value. Returns how many keys were written.
+/// KEYS: the rows' hashes. ARGV[1]: F, the number of features; ARGV[2] whether any value of
+/// the store may expire (1 or 0); ARGV[3..F+2]: the feature names; ARGV[F+3..2F+2]: their TTLs
+/// in milliseconds (0: none); then per key its feature time and its F JSON values. Returns how
+/// many values were written.
 const UPSERT: &str = r#"
-local ttl = tonumber(ARGV[1])
+local f = tonumber(ARGV[1])
+local expiring = ARGV[2] == '1'
+local names = {}
+local ttls = {}
+for j = 1, f do
+  names[j] = ARGV[2 + j]
+  ttls[j] = tonumber(ARGV[2 + f + j])
+end
+local now = 0
+if expiring then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local n = 0
+local base = 3 + 2 * f
 for i = 1, #KEYS do
-  local t = ARGV[2 * i]
-  local cur = redis.call('HGET', KEYS[i], 't')
-  if not cur or tonumber(cur) <= tonumber(t) then
-    redis.call('HSET', KEYS[i], 't', t, 'v', ARGV[2 * i + 1])
-    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
-    n = n + 1
+  local at = base + (i - 1) * (f + 1)
+  local t = ARGV[at]
+  local tn = tonumber(t)
+  local cur = redis.call('HMGET', KEYS[i], unpack(names))
+  local set = {}
+  for j = 1, f do
+    local c = cur[j]
+    local older = true
+    if c then
+      local ct = tonumber(string.match(c, '^(-?%d+):'))
+      if ct and ct > tn then older = false end
+    end
+    if older then
+      local expiry = 0
+      if ttls[j] > 0 then expiry = now + ttls[j] end
+      set[#set + 1] = names[j]
+      set[#set + 1] = t .. ':' .. expiry .. ':' .. ARGV[at + j]
+      n = n + 1
+    end
+  end
+  if #set > 0 then
+    redis.call('HSET', KEYS[i], unpack(set))
+    if expiring then
+      local last = 0
+      local never = false
+      for _, v in ipairs(redis.call('HVALS', KEYS[i])) do
+        local e = tonumber(string.match(v, '^-?%d+:(%d+):'))
+        if not e or e == 0 then never = true elseif e > last then last = e end
+      end
+      if never then redis.call('PERSIST', KEYS[i]) else redis.call('PEXPIREAT', KEYS[i], last) end
+    end
   end
 end
 return n
@@ -139,8 +182,9 @@ impl RedisOnlineStore {
 }
 
 impl RedisSettings {
-    fn key(&self, feature: &str, key: &str) -> String {
-        format!("{}:{feature}:{key}", self.prefix)
+    /// The hash of `key`'s record of `class`.
+    fn key(&self, class: &str, key: &str) -> String {
+        format!("{}:{class}:{key}", self.prefix)
     }
 
     /// The TTL of `feature`'s values in milliseconds; 0 for none.
@@ -149,6 +193,11 @@ impl RedisSettings {
         ttl.get(&feature.to_ascii_lowercase())
             .or_else(|| ttl.get("default"))
             .map_or(0, |s| s.saturating_mul(1000))
+    }
+
+    /// Whether any value may expire; when none can, writes and reads skip expiry entirely.
+    fn expiring(&self) -> bool {
+        self.ttl_secs.values().any(|s| *s > 0)
     }
 }
 
@@ -160,30 +209,40 @@ struct RedisWriter {
 }
 
 impl RedisWriter {
-    fn put_rows<'a>(
+    fn put_records(
         &mut self,
-        feature: &str,
-        rows: impl Iterator<Item = (&'a str, i64, &'a str)>,
+        class: &str,
+        rows: &OnlineRows<'_>,
+        features: &[(&str, &StringArray)],
+        order: &[u32],
     ) -> Result<usize, StoreError> {
-        let ttl = self.settings.ttl_millis(feature);
+        let expiring = if self.settings.expiring() { "1" } else { "0" };
         let mut written = 0;
         let mut pipe = redis::pipe();
         let mut calls = 0;
-        let mut batch: Vec<(&str, i64, &str)> = Vec::with_capacity(KEYS_PER_CALL);
-        let mut rows = rows.peekable();
-        while rows.peek().is_some() {
-            batch.clear();
-            batch.extend(rows.by_ref().take(KEYS_PER_CALL));
+        let batches = order.chunks(KEYS_PER_CALL);
+        let last = batches.len();
+        for (b, batch) in batches.enumerate() {
             let cmd = pipe.cmd("EVALSHA").arg(&self.sha).arg(batch.len());
-            for (k, _, _) in &batch {
-                cmd.arg(self.settings.key(feature, k));
+            for &i in batch {
+                cmd.arg(self.settings.key(class, rows.keys.value(i as usize)));
             }
-            cmd.arg(ttl);
-            for (_, t, v) in &batch {
-                cmd.arg(*t).arg(*v);
+            cmd.arg(features.len()).arg(expiring);
+            for (f, _) in features {
+                cmd.arg(*f);
+            }
+            for (f, _) in features {
+                cmd.arg(self.settings.ttl_millis(f));
+            }
+            for &i in batch {
+                let i = i as usize;
+                cmd.arg(rows.times[i]);
+                for (_, v) in features {
+                    cmd.arg(v.value(i));
+                }
             }
             calls += 1;
-            if calls == CALLS_PER_TRIP || rows.peek().is_none() {
+            if calls == CALLS_PER_TRIP || b + 1 == last {
                 let counts: Vec<i64> = pipe
                     .query(&mut self.conn)
                     .map_err(fail(&self.settings.target, "online write"))?;
@@ -197,27 +256,60 @@ impl RedisWriter {
 }
 
 impl OnlineWriter for RedisWriter {
-    fn put_ordered(
-        &mut self,
-        feature: &str,
-        keys: &StringArray,
-        times: &[i64],
-        values: &StringArray,
-        order: &[u32],
-    ) -> Result<usize, StoreError> {
-        self.put_rows(
-            feature,
-            order.iter().map(|&i| {
-                let i = i as usize;
-                (keys.value(i), times[i], values.value(i))
-            }),
-        )
+    fn put_ordered(&mut self, rows: &OnlineRows<'_>, order: &[u32]) -> Result<usize, StoreError> {
+        let mut written = 0;
+        for (class, features) in rows.by_class()? {
+            written += self.put_records(class, rows, &features, order)?;
+        }
+        Ok(written)
     }
 
     /// Every batch is already written.
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// A stored field: its feature time and value, or nothing when it expired before `now`
+/// (server milliseconds).
+fn parse_field(field: &str, now: i64) -> Result<Option<OnlineValue>, StoreError> {
+    let bad = || StoreError::Io {
+        what: "online store read",
+        reason: format!(
+            "a stored value `{}` is not `<feature time>:<expiry>:<JSON>`",
+            field.chars().take(60).collect::<String>()
+        ),
+    };
+    let (time, rest) = field.split_once(':').ok_or_else(bad)?;
+    let (expiry, json) = rest.split_once(':').ok_or_else(bad)?;
+    let feature_time = time.parse::<i64>().map_err(|_| bad())?;
+    let expiry = expiry.parse::<i64>().map_err(|_| bad())?;
+    if expiry != 0 && expiry <= now {
+        return Ok(None);
+    }
+    Ok(Some(OnlineValue {
+        feature_time,
+        json: json.to_string(),
+    }))
+}
+
+/// A reply of another shape than the read asked for.
+fn unexpected(e: redis::ParsingError) -> StoreError {
+    StoreError::Io {
+        what: "online store read",
+        reason: format!("unexpected reply: {e}"),
+    }
+}
+
+/// The server's time in milliseconds, from its `TIME` reply.
+fn server_millis(reply: (String, String)) -> Result<i64, StoreError> {
+    let bad = || StoreError::Io {
+        what: "online store read",
+        reason: format!("the server's TIME reply {reply:?} is not two integers"),
+    };
+    let secs = reply.0.parse::<i64>().map_err(|_| bad())?;
+    let micros = reply.1.parse::<i64>().map_err(|_| bad())?;
+    Ok(secs * 1000 + micros / 1000)
 }
 
 /// Glob metacharacters escaped, for `SCAN ... MATCH`.
@@ -243,48 +335,80 @@ impl OnlineStore for RedisOnlineStore {
         }))
     }
 
-    fn get(&self, feature: &str, key: &str) -> Result<Option<OnlineValue>, StoreError> {
-        Ok(self.get_many(feature, &[key])?.pop().flatten())
-    }
-
-    fn get_many(
+    fn get_features(
         &self,
-        feature: &str,
+        features: &[&str],
         keys: &[&str],
-    ) -> Result<Vec<Option<OnlineValue>>, StoreError> {
+    ) -> Result<Vec<Vec<Option<OnlineValue>>>, StoreError> {
+        if keys.is_empty() || features.is_empty() {
+            return Ok(vec![vec![None; features.len()]; keys.len()]);
+        }
+        // The features by class: one HMGET per key and class, all in one round trip.
+        let mut classes: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, f) in features.iter().enumerate() {
+            classes.entry(class_of(f)).or_default().push(i);
+        }
+        let expiring = self.settings.expiring();
         let mut c = self.connection()?;
         let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("HMGET")
-                .arg(self.settings.key(feature, k))
-                .arg("t")
-                .arg("v");
+        if expiring {
+            pipe.cmd("TIME");
         }
-        let rows: Vec<(Option<String>, Option<String>)> = pipe
+        for k in keys {
+            for (class, slots) in &classes {
+                let cmd = pipe.cmd("HMGET");
+                cmd.arg(self.settings.key(class, k));
+                for &i in slots {
+                    cmd.arg(features[i]);
+                }
+            }
+        }
+        let mut replies: Vec<redis::Value> = pipe
             .query(&mut c)
             .map_err(fail(&self.settings.target, "online store read"))?;
         self.release(c);
-        rows.into_iter()
-            .map(|(t, v)| match (t, v) {
-                (Some(t), Some(json)) => {
-                    let feature_time = t.parse::<i64>().map_err(|_| StoreError::Io {
-                        what: "online store read",
-                        reason: format!("a stored feature time `{t}` is not an integer"),
-                    })?;
-                    Ok(Some(OnlineValue { feature_time, json }))
+        let now = match expiring {
+            true => {
+                let time = redis::from_redis_value(replies.remove(0)).map_err(unexpected)?;
+                server_millis(time)?
+            }
+            false => i64::MIN,
+        };
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(keys.len());
+        for _ in keys {
+            let mut row = vec![None; features.len()];
+            for slots in classes.values() {
+                let reply = replies.next().ok_or_else(|| StoreError::Io {
+                    what: "online store read",
+                    reason: "fewer replies than reads".into(),
+                })?;
+                let fields: Vec<Option<String>> =
+                    redis::from_redis_value(reply).map_err(unexpected)?;
+                for (&i, field) in slots.iter().zip(fields) {
+                    if let Some(field) = field {
+                        row[i] = parse_field(&field, now)?;
+                    }
                 }
-                _ => Ok(None),
-            })
-            .collect()
+            }
+            out.push(row);
+        }
+        Ok(out)
     }
 
     fn count(&self, feature: &str) -> Result<usize, StoreError> {
         let mut c = self.connection()?;
+        let target = &self.settings.target;
         let pattern = format!(
             "{}:{}:*",
             glob_escape(&self.settings.prefix),
-            glob_escape(feature)
+            glob_escape(class_of(feature))
         );
+        let now = server_millis(
+            redis::cmd("TIME")
+                .query(&mut c)
+                .map_err(fail(target, "online store count"))?,
+        )?;
         let mut cursor: u64 = 0;
         let mut n = 0;
         loop {
@@ -295,8 +419,22 @@ impl OnlineStore for RedisOnlineStore {
                 .arg("COUNT")
                 .arg(1000)
                 .query(&mut c)
-                .map_err(fail(&self.settings.target, "online store count"))?;
-            n += keys.len();
+                .map_err(fail(target, "online store count"))?;
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("HGET").arg(k).arg(feature);
+            }
+            let fields: Vec<Option<String>> = match keys.is_empty() {
+                true => Vec::new(),
+                false => pipe
+                    .query(&mut c)
+                    .map_err(fail(target, "online store count"))?,
+            };
+            for f in fields.into_iter().flatten() {
+                if parse_field(&f, now)?.is_some() {
+                    n += 1;
+                }
+            }
             if next == 0 {
                 break;
             }

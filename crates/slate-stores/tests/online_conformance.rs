@@ -6,7 +6,8 @@
 
 use arrow_array::StringArray;
 use slate_stores::{
-    OnlineStore, OnlineValue, RedbOnlineStore, RedisOnlineStore, RedisSettings, key_order,
+    OnlineRows, OnlineStore, OnlineValue, RedbOnlineStore, RedisOnlineStore, RedisSettings,
+    key_order,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -129,9 +130,12 @@ fn conformance(store: &dyn OnlineStore) {
             }
         }
         let mut w = store.writer().expect("writer");
-        let written = w
-            .put_ordered(h, &key_array, &times, &value_array, &order)
-            .expect("put_ordered");
+        let rows = OnlineRows {
+            keys: &key_array,
+            times: &times,
+            values: vec![(h, &value_array)],
+        };
+        let written = w.put_ordered(&rows, &order).expect("put_ordered");
         w.commit().expect("commit");
         assert_eq!(written, expected, "round {round}");
         assert_eq!(store.count(h).expect("count"), model.len(), "round {round}");
@@ -143,6 +147,52 @@ fn conformance(store: &dyn OnlineStore) {
         let (t, j) = &model[*k];
         assert_eq!(g, v(*t, j), "key {k}");
     }
+
+    // Several features of a class in one write share a key's record; each keeps its own time.
+    let (a, b) = ("order.total", "order.items");
+    let keys = StringArray::from(vec!["o1", "o2"]);
+    let times = vec![5, 5];
+    let totals = StringArray::from(vec!["1.5", "2.5"]);
+    let items = StringArray::from(vec!["3", "4"]);
+    let rows = OnlineRows {
+        keys: &keys,
+        times: &times,
+        values: vec![(a, &totals), (b, &items)],
+    };
+    let mut w = store.writer().expect("writer");
+    assert_eq!(w.put_ordered(&rows, &[0, 1]).expect("put"), 4);
+    w.commit().expect("commit");
+    assert_eq!(
+        store
+            .put(a, vec![("o1".into(), 4, "9".into())])
+            .expect("put"),
+        0
+    );
+    assert_eq!(
+        store
+            .put(b, vec![("o1".into(), 6, "7".into())])
+            .expect("put"),
+        1
+    );
+    assert_eq!(
+        store
+            .get_features(&[b, a, "order.none", h], &["o1", "o2", "o3"])
+            .expect("get_features"),
+        vec![
+            vec![v(6, "7"), v(5, "1.5"), None, None],
+            vec![v(5, "4"), v(5, "2.5"), None, None],
+            vec![None, None, None, None],
+        ]
+    );
+    assert_eq!(store.count(a).expect("count"), 2);
+    let twice = OnlineRows {
+        keys: &keys,
+        times: &times,
+        values: vec![(a, &totals), (a, &items)],
+    };
+    let mut w = store.writer().expect("writer");
+    let err = w.put_ordered(&twice, &[0, 1]).expect_err("a feature twice");
+    assert!(err.to_string().contains("order.total given twice"), "{err}");
 }
 
 #[test]
@@ -158,31 +208,43 @@ fn redis_online_store_conforms() {
     conformance(&store);
 }
 
+/// Each value expires after its feature's TTL, whatever else its key's hash holds; the hash
+/// lives as long as its last value.
 #[test]
 fn redis_values_expire_after_their_feature_ttl() {
     let store = redis_store("ttl", &[("transaction.is_fraud", 1), ("default", 3_600)]);
-    store
-        .put("transaction.is_fraud", vec![("1".into(), 1, "true".into())])
-        .expect("put");
-    store
-        .put("user.name", vec![("1".into(), 1, "\"ann\"".into())])
-        .expect("put");
+    let put = |f: &str, k: &str, json: &str| {
+        store.put(f, vec![(k.into(), 1, json.into())]).expect("put");
+    };
     let client = redis::Client::open(redis_url()).expect("client");
     let mut c = client.get_connection().expect("connection");
     let prefix = format!("slate-test:ttl:{}", std::process::id());
-    let pttl = |c: &mut redis::Connection, k: &str| -> i64 {
+    let mut pttl = |k: &str| -> i64 {
         redis::cmd("PTTL")
             .arg(format!("{prefix}:{k}"))
-            .query(c)
+            .query(&mut c)
             .expect("pttl")
     };
-    let short = pttl(&mut c, "transaction.is_fraud:1");
+    put("transaction.is_fraud", "1", "true");
+    let short = pttl("transaction:1");
     assert!((1..=1_000).contains(&short), "{short}");
-    let long = pttl(&mut c, "user.name:1");
-    assert!(long > 3_000_000, "{long}");
+    put("user.name", "1", "\"ann\"");
+    assert!(pttl("user:1") > 3_000_000);
+    put("transaction.amount", "1", "4.5");
+    assert!(pttl("transaction:1") > 3_000_000);
+    put("transaction.is_fraud", "2", "false");
     std::thread::sleep(std::time::Duration::from_millis(1_200));
     assert_eq!(store.get("transaction.is_fraud", "1").expect("get"), None);
+    assert_eq!(store.get("transaction.is_fraud", "2").expect("get"), None);
+    assert!(store.get("transaction.amount", "1").expect("get").is_some());
     assert!(store.get("user.name", "1").expect("get").is_some());
+    assert_eq!(store.count("transaction.is_fraud").expect("count"), 0);
+    assert_eq!(store.count("transaction.amount").expect("count"), 1);
+    assert_eq!(
+        pttl("transaction:2"),
+        -2,
+        "the hash of an expired value alone is gone"
+    );
 }
 
 #[test]

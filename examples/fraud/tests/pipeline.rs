@@ -324,7 +324,7 @@ async fn fraud_pipeline_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_partitions_do_not_change_the_stores() {
     let cfg = Config {
-        users: 90,
+        users: 1_500,
         merchants: 40,
         seed: 5,
         activity: 1.0,
@@ -335,10 +335,20 @@ async fn backfill_partitions_do_not_change_the_stores() {
     let plan = plan_query(&project(), "run_fraud_model").expect("plan");
     let now = START_MICROS + 21 * DAY;
     let mut first: Option<(RecordBatch, Vec<Option<slate_stores::OnlineValue>>)> = None;
-    for n in [1, 3, 16] {
+    // The last one under a memory limit small enough that the sorts spill.
+    for (n, limit) in [(1, None), (3, None), (16, None), (2, Some(1usize << 20))] {
         let state = tmp.path().join(format!("state{n}"));
-        let e = engine(&data, &state, now).with_partitions(n);
-        e.run(&plan, &SilentProgress).await.expect("run");
+        let mut e = engine(&data, &state, now).with_partitions(n);
+        if let Some(l) = limit {
+            e = e.with_memory_limit(l);
+        }
+        let s = e.run(&plan, &SilentProgress).await.expect("run");
+        assert_eq!(
+            s.spilled_bytes > 0,
+            limit.is_some(),
+            "{n} partitions under {limit:?} bytes: spilled {} bytes",
+            s.spilled_bytes
+        );
         let p = common::without_run_id_by_id(&predictions(&state).await);
         let ids: Vec<String> = i64s(&p, "id").iter().map(|k| k.to_string()).collect();
         let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -353,11 +363,39 @@ async fn backfill_partitions_do_not_change_the_stores() {
                 first = Some((p, online));
             }
             Some((p1, o1)) => {
-                assert_eq!(&p, p1, "{n} partitions: the same offline record");
-                assert_eq!(&online, o1, "{n} partitions: the same online values");
+                assert_eq!(&p, p1, "{n} partitions, {limit:?}: the same offline record");
+                assert_eq!(
+                    &online, o1,
+                    "{n} partitions, {limit:?}: the same online values"
+                );
             }
         }
     }
+
+    // A budget too small to hold one batch fails the run with the operator and the bytes it
+    // asked for, and commits nothing: the same run with memory to spare then ends as the others.
+    let state = tmp.path().join("tiny");
+    let err = engine(&data, &state, now)
+        .with_partitions(2)
+        .with_memory_limit(8 << 10)
+        .run(&plan, &SilentProgress)
+        .await
+        .expect_err("8 KiB is too little");
+    let text = err.to_string();
+    assert!(
+        text.contains("Failed to allocate additional") && text.contains("ExternalSorter"),
+        "{text}"
+    );
+    engine(&data, &state, now)
+        .run(&plan, &SilentProgress)
+        .await
+        .expect("rerun");
+    let (p1, _) = first.expect("first run");
+    assert_eq!(
+        common::without_run_id_by_id(&predictions(&state).await),
+        p1,
+        "after a run refused for memory, the rerun"
+    );
 }
 
 /// Five months of daily runs at midnight, across a new year (the 60-minute lookback crosses

@@ -417,7 +417,7 @@ async fn order_features_equal_the_reference_across_an_incremental_run() {
 async fn first_run_partitions_do_not_change_the_features() {
     let cfg = Config {
         seed: 13,
-        orders: 4_000,
+        orders: 40_000,
         customers: 120,
         ..Config::default()
     };
@@ -427,13 +427,20 @@ async fn first_run_partitions_do_not_change_the_features() {
     write_warehouse(&data, &w, None).expect("write");
     let plan = plan_query(&project(), "order_features").expect("plan");
     let mut first: Option<RecordBatch> = None;
-    for n in [1, 3, 16] {
+    // The last one under a memory limit small enough that the sorts spill.
+    for (n, limit) in [(1, None), (3, None), (16, None), (2, Some(2usize << 20))] {
         let state = tmp.path().join(format!("state{n}"));
-        engine(&data, &state, START_MICROS + 60 * DAY)
-            .with_partitions(n)
-            .run(&plan, &SilentProgress)
-            .await
-            .expect("run");
+        let mut e = engine(&data, &state, START_MICROS + 60 * DAY).with_partitions(n);
+        if let Some(l) = limit {
+            e = e.with_memory_limit(l);
+        }
+        let s = e.run(&plan, &SilentProgress).await.expect("run");
+        assert_eq!(
+            s.spilled_bytes > 0,
+            limit.is_some(),
+            "{n} partitions under {limit:?} bytes: spilled {} bytes",
+            s.spilled_bytes
+        );
         let b = read(&state, "order_features").await;
         let keep: Vec<usize> = (0..b.num_columns())
             .filter(|&i| !["run_id", "slate_day"].contains(&b.schema().field(i).name().as_str()))
@@ -445,7 +452,7 @@ async fn first_run_partitions_do_not_change_the_features() {
         let b = arrow::compute::take_record_batch(&b, &order).expect("take");
         match &first {
             None => first = Some(b),
-            Some(b1) => assert_eq!(&b, b1, "{n} partitions: the same order features"),
+            Some(b1) => assert_eq!(&b, b1, "{n} partitions, {limit:?}: the same order features"),
         }
     }
 }

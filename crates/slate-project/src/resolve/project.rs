@@ -63,6 +63,7 @@ impl Resolver {
             &[
                 "state_dir",
                 "offline_retention",
+                "memory_limit",
                 "sources",
                 "online",
                 "metadata",
@@ -86,6 +87,20 @@ impl Resolver {
                 }
             },
         };
+        let memory_limit_bytes = node.get("memory_limit").and_then(|n| {
+            let text = n.as_str().unwrap_or_default();
+            match slate_types::parse_size_bytes(text) {
+                Ok(0) | Err(_) => {
+                    self.err(
+                        &n.span,
+                        format!("bad memory_limit: `{text}` is not a positive size"),
+                        "e.g. `memory_limit: 2GB` (binary units: 1 GB = 1024 MB)",
+                    );
+                    None
+                }
+                Ok(b) => Some(b),
+            }
+        });
         let mut sources = BTreeMap::new();
         if let Some(srcs) = node
             .get("sources")
@@ -125,6 +140,7 @@ impl Resolver {
             sources,
             state_dir: PathBuf::from(state_dir),
             offline_retention_secs,
+            memory_limit_bytes,
             online,
             metadata,
         })
