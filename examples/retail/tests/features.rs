@@ -428,7 +428,7 @@ async fn first_run_partitions_do_not_change_the_features() {
     let plan = plan_query(&project(), "order_features").expect("plan");
     let mut first: Option<RecordBatch> = None;
     // The last one under a memory limit small enough that the sorts spill.
-    for (n, limit) in [(1, None), (3, None), (16, None), (2, Some(2usize << 20))] {
+    for (n, limit) in [(1, None), (3, None), (16, None), (2, Some(8usize << 20))] {
         let state = tmp.path().join(format!("state{n}"));
         let mut e = engine(&data, &state, START_MICROS + 60 * DAY).with_partitions(n);
         if let Some(l) = limit {
