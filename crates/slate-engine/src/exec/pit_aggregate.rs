@@ -9,8 +9,10 @@
 //! Slate's kernel (exact, one pass per aggregation over every window) and emits one output row
 //! per query row: the query's carried columns, then one column per aggregation. Memory is
 //! bounded by the chunk, not by the history: the buffer is reserved from the memory pool; a
-//! refusal ends the chunk early, at the last whole entity, and only an entity whose rows alone
-//! do not fit is an error, naming the operator and the bytes it asked for.
+//! refusal ends the chunk early, at the last whole entity. An entity the pool refuses while
+//! other operators hold it is still taken, within an overdraft of an eighth of the budget over
+//! all partitions (accounted in the pool); only an entity larger than that is an error, naming
+//! the operator and the bytes it asked for.
 
 use crate::encode::Dictionary;
 use crate::frame::ts_column;
@@ -20,7 +22,7 @@ use arrow::compute::{concat_batches, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt8Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{
@@ -214,10 +216,21 @@ impl ExecutionPlan for PitAggregateExec {
         // Registered as a consumer that gives way, like the sorts before it: a fair-share pool
         // then keeps a share for each partition's chunk rather than letting the sorts take
         // everything. It gives way by failing, not spilling: its chunk is whole entities.
+        let pool = context.memory_pool();
+        // What one partition may overdraw for an entity the pool refuses while other operators
+        // (a sort merging what it spilled) hold it: an eighth of the budget over all partitions.
+        let overdraft = match pool.memory_limit() {
+            MemoryLimit::Finite(limit) => {
+                let partitions = self.input.output_partitioning().partition_count().max(1);
+                limit / (8 * partitions)
+            }
+            MemoryLimit::Infinite | MemoryLimit::Unknown => 0,
+        };
         let reservation = MemoryConsumer::new(format!("PitAggregateExec[{partition}]"))
             .with_can_spill(true)
-            .register(context.memory_pool());
+            .register(pool);
         let state = Chunker {
+            overdraft,
             input,
             spec: self.spec.clone(),
             schema: self.schema.clone(),
@@ -247,6 +260,8 @@ struct Chunker {
     buffered: Vec<RecordBatch>,
     rows: usize,
     reservation: MemoryReservation,
+    /// Bytes the reservation may grow past a refusal to hold one entity (see `execute`).
+    overdraft: usize,
     done: bool,
 }
 
@@ -277,6 +292,13 @@ impl Chunker {
                     if refused.is_some() || self.rows >= self.spec.chunk_rows {
                         match (self.emit_whole_entities()?, refused) {
                             (Some(out), _) => return Ok(Some(out)),
+                            // One entity, within the overdraft: held and accounted for, so
+                            // that the operator moves on while the pool is held elsewhere.
+                            (None, Some(_))
+                                if self.reservation.size() + bytes <= self.overdraft =>
+                            {
+                                self.reservation.grow(bytes);
+                            }
                             (None, Some(e)) => {
                                 return Err(DataFusionError::ResourcesExhausted(format!(
                                     "PitAggregateExec could not reserve {bytes} bytes for the rows of one entity ({} rows held): {e}; raise the memory limit",
