@@ -274,6 +274,7 @@ impl QueryPlan {
                 ),
             };
         }
+        self.describe_backfill_plan(&mut s);
         let outs: Vec<String> = self.outputs.iter().map(|o| o.feature.to_string()).collect();
         let _ = writeln!(s, "  3. output   {}", outs.join(", "));
         let mut stores = Vec::new();
@@ -294,6 +295,56 @@ impl QueryPlan {
         );
         let _ = writeln!(s, "  5. commit   run record and watermarks");
         s
+    }
+}
+
+impl QueryPlan {
+    /// The physical plan of the aggregations a first run or a backfill computes from the rows it
+    /// ingested (a root scan that read everything): per table and key, the operators of
+    /// `compute::aggregates_over_frame`, top to bottom as DataFusion's EXPLAIN shows them.
+    fn describe_backfill_plan(&self, s: &mut String) {
+        let root_table = self.root_table();
+        let mut groups: Vec<(&str, &str, usize)> = Vec::new();
+        for n in &self.nodes {
+            if let Node::Aggregate {
+                key,
+                table,
+                table_key,
+                table_time,
+                ..
+            } = n
+                && *table == root_table
+                && self.root_time.as_deref() == Some(table_time.as_str())
+                && key == table_key
+            {
+                match groups.iter_mut().find(|g| g.0 == table && g.1 == key) {
+                    Some(g) => g.2 += 1,
+                    None => groups.push((table, key, 1)),
+                }
+            }
+        }
+        let time = self.root_time.as_deref().unwrap_or_default();
+        for (table, key, count) in groups {
+            let _ = writeln!(
+                s,
+                "              a first run or backfill computes the {count} aggregation{} over `{table}` by {key} from the rows it ingested:",
+                if count == 1 { "" } else { "s" }
+            );
+            let _ = writeln!(
+                s,
+                "                PitAggregateExec: {count} aggregation{}, chunks of whole entities (memory from the run's budget)",
+                if count == 1 { "" } else { "s" }
+            );
+            let _ = writeln!(
+                s,
+                "                  SortExec: [{key}, {time}], per partition (spills under the memory limit)"
+            );
+            let _ = writeln!(
+                s,
+                "                    RepartitionExec: hash({key}), one partition per core"
+            );
+            let _ = writeln!(s, "                      the ingested rows of `{table}`");
+        }
     }
 }
 
