@@ -18,6 +18,7 @@ transactions per user a day), so every history length has the same daily volume.
 
     python bench/scale.py --rows 20000000                # 20M rows over 60 and over 360 days
     python bench/scale.py --users 10000 --no-backfill-reference
+    python bench/scale.py --rows 20000000 --days 60 --memory-limit 2GB
 """
 
 import argparse
@@ -74,7 +75,10 @@ def one_history(a, days, work):
     out = measure(gen + ["--from-day", "0", "--to-day", str(days)])[2]
     os.sync()
     rows = int(out.split()[1])
-    slate = [a.slate, "--project", ROOT / "examples" / "fraud", "--data-dir", wh, "--state-dir", state, "run", "run_fraud_model"]
+    slate = [a.slate, "--project", ROOT / "examples" / "fraud", "--data-dir", wh, "--state-dir", state]
+    if a.memory_limit:
+        slate += ["--memory-limit", a.memory_limit]
+    slate += ["run", "run_fraud_model"]
     res = {"days": days, "users": users, "rows": rows}
 
     res["backfill"] = {"slate": measure(slate)}
@@ -153,6 +157,7 @@ def main():
     ap.add_argument("--no-backfill-reference", dest="backfill_reference", action="store_false",
                     help="time only Slate's backfill")
     ap.add_argument("--slate", default=str(ROOT / "target" / "debug" / "slate"))
+    ap.add_argument("--memory-limit", help="Slate's memory budget (`slate --memory-limit`, e.g. 2GB); default: Slate's own")
     ap.add_argument("--fraud-data", default=str(ROOT / "target" / "debug" / "fraud-data"))
     ap.add_argument("--json", help="also write the raw measurements here")
     a = ap.parse_args()
