@@ -95,6 +95,15 @@ impl OnlineRows<'_> {
     }
 }
 
+/// The positions of `features` grouped by the class whose records hold them.
+pub(crate) fn slots_by_class<'a>(features: &[&'a str]) -> BTreeMap<&'a str, Vec<usize>> {
+    let mut classes: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, f) in features.iter().enumerate() {
+        classes.entry(class_of(f)).or_default().push(i);
+    }
+    classes
+}
+
 /// The class whose records hold `feature`.
 pub fn class_of(feature: &str) -> &str {
     feature.split_once('.').map_or(feature, |(c, _)| c)
@@ -349,40 +358,32 @@ impl OnlineStore for RedbOnlineStore {
         keys: &[&str],
     ) -> Result<Vec<Vec<Option<OnlineValue>>>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
-        let mut tables = BTreeMap::new();
-        for f in features {
-            let class = class_of(f);
-            if tables.contains_key(class) {
-                continue;
-            }
-            let t = match tx.open_table(records(&records_table(class))) {
-                Ok(t) => Some(t),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
+        let mut classes = Vec::new();
+        for (class, slots) in slots_by_class(features) {
+            let table = match tx.open_table(records(&records_table(class))) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
                 Err(e) => return Err(io("online read")(&e)),
             };
-            tables.insert(class, t);
+            classes.push((table, slots));
         }
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let mut row = vec![None; features.len()];
-            let mut read: BTreeMap<&str, Option<Vec<u8>>> = BTreeMap::new();
-            for (slot, f) in row.iter_mut().zip(features) {
-                let class = class_of(f);
-                if !read.contains_key(class) {
-                    let bytes = match &tables[class] {
-                        Some(t) => t
-                            .get(*key)
-                            .map_err(|e| io("online read")(&e))?
-                            .map(|v| v.value().to_vec()),
-                        None => None,
-                    };
-                    read.insert(class, bytes);
-                }
-                if let Some(bytes) = &read[class] {
-                    *slot = record::find(bytes, f)?.map(|e| OnlineValue {
-                        feature_time: e.time,
-                        json: e.json.to_string(),
-                    });
+            for (table, slots) in &classes {
+                let Some(bytes) = table.get(*key).map_err(|e| io("online read")(&e))? else {
+                    continue;
+                };
+                let entries = record::decode(bytes.value())?;
+                for &i in slots {
+                    row[i] =
+                        entries
+                            .iter()
+                            .find(|e| e.feature == features[i])
+                            .map(|e| OnlineValue {
+                                feature_time: e.time,
+                                json: e.json.to_string(),
+                            });
                 }
             }
             out.push(row);

@@ -10,7 +10,7 @@
 //! round trip, with the server's time to drop expired values.
 
 use crate::StoreError;
-use crate::online::{OnlineRows, OnlineStore, OnlineValue, OnlineWriter, class_of};
+use crate::online::{OnlineRows, OnlineStore, OnlineValue, OnlineWriter, class_of, slots_by_class};
 use arrow::array::StringArray;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -19,6 +19,12 @@ use std::time::Duration;
 /// Keys per script call and script calls per round trip.
 const KEYS_PER_CALL: usize = 512;
 const CALLS_PER_TRIP: usize = 32;
+/// The key under the prefix that marks it as holding records, and its value. A class name
+/// never starts with `.`, so it is no record's key.
+const LAYOUT_KEY: &str = ".layout";
+const LAYOUT: &str = "records";
+/// `SCAN` calls (of 1,000 slots each) an open spends looking for keys of the earlier layout.
+const LAYOUT_SCAN_CALLS: usize = 16;
 /// Connections kept open for reuse (reads of concurrent API requests each take one).
 const MAX_IDLE: usize = 64;
 
@@ -141,8 +147,63 @@ impl RedisOnlineStore {
         redis::cmd("PING")
             .query::<String>(&mut c)
             .map_err(fail(&store.settings.target, "online store ping"))?;
+        store.check_layout(&mut c)?;
         store.release(c);
         Ok(store)
+    }
+
+    /// Refuses a prefix holding values of the layout before records (one hash per feature and
+    /// key), which reads would otherwise miss without a word; then marks the prefix as records,
+    /// so that later opens check one key. Looks at the first keys of the prefix only: a store of
+    /// the earlier layout is all such keys.
+    fn check_layout(&self, c: &mut redis::Connection) -> Result<(), StoreError> {
+        let target = &self.settings.target;
+        let marker = format!("{}:{LAYOUT_KEY}", self.settings.prefix);
+        let layout: Option<String> = redis::cmd("GET")
+            .arg(&marker)
+            .query(c)
+            .map_err(fail(target, "online store layout"))?;
+        if layout.as_deref() == Some(LAYOUT) {
+            return Ok(());
+        }
+        let prefix = format!("{}:", self.settings.prefix);
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut cursor: u64 = 0;
+        for _ in 0..LAYOUT_SCAN_CALLS {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(c)
+                .map_err(fail(target, "online store layout"))?;
+            // A key of the earlier layout starts with a feature name, which holds a `.`; a
+            // record's starts with its class, which does not.
+            let old = keys.iter().find(|k| {
+                k.strip_prefix(&prefix)
+                    .and_then(|rest| rest.split(':').next())
+                    .is_some_and(|first| first.contains('.'))
+            });
+            if let Some(old) = old {
+                return Err(StoreError::Redis {
+                    what: "online store layout",
+                    target: target.clone(),
+                    reason: format!(
+                        "keys under `{prefix}` are in the layout of an earlier release (one hash per feature and key, such as `{old}`), which this release does not read; delete them (`redis-cli --scan --pattern '{prefix}*' | xargs redis-cli del`) and run the queries again from an empty state, or configure another `prefix`"
+                    ),
+                });
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        redis::cmd("SET")
+            .arg(&marker)
+            .arg(LAYOUT)
+            .query::<()>(c)
+            .map_err(fail(target, "online store layout"))
     }
 
     fn connection(&self) -> Result<redis::Connection, StoreError> {
@@ -344,10 +405,7 @@ impl OnlineStore for RedisOnlineStore {
             return Ok(vec![vec![None; features.len()]; keys.len()]);
         }
         // The features by class: one HMGET per key and class, all in one round trip.
-        let mut classes: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, f) in features.iter().enumerate() {
-            classes.entry(class_of(f)).or_default().push(i);
-        }
+        let classes = slots_by_class(features);
         let expiring = self.settings.expiring();
         let mut c = self.connection()?;
         let mut pipe = redis::pipe();

@@ -247,6 +247,52 @@ fn redis_values_expire_after_their_feature_ttl() {
     );
 }
 
+/// A prefix holding hashes of the layout before records is refused at open, naming a key and
+/// what to do, rather than read as if it were empty.
+#[test]
+fn redis_keys_of_the_earlier_layout_are_refused_at_open() {
+    let store = redis_store("layout", &[]);
+    drop(store);
+    let prefix = format!("slate-test:layout:{}", std::process::id());
+    let client = redis::Client::open(redis_url()).expect("client");
+    let mut c = client.get_connection().expect("connection");
+    let old = format!("{prefix}:transaction.is_fraud:42");
+    let _: () = redis::cmd("HSET")
+        .arg(&old)
+        .arg("t")
+        .arg(1)
+        .arg("v")
+        .arg("true")
+        .query(&mut c)
+        .expect("hset");
+    let settings = RedisSettings {
+        url: redis_url(),
+        target: "test server".into(),
+        prefix: prefix.clone(),
+        ttl_secs: BTreeMap::new(),
+    };
+    let err = RedisOnlineStore::open(settings.clone()).expect_err("the earlier layout");
+    let text = err.to_string();
+    assert!(
+        text.contains(&old) && text.contains("earlier release"),
+        "{text}"
+    );
+    let _: () = redis::cmd("DEL").arg(&old).query(&mut c).expect("del");
+    let store = RedisOnlineStore::open(settings).expect("an emptied prefix opens");
+    store
+        .put(
+            "transaction.is_fraud",
+            vec![("42".into(), 1, "true".into())],
+        )
+        .expect("put");
+    assert!(
+        store
+            .get("transaction.is_fraud", "42")
+            .expect("get")
+            .is_some()
+    );
+}
+
 #[test]
 fn a_dead_redis_fails_at_open_with_its_address() {
     let settings = RedisSettings {
