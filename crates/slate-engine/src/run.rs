@@ -169,11 +169,6 @@ impl Engine {
         self
     }
 
-    /// The memory budget of this engine's runs, in bytes.
-    pub fn memory_limit(&self) -> Option<usize> {
-        self.memory_limit
-    }
-
     /// The execution settings of one run.
     pub(crate) fn execution(&self) -> Execution {
         Execution::new(

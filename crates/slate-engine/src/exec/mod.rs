@@ -1,4 +1,4 @@
 //! The run's physical operators, each a DataFusion `ExecutionPlan` with its own tests.
 
 pub mod pit_aggregate;
-pub mod runtime;
+pub(crate) mod runtime;
