@@ -23,8 +23,8 @@ const CALLS_PER_TRIP: usize = 32;
 /// never starts with `.`, so it is no record's key.
 const LAYOUT_KEY: &str = ".layout";
 const LAYOUT: &str = "records";
-/// `SCAN` calls (of 1,000 slots each) an open spends looking for keys of the earlier layout.
-const LAYOUT_SCAN_CALLS: usize = 16;
+/// Slots a `SCAN` call of the layout check looks at.
+const LAYOUT_SCAN_COUNT: usize = 10_000;
 /// Connections kept open for reuse (reads of concurrent API requests each take one).
 const MAX_IDLE: usize = 64;
 
@@ -154,8 +154,8 @@ impl RedisOnlineStore {
 
     /// Refuses a prefix holding values of the layout before records (one hash per feature and
     /// key), which reads would otherwise miss without a word; then marks the prefix as records,
-    /// so that later opens check one key. Looks at the first keys of the prefix only: a store of
-    /// the earlier layout is all such keys.
+    /// so that later opens check one key. The first open of a prefix scans the whole database
+    /// (`SCAN` visits every key of a server shared with others, whatever it matches), once.
     fn check_layout(&self, c: &mut redis::Connection) -> Result<(), StoreError> {
         let target = &self.settings.target;
         let marker = format!("{}:{LAYOUT_KEY}", self.settings.prefix);
@@ -169,13 +169,13 @@ impl RedisOnlineStore {
         let prefix = format!("{}:", self.settings.prefix);
         let pattern = format!("{}*", glob_escape(&prefix));
         let mut cursor: u64 = 0;
-        for _ in 0..LAYOUT_SCAN_CALLS {
+        loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(1000)
+                .arg(LAYOUT_SCAN_COUNT)
                 .query(c)
                 .map_err(fail(target, "online store layout"))?;
             // A key of the earlier layout starts with a feature name, which holds a `.`; a

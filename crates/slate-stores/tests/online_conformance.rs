@@ -15,8 +15,37 @@ fn redis_url() -> String {
     slate_testkit::redis().url.clone()
 }
 
-/// A Redis store under a prefix of its own; its keys are deleted first.
-fn redis_store(tag: &str, ttl: &[(&str, i64)]) -> RedisOnlineStore {
+/// Deletes the keys under a prefix when dropped (also when the test fails), so that a shared
+/// server does not collect the keys of every run.
+struct Cleanup(String);
+
+impl Cleanup {
+    fn delete(&self) {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut c) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut c)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut c);
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// A Redis store under a prefix of its own; its keys are deleted first and when the returned
+/// guard drops.
+fn redis_store(tag: &str, ttl: &[(&str, i64)]) -> (RedisOnlineStore, Cleanup) {
     let prefix = format!("slate-test:{tag}:{}", std::process::id());
     let settings = RedisSettings {
         url: redis_url(),
@@ -30,16 +59,9 @@ fn redis_store(tag: &str, ttl: &[(&str, i64)]) -> RedisOnlineStore {
             redis_url()
         )
     });
-    let client = redis::Client::open(redis_url()).expect("client");
-    let mut c = client.get_connection().expect("connection");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query(&mut c)
-        .expect("keys");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query(&mut c).expect("del");
-    }
-    store
+    let cleanup = Cleanup(prefix);
+    cleanup.delete();
+    (store, cleanup)
 }
 
 /// A small deterministic generator, so that failures reproduce.
@@ -204,7 +226,7 @@ fn redb_online_store_conforms() {
 
 #[test]
 fn redis_online_store_conforms() {
-    let store = redis_store("conformance", &[]);
+    let (store, _cleanup) = redis_store("conformance", &[]);
     conformance(&store);
 }
 
@@ -212,7 +234,7 @@ fn redis_online_store_conforms() {
 /// lives as long as its last value.
 #[test]
 fn redis_values_expire_after_their_feature_ttl() {
-    let store = redis_store("ttl", &[("transaction.is_fraud", 1), ("default", 3_600)]);
+    let (store, _cleanup) = redis_store("ttl", &[("transaction.is_fraud", 1), ("default", 3_600)]);
     let put = |f: &str, k: &str, json: &str| {
         store.put(f, vec![(k.into(), 1, json.into())]).expect("put");
     };
@@ -251,11 +273,24 @@ fn redis_values_expire_after_their_feature_ttl() {
 /// what to do, rather than read as if it were empty.
 #[test]
 fn redis_keys_of_the_earlier_layout_are_refused_at_open() {
-    let store = redis_store("layout", &[]);
+    let (store, _cleanup) = redis_store("layout", &[]);
     drop(store);
     let prefix = format!("slate-test:layout:{}", std::process::id());
     let client = redis::Client::open(redis_url()).expect("client");
     let mut c = client.get_connection().expect("connection");
+    // Other keys on the same server, more than a few SCAN calls visit: the check still finds
+    // the old key wherever it is.
+    let noise = Cleanup(format!("slate-test:layout-noise:{}", std::process::id()));
+    for chunk in 0..10 {
+        let mut pipe = redis::pipe();
+        for i in 0..5_000 {
+            pipe.cmd("SET")
+                .arg(format!("{}:{chunk}:{i}", noise.0))
+                .arg(1)
+                .ignore();
+        }
+        let _: () = pipe.query(&mut c).expect("set noise");
+    }
     let old = format!("{prefix}:transaction.is_fraud:42");
     let _: () = redis::cmd("HSET")
         .arg(&old)
