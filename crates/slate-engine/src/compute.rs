@@ -586,19 +586,23 @@ async fn aggregates_over_frame(
         .await
         .map_err(failed)?;
     exec.record_spills(&plan);
-    let all = concat_batches(&plan.schema(), &out)?;
-    // Every frame row is a query: one output row each, in partition order; back to frame order.
+    let schema = plan.schema();
+    drop(plan);
+    // Every frame row is a query: one output row each, in partition order; back to frame order,
+    // one column at a time, each column's parts released once it is gathered (the output is
+    // held once, not thrice).
+    let n_cols = schema.fields().len();
+    let mut parts: Vec<Vec<ArrayRef>> = (0..n_cols)
+        .map(|c| out.iter().map(|b| b.column(c).clone()).collect())
+        .collect();
+    drop(out);
     let mut position = vec![0u32; frame.rows];
     let mut seen = 0u32;
-    for (i, r) in all
-        .column(0)
-        .as_primitive::<arrow::datatypes::UInt32Type>()
-        .values()
-        .iter()
-        .enumerate()
-    {
-        position[*r as usize] = i as u32;
-        seen += 1;
+    for part in std::mem::take(&mut parts[0]) {
+        for r in part.as_primitive::<arrow::datatypes::UInt32Type>().values() {
+            position[*r as usize] = seen;
+            seen += 1;
+        }
     }
     if seen != rows {
         return Err(EngineError::Internal(format!(
@@ -606,9 +610,19 @@ async fn aggregates_over_frame(
         )));
     }
     let position = UInt32Array::from(position);
-    (1..all.num_columns())
-        .map(|c| Ok(take(all.column(c), &position, None)?))
-        .collect()
+    let mut columns = Vec::with_capacity(n_cols.saturating_sub(1));
+    for (part, field) in parts.iter_mut().zip(schema.fields()).skip(1) {
+        let part = std::mem::take(part);
+        let refs: Vec<&dyn Array> = part.iter().map(|a| a.as_ref()).collect();
+        let all = match refs.is_empty() {
+            true => arrow::array::new_empty_array(field.data_type()),
+            false => arrow::compute::concat(&refs)?,
+        };
+        drop(refs);
+        drop(part);
+        columns.push(take(&all, &position, None)?);
+    }
+    Ok(columns)
 }
 
 /// The label column of a model's predicted labels, typed as the output feature.

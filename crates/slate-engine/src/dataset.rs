@@ -216,7 +216,7 @@ impl Engine {
         }
         self.compute_nodes(&offline, plan, &mut frame, &models, &self.execution())
             .await?;
-        let batch = self.output_batch(plan, &frame, None, &models, 0..frame.rows)?;
+        let batch = self.output_batch(plan, &frame, None, &models)?;
         Ok(Dataset { batch, versions })
     }
 }

@@ -701,60 +701,54 @@ impl Engine {
             };
             let keys = key_strings(&key_col)?;
             let order = slate_stores::key_order(&keys, &frame.now)?;
-            // The rows in key order, in chunks: each chunk's keys, times and row positions,
-            // shared by every feature (and each chunk's JSON far below Arrow's 2 GiB limit
-            // per string array, whatever the run's size).
-            let chunks = order
-                .chunks(self.write_chunk_rows)
-                .map(|rows| -> Result<_, EngineError> {
-                    let idx = arrow::array::UInt32Array::from(rows.to_vec());
-                    let k = arrow::compute::take(&keys, &idx, None)?;
-                    let k = k
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .cloned()
-                        .ok_or_else(|| EngineError::Internal("key take".into()))?;
-                    let times: Vec<i64> = rows.iter().map(|&i| frame.now[i as usize]).collect();
-                    Ok((k, times, idx))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            drop((keys, order));
+            drop(keys);
             let mut writer = online.writer()?;
-            // One chunk's JSON values are built on one core while the previous chunk's records
-            // are written on the other.
+            // The rows in key order, in chunks, each built when it is written: its keys, times
+            // and JSON values (each chunk's JSON far below Arrow's 2 GiB limit per string
+            // array, whatever the run's size). One chunk is built on one core while the
+            // previous chunk's records are written on the other.
             let columns = published
                 .iter()
                 .map(|(_, c)| frame.column(c).cloned())
                 .collect::<Result<Vec<_>, _>>()?;
             let names: Vec<String> = published.iter().map(|(f, _)| f.column_name()).collect();
+            let now = &frame.now;
+            let key_col = &key_col;
             std::thread::scope(|s| -> Result<(), EngineError> {
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let chunks = &chunks;
+                let order = &order;
+                let chunk_rows = self.write_chunk_rows;
                 s.spawn(move || {
-                    for (_, _, idx) in chunks {
-                        let json = columns
-                            .iter()
-                            .map(|c| {
-                                arrow::compute::take(c, idx, None)
-                                    .map_err(EngineError::from)
-                                    .and_then(|v| json_values(&v))
-                            })
-                            .collect::<Result<Vec<_>, _>>();
-                        if tx.send(json).is_err() {
+                    for rows in order.chunks(chunk_rows) {
+                        let chunk = (|| -> Result<_, EngineError> {
+                            let idx = arrow::array::UInt32Array::from(rows.to_vec());
+                            let keys = key_strings(&arrow::compute::take(key_col, &idx, None)?)?;
+                            let times: Vec<i64> = rows.iter().map(|&i| now[i as usize]).collect();
+                            let json = columns
+                                .iter()
+                                .map(|c| {
+                                    arrow::compute::take(c, &idx, None)
+                                        .map_err(EngineError::from)
+                                        .and_then(|v| json_values(&v))
+                                })
+                                .collect::<Result<Vec<_>, _>>()?;
+                            Ok((keys, times, json))
+                        })();
+                        if tx.send(chunk).is_err() {
                             return;
                         }
                     }
                 });
-                for (k, times, _) in chunks {
-                    let json = rx.recv().map_err(|_| {
+                for _ in order.chunks(chunk_rows) {
+                    let (keys, times, json) = rx.recv().map_err(|_| {
                         EngineError::Internal("online values thread ended".into())
                     })??;
                     let rows = slate_stores::OnlineRows {
-                        keys: k,
-                        times,
+                        keys: &keys,
+                        times: &times,
                         values: names.iter().map(|n| n.as_str()).zip(&json).collect(),
                     };
-                    let identity: Vec<u32> = (0..k.len() as u32).collect();
+                    let identity: Vec<u32> = (0..keys.len() as u32).collect();
                     writer.put_ordered(&rows, &identity)?;
                 }
                 Ok(())
@@ -764,15 +758,17 @@ impl Engine {
         }
         if plan.query.store_offline {
             let w = Instant::now();
-            let batches = self.output_batches(plan, &frame, Some(&run_id), &models)?;
+            let record = OutputColumns::new(plan, &frame, Some(&run_id), &models)?;
+            let rows =
+                slate_stores::WriteRows::new(record.rows(), record.batches(self.write_chunk_rows));
             let replace = ingested[0].bound.as_ref().map(|b| ReplaceRange {
                 column: "feature_time".into(),
                 from_micros: b.micros,
             });
             offline
-                .write(
+                .write_rows(
                     &plan.query.name,
-                    batches,
+                    rows,
                     replace.as_ref(),
                     Some("feature_time"),
                 )
@@ -927,16 +923,27 @@ impl Engine {
                         .iter()
                         .map(|c| frame.column(c).cloned())
                         .collect::<Result<Vec<_>, _>>()?;
-                    let prediction = model.predict(&features, &resolver.defaults)?;
-                    frame.columns.insert(
-                        label.clone(),
-                        compute::label_array(&prediction.labels, *label_ty),
-                    );
+                    // Scored in chunks: the model's input matrix and outputs stay a chunk's
+                    // size whatever the frame's.
+                    let mut labels = Vec::with_capacity(frame.rows);
+                    let mut scores = Vec::with_capacity(frame.rows);
+                    for start in (0..frame.rows).step_by(PREDICT_CHUNK_ROWS) {
+                        let len = PREDICT_CHUNK_ROWS.min(frame.rows - start);
+                        let chunk: Vec<ArrayRef> =
+                            features.iter().map(|c| c.slice(start, len)).collect();
+                        let prediction = model.predict(&chunk, &resolver.defaults)?;
+                        if score.is_some() {
+                            scores.extend(prediction.positive_scores().into_iter().map(f64::from));
+                        }
+                        labels.extend(prediction.labels);
+                    }
+                    frame
+                        .columns
+                        .insert(label.clone(), compute::label_array(&labels, *label_ty));
                     if let Some(s) = score {
-                        let scores = Float64Array::from_iter_values(
-                            prediction.positive_scores().into_iter().map(f64::from),
-                        );
-                        frame.columns.insert(s.clone(), Arc::new(scores));
+                        frame
+                            .columns
+                            .insert(s.clone(), Arc::new(Float64Array::from(scores)));
                     }
                     predict_time += p.elapsed();
                 }
@@ -997,16 +1004,20 @@ impl Engine {
         let class = &scan.class;
         let mut required = vec![class.primary_key.as_str()];
         required.extend(class.feature_time.as_deref());
-        let rows = to_class_batch(&r.name, class, &batches, &required)?;
         // The root rows are one per key; a related class with a feature time keeps its versions.
         let versions = !std::ptr::eq(scan, &plan.scans[0]);
-        let rows = dedupe_sorted(
-            &rows,
-            &class.primary_key,
-            class.feature_time.as_deref(),
-            versions,
-            &r.name,
-        )?;
+        // Each copy is released once the next is made: at most two of the rows are held.
+        let rows = {
+            let all = to_class_batch(&r.name, class, &batches, &required)?;
+            drop(batches);
+            dedupe_sorted(
+                &all,
+                &class.primary_key,
+                class.feature_time.as_deref(),
+                versions,
+                &r.name,
+            )?
+        };
         // Late rows: the range between the previous run's bound and this one's was read by the
         // previous run; what the source holds there now beyond what was stored came too late.
         let previous_bound = previous
@@ -1050,62 +1061,54 @@ impl Engine {
         })
     }
 
-    /// [`Engine::output_batch`] in batches of at most the engine's write chunk of rows (one
-    /// batch, empty, for no rows).
-    pub(crate) fn output_batches(
-        &self,
-        plan: &QueryPlan,
-        frame: &Frame,
-        run_id: Option<&str>,
-        models: &HashMap<String, OnnxModel>,
-    ) -> Result<Vec<RecordBatch>, EngineError> {
-        if frame.rows == 0 {
-            return Ok(vec![self.output_batch(
-                plan,
-                frame,
-                run_id,
-                models,
-                0..0,
-            )?]);
-        }
-        (0..frame.rows)
-            .step_by(self.write_chunk_rows)
-            .map(|start| {
-                let end = (start + self.write_chunk_rows).min(frame.rows);
-                self.output_batch(plan, frame, run_id, models, start..end)
-            })
-            .collect()
-    }
-
-    /// The offline record of a run's `rows`: run id, key and feature time, then every computed
-    /// column in plan order, each model's file hash before its outputs.
+    /// The offline record of a run's rows, one batch (for a dataset).
     pub(crate) fn output_batch(
         &self,
         plan: &QueryPlan,
         frame: &Frame,
         run_id: Option<&str>,
         models: &HashMap<String, OnnxModel>,
-        rows: std::ops::Range<usize>,
     ) -> Result<RecordBatch, EngineError> {
-        let n = rows.len();
-        let slice = |a: &ArrayRef| a.slice(rows.start, n);
+        Ok(OutputColumns::new(plan, frame, run_id, models)?.batch(0..frame.rows)?)
+    }
+}
+
+/// The offline record of a run's rows: run id, key and feature time, then every computed
+/// column in plan order, each model's file hash before its outputs. Owned (the arrays are
+/// shared with the frame), so that its batches are built while the write consumes them: the
+/// repeated strings (run id, model hash) exist a batch at a time.
+pub(crate) struct OutputColumns {
+    schema: Arc<Schema>,
+    columns: Vec<OutputColumn>,
+    rows: usize,
+}
+
+enum OutputColumn {
+    Array(ArrayRef),
+    Repeat(String),
+}
+
+impl OutputColumns {
+    pub(crate) fn new(
+        plan: &QueryPlan,
+        frame: &Frame,
+        run_id: Option<&str>,
+        models: &HashMap<String, OnnxModel>,
+    ) -> Result<Self, EngineError> {
         let pk = &plan.root.primary_key;
-        let key = slice(frame.column(pk)?);
+        let key = frame.column(pk)?.clone();
         let mut fields = Vec::new();
-        let mut cols: Vec<ArrayRef> = Vec::new();
+        let mut columns = Vec::new();
         if let Some(run_id) = run_id {
             fields.push(Field::new("run_id", DataType::Utf8, false));
-            cols.push(Arc::new(StringArray::from_iter_values(
-                std::iter::repeat_n(run_id, n),
-            )));
+            columns.push(OutputColumn::Repeat(run_id.to_string()));
         }
         fields.push(Field::new(pk, key.data_type().clone(), false));
         fields.push(Field::new("feature_time", ts_type(), false));
-        cols.push(key);
-        cols.push(Arc::new(
-            arrow::array::TimestampMicrosecondArray::from(frame.now[rows.clone()].to_vec())
-                .with_timezone("UTC"),
-        ));
+        columns.push(OutputColumn::Array(key));
+        columns.push(OutputColumn::Array(Arc::new(
+            arrow::array::TimestampMicrosecondArray::from(frame.now.clone()).with_timezone("UTC"),
+        )));
         let one_model = plan.models().count() == 1;
         let mut seen: Vec<&str> = vec!["run_id", pk, "feature_time"];
         for node in &plan.nodes {
@@ -1120,21 +1123,62 @@ impl Engine {
                     .map(|m| m.sha256())
                     .unwrap_or_default();
                 fields.push(Field::new(name, DataType::Utf8, false));
-                cols.push(Arc::new(StringArray::from_iter_values(
-                    std::iter::repeat_n(sha, n),
-                )));
+                columns.push(OutputColumn::Repeat(sha.to_string()));
             }
             for c in node.columns() {
                 if seen.contains(&c) {
                     continue;
                 }
                 seen.push(c);
-                let a = slice(frame.column(c)?);
+                let a = frame.column(c)?.clone();
                 fields.push(Field::new(c, a.data_type().clone(), true));
-                cols.push(a);
+                columns.push(OutputColumn::Array(a));
             }
         }
-        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+        Ok(OutputColumns {
+            schema: Arc::new(Schema::new(fields)),
+            columns,
+            rows: frame.rows,
+        })
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The record of `rows`.
+    pub(crate) fn batch(
+        &self,
+        rows: std::ops::Range<usize>,
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let n = rows.len();
+        let cols = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                OutputColumn::Array(a) => a.slice(rows.start, n),
+                OutputColumn::Repeat(s) => Arc::new(StringArray::from_iter_values(
+                    std::iter::repeat_n(s.as_str(), n),
+                )) as ArrayRef,
+            })
+            .collect();
+        RecordBatch::try_new(self.schema.clone(), cols)
+    }
+
+    /// The record in batches of at most `chunk` rows, each built when it is asked for (one
+    /// empty batch for no rows).
+    pub(crate) fn batches(
+        self,
+        chunk: usize,
+    ) -> impl Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send + 'static {
+        let starts: Vec<usize> = match self.rows {
+            0 => vec![0],
+            n => (0..n).step_by(chunk.max(1)).collect(),
+        };
+        starts.into_iter().map(move |start| {
+            let end = (start + chunk).min(self.rows);
+            self.batch(start..end)
+        })
     }
 }
 
@@ -1142,6 +1186,9 @@ impl Engine {
 /// (the run id, a model's hash of 64 bytes a row, JSON values) stay far below Arrow's 2 GiB
 /// limit per array whatever the run's size.
 const WRITE_CHUNK_ROWS: usize = 1 << 20;
+
+/// Rows a model scores in one call.
+const PREDICT_CHUNK_ROWS: usize = 1 << 18;
 
 /// One scan's rows and its watermark movement.
 struct Ingested {

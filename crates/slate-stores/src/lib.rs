@@ -11,7 +11,7 @@ mod record;
 mod redis;
 
 pub use ledger::{Ledger, OutputRecord, RedbLedger, RunRecord, RunStatus, ScanRecord, Watermark};
-pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, day_of};
+pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, WriteRows, day_of};
 pub use online::{
     OnlineRows, OnlineStore, OnlineValue, OnlineWriter, RedbOnlineStore, class_of, key_order,
 };

@@ -10,12 +10,19 @@
 
 use crate::StoreError;
 use arrow::array::{Array, ArrayRef, Date32Array, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 use deltalake::DeltaTable;
+use deltalake::datafusion::catalog::streaming::StreamingTable;
 use deltalake::datafusion::common::JoinType;
 use deltalake::datafusion::common::ScalarValue;
+use deltalake::datafusion::datasource::provider_as_source;
+use deltalake::datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use deltalake::datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
+use deltalake::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use deltalake::datafusion::physical_plan::streaming::PartitionStream;
 use deltalake::datafusion::prelude::{Expr, SessionContext, col, lit};
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
@@ -36,6 +43,85 @@ pub const DEFAULT_RETENTION_MICROS: i64 = 7 * DAY_MICROS;
 /// A table written by one daily run after another is opened several times a run: a checkpoint
 /// every 10 commits keeps each open to a checkpoint and at most 9 commit files.
 const TABLE_PROPERTIES: [(&str, Option<&str>); 1] = [("delta.checkpointInterval", Some("10"))];
+
+/// Batches of a write as they are produced.
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+
+/// The rows of one write, produced while the write consumes them, so that a run's output is
+/// never whole in memory.
+pub struct WriteRows {
+    rows: usize,
+    batches: Batches,
+}
+
+impl WriteRows {
+    /// `rows` rows in all, in `batches`.
+    pub fn new(
+        rows: usize,
+        batches: impl Iterator<Item = Result<RecordBatch, ArrowError>> + Send + 'static,
+    ) -> Self {
+        WriteRows {
+            rows,
+            batches: Box::new(batches),
+        }
+    }
+}
+
+impl From<Vec<RecordBatch>> for WriteRows {
+    fn from(batches: Vec<RecordBatch>) -> Self {
+        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        WriteRows::new(rows, batches.into_iter().map(Ok))
+    }
+}
+
+/// A scan of `batches`, read once, as a write's input plan.
+fn streamed(
+    schema: SchemaRef,
+    batches: Batches,
+) -> Result<LogicalPlan, deltalake::datafusion::error::DataFusionError> {
+    let table = StreamingTable::try_new(
+        schema.clone(),
+        vec![Arc::new(OnceStream {
+            schema,
+            batches: Mutex::new(Some(batches)),
+        })],
+    )?;
+    LogicalPlanBuilder::scan("input", provider_as_source(Arc::new(table)), None)?.build()
+}
+
+/// A partition stream of batches that can be executed once.
+struct OnceStream {
+    schema: SchemaRef,
+    batches: Mutex<Option<Batches>>,
+}
+
+impl std::fmt::Debug for OnceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("OnceStream").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for OnceStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
+        use deltalake::datafusion::error::DataFusionError;
+        use futures::StreamExt;
+        let batches = self.batches.lock().ok().and_then(|mut b| b.take());
+        let stream = match batches {
+            Some(b) => futures::stream::iter(b.map(|r| r.map_err(DataFusionError::from))).boxed(),
+            None => futures::stream::once(async {
+                Err(DataFusionError::Internal(
+                    "a write's rows were read twice".into(),
+                ))
+            })
+            .boxed(),
+        };
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
 
 /// The UTC day (days since 1970-01-01) of a time in microseconds.
 pub fn day_of(micros: i64) -> i32 {
@@ -146,6 +232,20 @@ impl OfflineStore {
         replace: Option<&ReplaceRange>,
         time: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.write_rows(table, WriteRows::from(batches), replace, time)
+            .await
+    }
+
+    /// [`OfflineStore::write`] of rows produced while the write consumes them: a table with a
+    /// `time` column is written from the stream (only the batches in flight are in memory);
+    /// one without is collected first.
+    pub async fn write_rows(
+        &self,
+        table: &str,
+        rows: WriteRows,
+        replace: Option<&ReplaceRange>,
+        time: Option<&str>,
+    ) -> Result<(), StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Offline {
             table: table.into(),
             reason: e.to_string(),
@@ -163,67 +263,83 @@ impl OfflineStore {
                 .partition_columns()
                 .iter()
                 .any(|c| c == DAY_COLUMN);
+        let new_rows = rows.rows;
         let Some(time) = time else {
+            let batches = rows
+                .batches
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(&e))?;
             return self.write_plain(t, table, batches, replace).await;
         };
-        let mut batches = batches
-            .iter()
-            .map(|b| with_day(b, time))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(&e))?;
-        let new_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let first = batches.iter().find(|b| b.num_rows() > 0).cloned();
+        let day_time = time.to_string();
+        let mut batches = rows
+            .batches
+            .filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0))
+            .map(move |b| b.and_then(|b| with_day(&b, &day_time)))
+            .peekable();
+        let first = match batches.peek() {
+            Some(Ok(b)) => Some(b.clone()),
+            Some(Err(e)) => return Err(err(e)),
+            None => None,
+        };
+        let mut batches: Batches = Box::new(batches);
+        let mut kept = Vec::new();
         let mut w;
         match replace {
             Some(r) if exists && partitioned && r.column == time => {
                 // Whole days are replaced: the kept rows of `from`'s day are read back, so the
                 // commit only removes files (no rewrite scan) and each day stays one file.
-                let first = day_of(r.from_micros);
-                if let Some(early) = earliest(&batches, time).map_err(|e| err(&e))?
-                    && early < r.from_micros
-                {
-                    return Err(err(&format!(
-                        "a new row's {time} ({}) precedes the replaced range's start ({})",
-                        slate_types::format_rfc3339(early),
-                        slate_types::format_rfc3339(r.from_micros)
-                    )));
-                }
-                let kept = self
+                let first_day = day_of(r.from_micros);
+                let kept_rows = self
                     .read_where(
                         table,
                         col(DAY_COLUMN)
-                            .gt_eq(day_lit(first))
+                            .gt_eq(day_lit(first_day))
                             .and(quoted(time).lt(ts_lit(r.from_micros))),
                     )
                     .await?;
-                let kept = conform(kept, batches.first()).map_err(|e| err(&e))?;
-                let kept_rows: usize = kept.iter().map(|b| b.num_rows()).sum();
-                if kept_rows + new_rows == 0 {
+                kept = conform(kept_rows, first.as_ref()).map_err(|e| err(&e))?;
+                let kept_count: usize = kept.iter().map(|b| b.num_rows()).sum();
+                if kept_count + new_rows == 0 {
                     let (t, _) = t
                         .delete()
-                        .with_predicate(col(DAY_COLUMN).gt_eq(day_lit(first)))
+                        .with_predicate(col(DAY_COLUMN).gt_eq(day_lit(first_day)))
                         .await
                         .map_err(|e| err(&e))?;
                     return self.vacuum(t, table).await;
                 }
-                batches.splice(0..0, kept);
+                // A new row before the replaced range fails the write before its commit.
+                let (from, time) = (r.from_micros, time.to_string());
+                batches = Box::new(batches.map(move |b| {
+                    let b = b?;
+                    match earliest(std::slice::from_ref(&b), &time)? {
+                        Some(early) if early < from => {
+                            Err(arrow::error::ArrowError::InvalidArgumentError(format!(
+                                "a new row's {time} ({}) precedes the replaced range's start ({})",
+                                slate_types::format_rfc3339(early),
+                                slate_types::format_rfc3339(from)
+                            )))
+                        }
+                        _ => Ok(b),
+                    }
+                }));
                 w = t
-                    .write(non_empty(batches))
+                    .write(vec![])
                     .with_save_mode(SaveMode::Overwrite)
-                    .with_replace_where(col(DAY_COLUMN).gt_eq(day_lit(first)));
+                    .with_replace_where(col(DAY_COLUMN).gt_eq(day_lit(first_day)));
             }
             _ if new_rows == 0 && (partitioned || !exists || replace.is_none()) => {
                 return self.write_plain(t, table, vec![], replace).await;
             }
             Some(r) if exists && partitioned => {
                 w = t
-                    .write(non_empty(batches))
+                    .write(vec![])
                     .with_save_mode(SaveMode::Overwrite)
                     .with_replace_where(quoted(&r.column).gt_eq(ts_lit(r.from_micros)));
             }
             Some(r) if exists => {
                 // A table of the unpartitioned layout: rewritten once, partitioned.
-                let kept = self
+                let kept_rows = self
                     .read_where(
                         table,
                         quoted(&r.column)
@@ -231,31 +347,37 @@ impl OfflineStore {
                             .or(quoted(&r.column).is_null()),
                     )
                     .await?;
-                let kept = kept
+                let kept_rows = kept_rows
                     .iter()
                     .map(|b| with_day(b, time))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| err(&e))?;
-                let kept = conform(kept, batches.first()).map_err(|e| err(&e))?;
+                kept = conform(kept_rows, first.as_ref()).map_err(|e| err(&e))?;
                 if kept.is_empty() && new_rows == 0 {
                     return self.write_plain(t, table, vec![], None).await;
                 }
-                batches.splice(0..0, kept);
                 w = t
-                    .write(non_empty(batches))
+                    .write(vec![])
                     .with_save_mode(SaveMode::Overwrite)
                     .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
             }
             _ => {
-                w = t
-                    .write(non_empty(batches))
-                    .with_save_mode(SaveMode::Overwrite);
+                w = t.write(vec![]).with_save_mode(SaveMode::Overwrite);
                 if exists && !partitioned {
                     w = w.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
                 }
             }
         }
+        let Some(schema) = first
+            .as_ref()
+            .map(|b| b.schema())
+            .or_else(|| kept.first().map(|b| b.schema()))
+        else {
+            return Err(err(&"a write with rows but no batch"));
+        };
+        let input = kept.into_iter().map(Ok).chain(batches);
         w = w
+            .with_input_plan(streamed(schema, Box::new(input)).map_err(|e| err(&e))?)
             .with_partition_columns([DAY_COLUMN])
             .with_writer_properties(writer_properties(first.as_ref()));
         if !exists {
@@ -607,12 +729,6 @@ fn mostly_distinct(a: &ArrayRef) -> bool {
     };
     let distinct: std::collections::HashSet<&[u8]> = rows.iter().map(|r| r.data()).collect();
     distinct.len() * 10 > a.len()
-}
-
-/// Delta writes no file for an empty batch list; the partition-only replace still removes
-/// the replaced days.
-fn non_empty(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
-    batches.into_iter().filter(|b| b.num_rows() > 0).collect()
 }
 
 #[cfg(test)]
