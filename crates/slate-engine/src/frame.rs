@@ -3,7 +3,7 @@
 
 use crate::EngineError;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{cast, concat_batches, take};
+use arrow::compute::{cast, take};
 use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 use slate_project::FeatureClass;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub(crate) fn to_class_batch(
     resolver: &str,
     class: &FeatureClass,
-    batches: &[RecordBatch],
+    batches: Vec<RecordBatch>,
     required: &[&str],
 ) -> Result<RecordBatch, EngineError> {
     let bad = |reason: String| EngineError::BadValue {
@@ -47,12 +47,22 @@ pub(crate) fn to_class_batch(
         }
     }
     let schema = Arc::new(Schema::new(fields));
-    let mut out = Vec::with_capacity(batches.len());
+    // Column by column, each column's parts released once it is cast and joined: the rows are
+    // held about once, not as the read, the cast and the joined copy at the same time.
+    let mut parts: Vec<Vec<ArrayRef>> =
+        vec![Vec::with_capacity(batches.len()); schema.fields().len()];
     for b in batches {
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        for (i, f) in schema.fields().iter().enumerate() {
-            let src = b.column(i);
-            let casted = cast(src, f.data_type()).map_err(|e| {
+        for (part, c) in parts.iter_mut().zip(b.columns()) {
+            part.push(c.clone());
+        }
+    }
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (f, part) in schema.fields().iter().zip(parts.iter_mut()) {
+        let part = std::mem::take(part);
+        let mut casted = Vec::with_capacity(part.len());
+        let mut offset = 0;
+        for src in part {
+            let c = cast(&src, f.data_type()).map_err(|e| {
                 bad(format!(
                     "column `{}` has type {} and cannot be read as {}: {e}",
                     f.name(),
@@ -60,24 +70,29 @@ pub(crate) fn to_class_batch(
                     f.data_type()
                 ))
             })?;
-            if casted.null_count() > src.null_count() {
+            if c.null_count() > src.null_count() {
                 let row = (0..src.len())
-                    .find(|&k| casted.is_null(k) && !src.is_null(k))
+                    .find(|&k| c.is_null(k) && !src.is_null(k))
                     .unwrap_or(0);
                 let value =
-                    arrow::util::display::array_value_to_string(src, row).unwrap_or_default();
+                    arrow::util::display::array_value_to_string(&src, row).unwrap_or_default();
                 return Err(bad(format!(
                     "column `{}` holds `{value}` (row {} of the result), which is not a valid {}",
                     f.name(),
-                    row + 1,
+                    offset + row + 1,
                     f.data_type()
                 )));
             }
-            arrays.push(casted);
+            offset += src.len();
+            casted.push(c);
         }
-        out.push(RecordBatch::try_new(schema.clone(), arrays)?);
+        let refs: Vec<&dyn Array> = casted.iter().map(|a| a.as_ref()).collect();
+        arrays.push(match refs.len() {
+            1 => casted[0].clone(),
+            _ => arrow::compute::concat(&refs)?,
+        });
     }
-    Ok(concat_batches(&schema, &out)?)
+    Ok(RecordBatch::try_new(schema, arrays)?)
 }
 
 pub(crate) fn ts_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, EngineError> {

@@ -91,6 +91,28 @@ pub enum Node {
 }
 
 impl Node {
+    /// The frame columns this node reads.
+    pub fn inputs(&self) -> Vec<&str> {
+        match self {
+            Node::Column { column, .. } => vec![column],
+            Node::Lookup { key, .. } => vec![key],
+            Node::Aggregate {
+                key,
+                field,
+                table_time,
+                ..
+            } => {
+                // Over a backfill's own rows, the table's time and field are frame columns.
+                let mut v = vec![key.as_str(), table_time.as_str()];
+                v.extend(field.as_deref());
+                v
+            }
+            Node::Expression { inputs, .. }
+            | Node::Function { inputs, .. }
+            | Node::Model { inputs, .. } => inputs.iter().map(|c| c.as_str()).collect(),
+        }
+    }
+
     /// The frame columns this node adds.
     pub fn columns(&self) -> Vec<&str> {
         match self {

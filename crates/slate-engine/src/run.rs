@@ -568,21 +568,30 @@ impl Engine {
         }
         let offline = self.offline();
         let read_time = t.elapsed();
-        for (scan, i) in plan.scans.iter().zip(&ingested) {
+        // Stored, each scan's rows are released, but the root rows, which become the frame.
+        let mut root_rows = None;
+        for (k, (scan, i)) in plan.scans.iter().zip(&mut ingested).enumerate() {
             let replace = i.bound.as_ref().map(|b| ReplaceRange {
                 column: b.column.clone(),
                 from_micros: b.micros,
             });
+            let rows = i
+                .rows
+                .take()
+                .unwrap_or_else(|| RecordBatch::new_empty(Arc::new(Schema::empty())));
             offline
                 .write(
                     &scan.table(),
-                    vec![i.rows.clone()],
+                    vec![rows.clone()],
                     replace.as_ref(),
                     scan.class.feature_time.as_deref(),
                 )
                 .await?;
+            if k == 0 {
+                root_rows = Some(rows);
+            }
         }
-        let rows = &ingested[0].rows;
+        let rows = root_rows.ok_or_else(|| EngineError::Internal("a plan without scans".into()))?;
         let detail: Vec<String> = plan
             .scans
             .iter()
@@ -590,10 +599,9 @@ impl Engine {
             .map(|(s, i)| match i.late {
                 Some(l) if l > 0 => format!(
                     "{} rows from {} ({l} late rows missed)",
-                    i.rows.num_rows(),
-                    s.resolver.name
+                    i.count, s.resolver.name
                 ),
-                _ => format!("{} rows from {}", i.rows.num_rows(), s.resolver.name),
+                _ => format!("{} rows from {}", i.count, s.resolver.name),
             })
             .collect();
         took(
@@ -611,13 +619,15 @@ impl Engine {
         progress.stage("compute");
         let t = Instant::now();
         let now: Vec<i64> = match &plan.root_time {
-            Some(c) => ts_column(rows, c)?
+            Some(c) => ts_column(&rows, c)?
                 .into_iter()
                 .map(|v| v.unwrap_or_default())
                 .collect(),
             None => vec![tick; rows.num_rows()],
         };
-        let mut frame = Frame::new(rows, now);
+        let rows_ingested = rows.num_rows();
+        let mut frame = Frame::new(&rows, now);
+        drop(rows);
         // A root scan that read everything replaced its table with exactly these rows.
         if ingested[0].bound.is_none()
             && let Some(t) = &plan.root_time
@@ -645,18 +655,14 @@ impl Engine {
         };
         took(
             "compute",
-            format!(
-                "{n_features} features for {} rows{spilled}",
-                rows.num_rows()
-            ),
+            format!("{n_features} features for {rows_ingested} rows{spilled}"),
             t.elapsed().saturating_sub(predict_time),
         );
         if n_models > 0 {
             took(
                 "predict",
                 format!(
-                    "{} rows scored by {n_models} model{}",
-                    rows.num_rows(),
+                    "{rows_ingested} rows scored by {n_models} model{}",
                     if n_models == 1 { "" } else { "s" }
                 ),
                 predict_time,
@@ -797,7 +803,7 @@ impl Engine {
             trigger: trigger.to_string(),
             started_micros: started,
             finished_micros: self.cfg.clock.now_micros(),
-            rows_ingested: rows.num_rows(),
+            rows_ingested,
             rows_scored: frame.rows,
             late_rows: ingested[0].late,
             watermark_before: before,
@@ -808,7 +814,7 @@ impl Engine {
                 .zip(&ingested)
                 .map(|(s, i)| ScanRecord {
                     resolver: s.resolver.name.clone(),
-                    rows: i.rows.num_rows(),
+                    rows: i.count,
                     bound_micros: i.bound.as_ref().map(|b| b.micros),
                     watermark_before: i.before,
                     watermark_after: i.after,
@@ -949,6 +955,15 @@ impl Engine {
                 }
             }
             done[i] = true;
+            // A column of the root rows that no remaining node reads and no output holds is
+            // released (a backfill's raw columns are most of its memory).
+            frame.columns.retain(|c, _| {
+                c == &plan.root.primary_key
+                    || plan.nodes.iter().enumerate().any(|(j, n)| {
+                        n.columns().contains(&c.as_str())
+                            || (!done[j] && n.inputs().contains(&c.as_str()))
+                    })
+            });
         }
         Ok(predict_time)
     }
@@ -1008,8 +1023,7 @@ impl Engine {
         let versions = !std::ptr::eq(scan, &plan.scans[0]);
         // Each copy is released once the next is made: at most two of the rows are held.
         let rows = {
-            let all = to_class_batch(&r.name, class, &batches, &required)?;
-            drop(batches);
+            let all = to_class_batch(&r.name, class, batches, &required)?;
             dedupe_sorted(
                 &all,
                 &class.primary_key,
@@ -1053,7 +1067,8 @@ impl Engine {
             None => None,
         };
         Ok(Ingested {
-            rows,
+            count: rows.num_rows(),
+            rows: Some(rows),
             bound,
             before,
             after,
@@ -1192,7 +1207,9 @@ const PREDICT_CHUNK_ROWS: usize = 1 << 18;
 
 /// One scan's rows and its watermark movement.
 struct Ingested {
-    rows: RecordBatch,
+    /// The rows, until they are stored.
+    rows: Option<RecordBatch>,
+    count: usize,
     bound: Option<IncrementalBound>,
     before: Option<i64>,
     after: Option<i64>,

@@ -6,7 +6,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow_array::{
     Array, ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
 };
-use slate_stores::{OfflineStore, ReplaceRange};
+use slate_stores::{OfflineStore, ReplaceRange, WriteRows};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -331,6 +331,56 @@ async fn a_row_before_the_replaced_range_is_refused_and_nothing_changes() {
     );
     let got = read_rows(&store.read_all("t").await.expect("read"));
     assert_eq!(got, expected(&all), "the table is unchanged");
+}
+
+/// A write streamed in many small batches gives the rows of one collected write, and a stream
+/// that fails part-way (after some of its files were written) commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_write_is_one_commit_and_a_failed_stream_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = OfflineStore::new(tmp.path()).with_retention(0);
+    let all = rows(23, 5_000, 40, 12);
+    let chunks: Vec<RecordBatch> = all.chunks(97).map(batch).collect();
+    let streamed = WriteRows::new(all.len(), chunks.clone().into_iter().map(Ok));
+    store
+        .write_rows("t", streamed, None, Some("ts"))
+        .await
+        .expect("streamed write");
+    assert_eq!(
+        read_rows(&store.read_all("t").await.expect("read")),
+        expected(&all)
+    );
+    let version = store.file_count("t").await.expect("files");
+    // The next write replaces the last 6 days, then fails after 20 of its batches.
+    let from = 6 * DAY;
+    let new = rows(29, 4_000, 40, 12)
+        .into_iter()
+        .filter(|r| r.1 >= from)
+        .collect::<Vec<_>>();
+    let failing: Vec<Result<RecordBatch, arrow::error::ArrowError>> = new
+        .chunks(50)
+        .map(|c| Ok(batch(c)))
+        .take(20)
+        .chain(std::iter::once(Err(
+            arrow::error::ArrowError::ComputeError("the producer failed".into()),
+        )))
+        .collect();
+    let e = store
+        .write_rows(
+            "t",
+            WriteRows::new(new.len(), failing.into_iter()),
+            Some(&replace_from(from)),
+            Some("ts"),
+        )
+        .await
+        .expect_err("a failed stream");
+    assert!(e.to_string().contains("the producer failed"), "{e}");
+    assert_eq!(
+        read_rows(&store.read_all("t").await.expect("read")),
+        expected(&all),
+        "the table is unchanged"
+    );
+    assert_eq!(store.file_count("t").await.expect("files"), version);
 }
 
 /// (key, time, label, flag).
