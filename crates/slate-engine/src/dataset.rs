@@ -214,8 +214,15 @@ impl Engine {
                 frame.columns.insert(m.to_string(), a);
             }
         }
-        self.compute_nodes(&offline, plan, &mut frame, &models, &self.execution())
-            .await?;
+        self.compute_nodes(
+            &offline,
+            plan,
+            &mut frame,
+            &models,
+            // Datasets do not take the run lock: each spills apart from runs and other datasets.
+            &self.execution(&format!("dataset-{}", std::process::id())),
+        )
+        .await?;
         let batch = self.output_batch(plan, &frame, None, &models)?;
         Ok(Dataset { batch, versions })
     }

@@ -169,12 +169,13 @@ impl Engine {
         self
     }
 
-    /// The execution settings of one run.
-    pub(crate) fn execution(&self) -> Execution {
+    /// The execution settings of one run or dataset, spilling under `spill/<name>` in the
+    /// state directory.
+    pub(crate) fn execution(&self, name: &str) -> Execution {
         Execution::new(
             self.partitions,
             self.memory_limit,
-            self.state_dir.join("spill"),
+            self.state_dir.join("spill").join(name),
         )
     }
 
@@ -555,6 +556,17 @@ impl Engine {
         if trigger == "schedule" && ledger_exists && self.ledger()?.is_committed(&run_id)? {
             return Err(EngineError::TickDone { run_id });
         }
+        // Files a killed run spilled (its operators delete theirs when they end) go now,
+        // under the lock, before this run spills its own.
+        let leftover = self.state_dir.join("spill").join(RUN_SPILL);
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover).map_err(|e| {
+                EngineError::Internal(format!(
+                    "cannot remove the spill files of an earlier run under {}: {e}",
+                    leftover.display()
+                ))
+            })?;
+        }
         let previous = match ledger_exists {
             true => self.ledger()?.last_committed(&plan.query.name)?,
             false => None,
@@ -634,7 +646,7 @@ impl Engine {
         {
             frame.whole_table = Some((plan.root_table(), t.clone()));
         }
-        let exec = self.execution();
+        let exec = self.execution(RUN_SPILL);
         let predict_time = self
             .compute_nodes(&offline, plan, &mut frame, &models, &exec)
             .await?;
@@ -1201,6 +1213,9 @@ impl OutputColumns {
 /// (the run id, a model's hash of 64 bytes a row, JSON values) stay far below Arrow's 2 GiB
 /// limit per array whatever the run's size.
 const WRITE_CHUNK_ROWS: usize = 1 << 20;
+
+/// The directory under `spill/` where runs spill (one run at a time holds the state).
+const RUN_SPILL: &str = "run";
 
 /// Rows a model scores in one call.
 const PREDICT_CHUNK_ROWS: usize = 1 << 18;
