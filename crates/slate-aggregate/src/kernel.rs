@@ -135,6 +135,10 @@ fn permute<T: Copy>(order: &[usize], v: &[T]) -> Vec<T> {
 
 fn permute_values(order: &[usize], v: &Values) -> Values {
     match v {
+        // No values (counts, times since the latest): nothing to gather.
+        Values::Int(v) if v.len() == order.len() && v.iter().all(Option::is_none) => {
+            Values::Int(vec![None; order.len()])
+        }
         Values::Int(v) => Values::Int(permute(order, v)),
         Values::Float(v) => Values::Float(permute(order, v)),
     }

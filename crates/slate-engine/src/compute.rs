@@ -399,15 +399,23 @@ pub(crate) async fn aggregates(
     let (keep, entity, ts) = match &batch {
         Some(b) => {
             let ts = ts_column(b, table_time)?;
-            let keep: Vec<usize> = (0..b.num_rows())
-                .filter(|&i| table_codes[i].is_some() && ts[i].is_some())
-                .collect();
-            let entity = keep
+            // Sized up front: these are the history's length (millions of rows a daily run).
+            let n = ts
                 .iter()
-                .map(|&i| table_codes[i].map_or(-1, i64::from))
-                .collect();
-            let ts = keep.iter().map(|&i| ts[i].unwrap_or_default()).collect();
-            (keep, entity, ts)
+                .zip(&table_codes)
+                .filter(|(t, c)| t.is_some() && c.is_some())
+                .count();
+            let mut keep = Vec::with_capacity(n);
+            let mut entity = Vec::with_capacity(n);
+            let mut times = Vec::with_capacity(n);
+            for (i, (t, c)) in ts.iter().zip(&table_codes).enumerate() {
+                if let (Some(t), Some(c)) = (t, c) {
+                    keep.push(i);
+                    entity.push(i64::from(*c));
+                    times.push(*t);
+                }
+            }
+            (keep, entity, times)
         }
         None => (vec![], vec![], vec![]),
     };
