@@ -120,7 +120,7 @@ async fn runs_killed_while_spilling_rerun_to_the_same_stores() {
 
     let limited = |state: &Path| {
         let mut c = slate(&data, state);
-        c.arg("--memory-limit").arg("1MiB");
+        c.arg("--memory-limit").arg("2MiB");
         c
     };
     let spilling = tmp.path().join("spilling");
@@ -170,8 +170,15 @@ async fn runs_killed_while_spilling_rerun_to_the_same_stores() {
             std::thread::sleep(Duration::from_millis(1));
         }
         let _ = child.wait();
-        let rerun = limited(&state).status().expect("rerun");
-        assert!(rerun.success(), "round {round}: the rerun failed");
+        let rerun = limited(&state)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("rerun");
+        assert!(
+            rerun.status.success(),
+            "round {round}: the rerun failed: {}",
+            String::from_utf8_lossy(&rerun.stderr)
+        );
         assert_eq!(
             stores(&state).await,
             want,
