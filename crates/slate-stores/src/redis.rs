@@ -129,6 +129,33 @@ fn fail<'a>(target: &'a str, what: &'static str) -> impl Fn(redis::RedisError) -
     }
 }
 
+/// Walks the keys matching `pattern`, one `SCAN` page of `count` slots at a time, until
+/// `page` returns false or the scan ends.
+fn scan_keys(
+    c: &mut redis::Connection,
+    target: &str,
+    what: &'static str,
+    pattern: &str,
+    count: usize,
+    mut page: impl FnMut(&mut redis::Connection, Vec<String>) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query(c)
+            .map_err(fail(target, what))?;
+        if !page(c, keys)? || next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
 impl RedisOnlineStore {
     /// Connects once, so that a wrong address or password fails here, before a run writes.
     pub fn open(settings: RedisSettings) -> Result<Self, StoreError> {
@@ -168,36 +195,32 @@ impl RedisOnlineStore {
         }
         let prefix = format!("{}:", self.settings.prefix);
         let pattern = format!("{}*", glob_escape(&prefix));
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(LAYOUT_SCAN_COUNT)
-                .query(c)
-                .map_err(fail(target, "online store layout"))?;
-            // A key of the earlier layout starts with a feature name, which holds a `.`; a
-            // record's starts with its class, which does not.
-            let old = keys.iter().find(|k| {
-                k.strip_prefix(&prefix)
-                    .and_then(|rest| rest.split(':').next())
-                    .is_some_and(|first| first.contains('.'))
-            });
-            if let Some(old) = old {
-                return Err(StoreError::Redis {
-                    what: "online store layout",
-                    target: target.clone(),
-                    reason: format!(
-                        "keys under `{prefix}` are in the layout of an earlier release (one hash per feature and key, such as `{old}`), which this release does not read; delete them (`redis-cli --scan --pattern '{prefix}*' | xargs redis-cli del`) and run the queries again from an empty state, or configure another `prefix`"
-                    ),
+        let mut old = None;
+        scan_keys(
+            c,
+            target,
+            "online store layout",
+            &pattern,
+            LAYOUT_SCAN_COUNT,
+            |_, keys| {
+                // A key of the earlier layout starts with a feature name, which holds a `.`; a
+                // record's starts with its class, which does not.
+                old = keys.into_iter().find(|k| {
+                    k.strip_prefix(&prefix)
+                        .and_then(|rest| rest.split(':').next())
+                        .is_some_and(|first| first.contains('.'))
                 });
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+                Ok(old.is_none())
+            },
+        )?;
+        if let Some(old) = old {
+            return Err(StoreError::Redis {
+                what: "online store layout",
+                target: target.clone(),
+                reason: format!(
+                    "keys under `{prefix}` are in the layout of an earlier release (one hash per feature and key, such as `{old}`), which this release does not read; delete them (`redis-cli --scan --pattern '{prefix}*' | xargs redis-cli del`) and run the queries again from an empty state, or configure another `prefix`"
+                ),
+            });
         }
         redis::cmd("SET")
             .arg(&marker)
@@ -467,37 +490,31 @@ impl OnlineStore for RedisOnlineStore {
                 .query(&mut c)
                 .map_err(fail(target, "online store count"))?,
         )?;
-        let mut cursor: u64 = 0;
         let mut n = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut c)
-                .map_err(fail(target, "online store count"))?;
-            let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.cmd("HGET").arg(k).arg(feature);
-            }
-            let fields: Vec<Option<String>> = match keys.is_empty() {
-                true => Vec::new(),
-                false => pipe
-                    .query(&mut c)
-                    .map_err(fail(target, "online store count"))?,
-            };
-            for f in fields.into_iter().flatten() {
-                if parse_field(&f, now)?.is_some() {
-                    n += 1;
+        scan_keys(
+            &mut c,
+            target,
+            "online store count",
+            &pattern,
+            1000,
+            |c, keys| {
+                if keys.is_empty() {
+                    return Ok(true);
                 }
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HGET").arg(k).arg(feature);
+                }
+                let fields: Vec<Option<String>> =
+                    pipe.query(c).map_err(fail(target, "online store count"))?;
+                for f in fields.into_iter().flatten() {
+                    if parse_field(&f, now)?.is_some() {
+                        n += 1;
+                    }
+                }
+                Ok(true)
+            },
+        )?;
         self.release(c);
         Ok(n)
     }
