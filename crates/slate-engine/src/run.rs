@@ -572,25 +572,23 @@ impl Engine {
             false => None,
         };
         let mut ingested = Vec::new();
+        let mut scanned = Vec::new();
         for scan in &plan.scans {
-            ingested.push(
-                self.ingest(plan, scan, ledger_exists, started, previous.as_ref())
-                    .await?,
-            );
+            let (rows, i) = self
+                .ingest(plan, scan, ledger_exists, started, previous.as_ref())
+                .await?;
+            scanned.push(rows);
+            ingested.push(i);
         }
         let offline = self.offline();
         let read_time = t.elapsed();
         // Stored, each scan's rows are released, but the root rows, which become the frame.
         let mut root_rows = None;
-        for (k, (scan, i)) in plan.scans.iter().zip(&mut ingested).enumerate() {
+        for (k, ((scan, i), rows)) in plan.scans.iter().zip(&ingested).zip(scanned).enumerate() {
             let replace = i.bound.as_ref().map(|b| ReplaceRange {
                 column: b.column.clone(),
                 from_micros: b.micros,
             });
-            let rows = i
-                .rows
-                .take()
-                .unwrap_or_else(|| RecordBatch::new_empty(Arc::new(Schema::empty())));
             offline
                 .write(
                     &scan.table(),
@@ -777,8 +775,7 @@ impl Engine {
         if plan.query.store_offline {
             let w = Instant::now();
             let record = OutputColumns::new(plan, &frame, Some(&run_id), &models)?;
-            let rows =
-                slate_stores::WriteRows::new(record.rows(), record.batches(self.write_chunk_rows));
+            let rows = slate_stores::WriteRows::new(record.batches(self.write_chunk_rows));
             let replace = ingested[0].bound.as_ref().map(|b| ReplaceRange {
                 column: "feature_time".into(),
                 from_micros: b.micros,
@@ -989,7 +986,7 @@ impl Engine {
         ledger_exists: bool,
         started: i64,
         previous: Option<&RunRecord>,
-    ) -> Result<Ingested, EngineError> {
+    ) -> Result<(RecordBatch, Ingested), EngineError> {
         let r = &scan.resolver;
         let inc = r.incremental.as_ref().filter(|_| scan.incremental);
         let before = match (inc, ledger_exists) {
@@ -1078,14 +1075,14 @@ impl Engine {
             }
             None => None,
         };
-        Ok(Ingested {
+        let ingested = Ingested {
             count: rows.num_rows(),
-            rows: Some(rows),
             bound,
             before,
             after,
             late,
-        })
+        };
+        Ok((rows, ingested))
     }
 
     /// The offline record of a run's rows, one batch (for a dataset).
@@ -1169,10 +1166,6 @@ impl OutputColumns {
         })
     }
 
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// The record of `rows`.
     pub(crate) fn batch(
         &self,
@@ -1220,10 +1213,9 @@ const RUN_SPILL: &str = "run";
 /// Rows a model scores in one call.
 const PREDICT_CHUNK_ROWS: usize = 1 << 18;
 
-/// One scan's rows and its watermark movement.
+/// What one scan read: its row count and its watermark movement.
 struct Ingested {
-    /// The rows, until they are stored.
-    rows: Option<RecordBatch>,
+    /// Rows read (the rows themselves travel apart, released once stored).
     count: usize,
     bound: Option<IncrementalBound>,
     before: Option<i64>,

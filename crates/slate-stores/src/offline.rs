@@ -50,18 +50,14 @@ type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 /// The rows of one write, produced while the write consumes them, so that a run's output is
 /// never whole in memory.
 pub struct WriteRows {
-    rows: usize,
     batches: Batches,
 }
 
 impl WriteRows {
-    /// `rows` rows in all, in `batches`.
     pub fn new(
-        rows: usize,
         batches: impl Iterator<Item = Result<RecordBatch, ArrowError>> + Send + 'static,
     ) -> Self {
         WriteRows {
-            rows,
             batches: Box::new(batches),
         }
     }
@@ -69,8 +65,7 @@ impl WriteRows {
 
 impl From<Vec<RecordBatch>> for WriteRows {
     fn from(batches: Vec<RecordBatch>) -> Self {
-        let rows = batches.iter().map(|b| b.num_rows()).sum();
-        WriteRows::new(rows, batches.into_iter().map(Ok))
+        WriteRows::new(batches.into_iter().map(Ok))
     }
 }
 
@@ -263,7 +258,6 @@ impl OfflineStore {
                 .partition_columns()
                 .iter()
                 .any(|c| c == DAY_COLUMN);
-        let new_rows = rows.rows;
         let Some(time) = time else {
             let batches = rows
                 .batches
@@ -277,11 +271,13 @@ impl OfflineStore {
             .filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0))
             .map(move |b| b.and_then(|b| with_day(&b, &day_time)))
             .peekable();
+        // Empty batches are skipped: no first batch means no new rows.
         let first = match batches.peek() {
             Some(Ok(b)) => Some(b.clone()),
             Some(Err(e)) => return Err(err(e)),
             None => None,
         };
+        let no_new_rows = first.is_none();
         let mut batches: Batches = Box::new(batches);
         let mut kept = Vec::new();
         let mut w;
@@ -300,7 +296,7 @@ impl OfflineStore {
                     .await?;
                 kept = conform(kept_rows, first.as_ref()).map_err(|e| err(&e))?;
                 let kept_count: usize = kept.iter().map(|b| b.num_rows()).sum();
-                if kept_count + new_rows == 0 {
+                if kept_count == 0 && no_new_rows {
                     let (t, _) = t
                         .delete()
                         .with_predicate(col(DAY_COLUMN).gt_eq(day_lit(first_day)))
@@ -328,7 +324,7 @@ impl OfflineStore {
                     .with_save_mode(SaveMode::Overwrite)
                     .with_replace_where(col(DAY_COLUMN).gt_eq(day_lit(first_day)));
             }
-            _ if new_rows == 0 && (partitioned || !exists || replace.is_none()) => {
+            _ if no_new_rows && (partitioned || !exists || replace.is_none()) => {
                 return self.write_plain(t, table, vec![], replace).await;
             }
             Some(r) if exists && partitioned => {
@@ -353,7 +349,7 @@ impl OfflineStore {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| err(&e))?;
                 kept = conform(kept_rows, first.as_ref()).map_err(|e| err(&e))?;
-                if kept.is_empty() && new_rows == 0 {
+                if kept.is_empty() && no_new_rows {
                     return self.write_plain(t, table, vec![], None).await;
                 }
                 w = t

@@ -341,7 +341,7 @@ async fn a_streamed_write_is_one_commit_and_a_failed_stream_changes_nothing() {
     let store = OfflineStore::new(tmp.path()).with_retention(0);
     let all = rows(23, 5_000, 40, 12);
     let chunks: Vec<RecordBatch> = all.chunks(97).map(batch).collect();
-    let streamed = WriteRows::new(all.len(), chunks.clone().into_iter().map(Ok));
+    let streamed = WriteRows::new(chunks.into_iter().map(Ok));
     store
         .write_rows("t", streamed, None, Some("ts"))
         .await
@@ -368,7 +368,7 @@ async fn a_streamed_write_is_one_commit_and_a_failed_stream_changes_nothing() {
     let e = store
         .write_rows(
             "t",
-            WriteRows::new(new.len(), failing.into_iter()),
+            WriteRows::new(failing.into_iter()),
             Some(&replace_from(from)),
             Some("ts"),
         )
