@@ -120,7 +120,7 @@ async fn runs_killed_while_spilling_rerun_to_the_same_stores() {
 
     let limited = |state: &Path| {
         let mut c = slate(&data, state);
-        c.arg("--memory-limit").arg("2MiB");
+        c.arg("--memory-limit").arg("4MiB");
         c
     };
     let spilling = tmp.path().join("spilling");

@@ -306,24 +306,20 @@ pub(crate) fn decode(out: Output, how: &Decode) -> Result<ArrayRef, EngineError>
     })
 }
 
-/// Runs every aggregate node of one (key column, table) group: the history of the touched
-/// entities is read once, back to the widest window, and sorted once.
-pub(crate) async fn aggregates(
-    store: &OfflineStore,
-    frame: &Frame,
-    nodes: &[&Node],
-    query: &str,
-    exec: &Execution,
-) -> Result<Vec<ArrayRef>, EngineError> {
+/// The fields an aggregate group reads (beside its table's key and time) and how far back its
+/// history goes, for queries whose nows lie between `first` and `last`.
+pub(crate) fn history<'a>(
+    nodes: &[&'a Node],
+    first: Option<&i64>,
+    last: Option<&i64>,
+) -> (Vec<&'a str>, Since) {
     let Some(Node::Aggregate {
-        key,
-        table,
         table_key,
         table_time,
         ..
     }) = nodes.first()
     else {
-        return Ok(vec![]);
+        return (vec![], Since::All);
     };
     let mut fields: Vec<&str> = Vec::new();
     let mut widest = Some(0i64);
@@ -353,7 +349,6 @@ pub(crate) async fn aggregates(
             }
         }
     }
-    let (first, last) = (frame.now.iter().min(), frame.now.iter().max());
     let since = match (widest, first, last) {
         (Some(w), Some(m), _) => Since::From(m.saturating_sub(w)),
         (None, Some(m), Some(l)) if latest_only => Since::Latest {
@@ -364,6 +359,29 @@ pub(crate) async fn aggregates(
         },
         _ => Since::All,
     };
+    (fields, since)
+}
+
+/// Runs every aggregate node of one (key column, table) group: the history of the touched
+/// entities is read once, back to the widest window, and sorted once.
+pub(crate) async fn aggregates(
+    store: &OfflineStore,
+    frame: &Frame,
+    nodes: &[&Node],
+    query: &str,
+    exec: &Execution,
+) -> Result<Vec<ArrayRef>, EngineError> {
+    let Some(Node::Aggregate {
+        key,
+        table,
+        table_key,
+        table_time,
+        ..
+    }) = nodes.first()
+    else {
+        return Ok(vec![]);
+    };
+    let (fields, since) = history(nodes, frame.now.iter().min(), frame.now.iter().max());
     if frame.whole_table.as_ref() == Some(&(table.clone(), table_time.clone())) && key == table_key
     {
         // The entity state still moves on, as the read below would have moved it.

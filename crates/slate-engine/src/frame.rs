@@ -17,6 +17,18 @@ pub(crate) fn to_class_batch(
     batches: Vec<RecordBatch>,
     required: &[&str],
 ) -> Result<RecordBatch, EngineError> {
+    to_class_batch_at(resolver, class, batches, required, 0)
+}
+
+/// [`to_class_batch`] of batches whose first row is row `first_row` (0-based) of the result
+/// (a stream's later batch), so that an error names the row of the whole result.
+pub(crate) fn to_class_batch_at(
+    resolver: &str,
+    class: &FeatureClass,
+    batches: Vec<RecordBatch>,
+    required: &[&str],
+    first_row: usize,
+) -> Result<RecordBatch, EngineError> {
     let bad = |reason: String| EngineError::BadValue {
         resolver: resolver.into(),
         reason,
@@ -60,7 +72,7 @@ pub(crate) fn to_class_batch(
     for (f, part) in schema.fields().iter().zip(parts.iter_mut()) {
         let part = std::mem::take(part);
         let mut casted = Vec::with_capacity(part.len());
-        let mut offset = 0;
+        let mut offset = first_row;
         for src in part {
             let c = cast(&src, f.data_type()).map_err(|e| {
                 bad(format!(

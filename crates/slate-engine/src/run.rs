@@ -1,6 +1,8 @@
 //! Running a planned query once: ingest, compute, predict, write, commit.
 
 use crate::EngineError;
+
+mod stream;
 use crate::compute::{self, Frame};
 use crate::exec::runtime::{Execution, default_memory_limit};
 use crate::frame::{dedupe_sorted, to_class_batch, ts_column};
@@ -545,7 +547,6 @@ impl Engine {
 
         // 1. Ingest every scan; the rows are persisted before anything is computed from them.
         progress.stage("ingest");
-        let t = Instant::now();
         // One run at a time writes an environment's state. A scheduled tick waits for a run in
         // progress (another service's run of the same tick, say) and then runs only if that
         // run did not commit it; a run on demand is refused at once. A lock whose holder dies
@@ -571,11 +572,139 @@ impl Engine {
             true => self.ledger()?.last_committed(&plan.query.name)?,
             false => None,
         };
+        let exec = self.execution(RUN_SPILL);
+        let (root_bound, root_before) = self.bound_of(plan, &plan.scans[0], ledger_exists)?;
+        let (ingested, rows_ingested, rows_scored, outputs) =
+            if root_bound.is_none() && stream::streamable(plan) {
+                let s = self
+                    .run_streamed(
+                        plan,
+                        &run_id,
+                        started,
+                        root_before,
+                        &models,
+                        early_online,
+                        &exec,
+                        progress,
+                        &mut took,
+                    )
+                    .await?;
+                (vec![s.ingested], s.rows, s.rows, s.outputs)
+            } else {
+                self.run_framed(
+                    plan,
+                    &run_id,
+                    started,
+                    tick,
+                    previous.as_ref(),
+                    ledger_exists,
+                    &models,
+                    early_online,
+                    &exec,
+                    progress,
+                    &mut took,
+                )
+                .await?
+            };
+
+        // 4. Commit: the run record and the watermarks move together, last.
+        let t = Instant::now();
+        let before = ingested[0].before;
+        let after = ingested[0].after;
+        let commit_detail = format!(
+            "watermark {}",
+            after.map_or("unset".into(), slate_types::format_rfc3339)
+        );
+        let mut record = RunRecord {
+            run_id: run_id.clone(),
+            query: plan.query.name.clone(),
+            tick_micros: tick,
+            status: RunStatus::Succeeded,
+            trigger: trigger.to_string(),
+            started_micros: started,
+            finished_micros: self.cfg.clock.now_micros(),
+            rows_ingested,
+            rows_scored,
+            late_rows: ingested[0].late,
+            watermark_before: before,
+            watermark_after: after,
+            scans: plan
+                .scans
+                .iter()
+                .zip(&ingested)
+                .map(|(s, i)| ScanRecord {
+                    resolver: s.resolver.name.clone(),
+                    rows: i.count,
+                    bound_micros: i.bound.as_ref().map(|b| b.micros),
+                    watermark_before: i.before,
+                    watermark_after: i.after,
+                    late_rows: i.late,
+                })
+                .collect(),
+            outputs: outputs
+                .iter()
+                .map(|o| OutputRecord {
+                    feature: o.feature.clone(),
+                    rows: o.rows,
+                    nulls: o.nulls,
+                })
+                .collect(),
+            stages: Vec::new(),
+            error: None,
+        };
+        // The commit's own time is the one stage the record cannot hold.
+        record.stages = stages
+            .iter()
+            .map(|(n, d)| (n.clone(), d.as_secs_f64()))
+            .collect();
+        let marks: Vec<(String, i64)> = plan
+            .scans
+            .iter()
+            .zip(&ingested)
+            .filter_map(|(s, i)| i.after.map(|a| (s.resolver.name.clone(), a)))
+            .collect();
+        self.ledger()?.commit_run(&record, &marks)?;
+        progress.done("commit", &commit_detail, t.elapsed());
+        stages.push(("commit".to_string(), t.elapsed()));
+
+        Ok(RunSummary {
+            run_id,
+            rows_ingested: record.rows_ingested,
+            rows_scored: record.rows_scored,
+            late_rows: record.late_rows,
+            outputs,
+            watermark_before: before,
+            watermark_after: after,
+            stages,
+            spilled_bytes: exec.spills().0,
+            record,
+        })
+    }
+
+    /// The run's ingest, compute and write stages over a frame of every root row (a daily run,
+    /// or a plan that reads other tables): returns what was ingested, the rows ingested and
+    /// scored, and the outputs' summaries.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_framed(
+        &self,
+        plan: &QueryPlan,
+        run_id: &str,
+        started: i64,
+        tick: i64,
+        previous: Option<&RunRecord>,
+        ledger_exists: bool,
+        models: &HashMap<String, OnnxModel>,
+        early_online: Option<Arc<dyn OnlineStore>>,
+        exec: &Execution,
+        progress: &dyn Progress,
+        took: &mut (dyn FnMut(&str, String, Duration) + Send),
+    ) -> Result<(Vec<Ingested>, usize, usize, Vec<OutputSummary>), EngineError> {
+        let t = Instant::now();
         let mut ingested = Vec::new();
         let mut scanned = Vec::new();
         for scan in &plan.scans {
             let (rows, i) = self
-                .ingest(plan, scan, ledger_exists, started, previous.as_ref())
+                .ingest(plan, scan, ledger_exists, started, previous)
                 .await?;
             scanned.push(rows);
             ingested.push(i);
@@ -644,9 +773,8 @@ impl Engine {
         {
             frame.whole_table = Some((plan.root_table(), t.clone()));
         }
-        let exec = self.execution(RUN_SPILL);
         let predict_time = self
-            .compute_nodes(&offline, plan, &mut frame, &models, &exec)
+            .compute_nodes(&offline, plan, &mut frame, models, exec)
             .await?;
         // Models are timed apart: the features and the scoring are different costs.
         let n_models = plan.models().count();
@@ -683,26 +811,7 @@ impl Engine {
         progress.stage("write");
         let t = Instant::now();
         let key_col = frame.column(&plan.root.primary_key)?.clone();
-        let mut published: Vec<(slate_types::FeatureRef, String)> = plan
-            .outputs
-            .iter()
-            .map(|o| (o.feature.clone(), o.column.clone()))
-            .collect();
-        // A model's score travels with its label.
-        for n in &plan.nodes {
-            if let Node::Model {
-                resolver,
-                label,
-                score: Some(s),
-                ..
-            } = n
-                && published.iter().any(|(_, c)| c == label)
-                && !published.iter().any(|(_, c)| c == s)
-                && let Some(r) = &resolver.score_output
-            {
-                published.push((r.clone(), s.clone()));
-            }
-        }
+        let published = published(plan);
         let mut outputs = Vec::new();
         for (f, c) in &published {
             outputs.push(OutputSummary::of(f.to_string(), frame.column(c)?.as_ref()));
@@ -774,7 +883,7 @@ impl Engine {
         }
         if plan.query.store_offline {
             let w = Instant::now();
-            let record = OutputColumns::new(plan, &frame, Some(&run_id), &models)?;
+            let record = OutputColumns::new(plan, &frame, Some(run_id), models)?;
             let rows = slate_stores::WriteRows::new(record.batches(self.write_chunk_rows));
             let replace = ingested[0].bound.as_ref().map(|b| ReplaceRange {
                 column: "feature_time".into(),
@@ -796,78 +905,7 @@ impl Engine {
             t.elapsed(),
         );
 
-        // 4. Commit: the run record and the watermarks move together, last.
-        let t = Instant::now();
-        let before = ingested[0].before;
-        let after = ingested[0].after;
-        let commit_detail = format!(
-            "watermark {}",
-            after.map_or("unset".into(), slate_types::format_rfc3339)
-        );
-        let mut record = RunRecord {
-            run_id: run_id.clone(),
-            query: plan.query.name.clone(),
-            tick_micros: tick,
-            status: RunStatus::Succeeded,
-            trigger: trigger.to_string(),
-            started_micros: started,
-            finished_micros: self.cfg.clock.now_micros(),
-            rows_ingested,
-            rows_scored: frame.rows,
-            late_rows: ingested[0].late,
-            watermark_before: before,
-            watermark_after: after,
-            scans: plan
-                .scans
-                .iter()
-                .zip(&ingested)
-                .map(|(s, i)| ScanRecord {
-                    resolver: s.resolver.name.clone(),
-                    rows: i.count,
-                    bound_micros: i.bound.as_ref().map(|b| b.micros),
-                    watermark_before: i.before,
-                    watermark_after: i.after,
-                    late_rows: i.late,
-                })
-                .collect(),
-            outputs: outputs
-                .iter()
-                .map(|o| OutputRecord {
-                    feature: o.feature.clone(),
-                    rows: o.rows,
-                    nulls: o.nulls,
-                })
-                .collect(),
-            stages: Vec::new(),
-            error: None,
-        };
-        // The commit's own time is the one stage the record cannot hold.
-        record.stages = stages
-            .iter()
-            .map(|(n, d)| (n.clone(), d.as_secs_f64()))
-            .collect();
-        let marks: Vec<(String, i64)> = plan
-            .scans
-            .iter()
-            .zip(&ingested)
-            .filter_map(|(s, i)| i.after.map(|a| (s.resolver.name.clone(), a)))
-            .collect();
-        self.ledger()?.commit_run(&record, &marks)?;
-        progress.done("commit", &commit_detail, t.elapsed());
-        stages.push(("commit".to_string(), t.elapsed()));
-
-        Ok(RunSummary {
-            run_id,
-            rows_ingested: record.rows_ingested,
-            rows_scored: record.rows_scored,
-            late_rows: record.late_rows,
-            outputs,
-            watermark_before: before,
-            watermark_after: after,
-            stages,
-            spilled_bytes: exec.spills().0,
-            record,
-        })
+        Ok((ingested, rows_ingested, frame.rows, outputs))
     }
 
     /// Executes the plan's nodes over `frame`, in order; returns the time spent in models.
@@ -977,16 +1015,14 @@ impl Engine {
         Ok(predict_time)
     }
 
-    /// Reads one scan's rows: the new ones when it is incremental (from the watermark minus the
-    /// lookback), every row otherwise; shaped to the class's types and deduplicated.
-    async fn ingest(
+    /// Where one scan starts reading: its incremental bound (`None`: every row) and the
+    /// watermark it starts from.
+    fn bound_of(
         &self,
         plan: &QueryPlan,
         scan: &Scan,
         ledger_exists: bool,
-        started: i64,
-        previous: Option<&RunRecord>,
-    ) -> Result<(RecordBatch, Ingested), EngineError> {
+    ) -> Result<(Option<IncrementalBound>, Option<i64>), EngineError> {
         let r = &scan.resolver;
         let inc = r.incremental.as_ref().filter(|_| scan.incremental);
         let before = match (inc, ledger_exists) {
@@ -1004,6 +1040,22 @@ impl Engine {
             }),
             (None, _) => None,
         };
+        Ok((bound, before))
+    }
+
+    /// Reads one scan's rows: the new ones when it is incremental (from the watermark minus the
+    /// lookback), every row otherwise; shaped to the class's types and deduplicated.
+    async fn ingest(
+        &self,
+        plan: &QueryPlan,
+        scan: &Scan,
+        ledger_exists: bool,
+        started: i64,
+        previous: Option<&RunRecord>,
+    ) -> Result<(RecordBatch, Ingested), EngineError> {
+        let r = &scan.resolver;
+        let inc = r.incremental.as_ref().filter(|_| scan.incremental);
+        let (bound, before) = self.bound_of(plan, scan, ledger_exists)?;
         let source = self.source(&r.source).await?;
         let query = source.query(&r.name, &r.sql, bound.as_ref());
         // Past the resolver's timeout the query is dropped (with its connection, which ends it
@@ -1222,6 +1274,31 @@ struct Ingested {
     after: Option<i64>,
     /// Rows that arrived too late to be read (see `ScanRecord::late_rows`).
     late: Option<usize>,
+}
+
+/// The outputs a run publishes, with their frame columns: the query's outputs, and a model's
+/// score beside its label.
+pub(crate) fn published(plan: &QueryPlan) -> Vec<(slate_types::FeatureRef, String)> {
+    let mut published: Vec<(slate_types::FeatureRef, String)> = plan
+        .outputs
+        .iter()
+        .map(|o| (o.feature.clone(), o.column.clone()))
+        .collect();
+    for n in &plan.nodes {
+        if let Node::Model {
+            resolver,
+            label,
+            score: Some(s),
+            ..
+        } = n
+            && published.iter().any(|(_, c)| c == label)
+            && !published.iter().any(|(_, c)| c == s)
+            && let Some(r) = &resolver.score_output
+        {
+            published.push((r.clone(), s.clone()));
+        }
+    }
+    published
 }
 
 /// The online store's key of each row: the primary key as text (null for a null key).

@@ -132,12 +132,12 @@ impl EmbeddedSource {
         }
     }
 
-    async fn run_query(
+    async fn run_dataframe(
         &self,
         resolver: &str,
         sql: &str,
         bound: Option<&IncrementalBound>,
-    ) -> Result<Vec<RecordBatch>, SourceError> {
+    ) -> Result<datafusion::dataframe::DataFrame, SourceError> {
         let err = |reason: String| self.error(resolver, reason);
         let sql = sql.trim().trim_end_matches(';');
         let df = match bound {
@@ -155,7 +155,43 @@ impl EmbeddedSource {
                     .map_err(|e| err(e.to_string()))?
             }
         };
-        df.collect().await.map_err(|e| err(e.to_string()))
+        Ok(df)
+    }
+
+    async fn run_query(
+        &self,
+        resolver: &str,
+        sql: &str,
+        bound: Option<&IncrementalBound>,
+    ) -> Result<Vec<RecordBatch>, SourceError> {
+        let df = self.run_dataframe(resolver, sql, bound).await?;
+        df.collect()
+            .await
+            .map_err(|e| self.error(resolver, e.to_string()))
+    }
+
+    async fn run_stream(
+        &self,
+        resolver: &str,
+        sql: &str,
+        bound: Option<&IncrementalBound>,
+    ) -> Result<crate::SourceStream, SourceError> {
+        use futures::StreamExt;
+        let df = self.run_dataframe(resolver, sql, bound).await?;
+        let stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| self.error(resolver, e.to_string()))?;
+        let (resolver, source_name) = (resolver.to_string(), self.name.clone());
+        Ok(stream
+            .map(move |b| {
+                b.map_err(|e| SourceError::Query {
+                    resolver: resolver.clone(),
+                    source_name: source_name.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .boxed())
     }
 }
 
@@ -231,6 +267,15 @@ impl Source for EmbeddedSource {
         bound: Option<&'a IncrementalBound>,
     ) -> SourceFuture<'a, Vec<RecordBatch>> {
         Box::pin(self.run_query(resolver, sql, bound))
+    }
+
+    fn query_stream<'a>(
+        &'a self,
+        resolver: &'a str,
+        sql: &'a str,
+        bound: Option<&'a IncrementalBound>,
+    ) -> SourceFuture<'a, crate::SourceStream> {
+        Box::pin(self.run_stream(resolver, sql, bound))
     }
 
     fn count_distinct_between<'a>(

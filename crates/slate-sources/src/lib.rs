@@ -139,6 +139,9 @@ pub struct IncrementalBound {
 /// What [`Source`] methods return: boxed so that sources are interchangeable at run time.
 pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SourceError>> + Send + 'a>>;
 
+/// A resolver's rows as they arrive.
+pub type SourceStream = futures::stream::BoxStream<'static, Result<RecordBatch, SourceError>>;
+
 /// Where a resolver's SQL runs. Every implementation applies the incremental bound as a bound
 /// parameter and returns the rows as Arrow batches; the engine casts each column to the type of
 /// the feature it resolves.
@@ -152,6 +155,21 @@ pub trait Source: Send + Sync + std::fmt::Debug {
         sql: &'a str,
         bound: Option<&'a IncrementalBound>,
     ) -> SourceFuture<'a, Vec<RecordBatch>>;
+
+    /// [`Source::query`]'s rows as a stream, read while they are consumed where the source can
+    /// (the embedded source); other sources read them first and hand them out one by one.
+    fn query_stream<'a>(
+        &'a self,
+        resolver: &'a str,
+        sql: &'a str,
+        bound: Option<&'a IncrementalBound>,
+    ) -> SourceFuture<'a, SourceStream> {
+        use futures::StreamExt;
+        Box::pin(async move {
+            let batches = self.query(resolver, sql, bound).await?;
+            Ok(futures::stream::iter(batches.into_iter().map(Ok)).boxed())
+        })
+    }
 
     /// The number of distinct `distinct` tuples among the resolver's rows whose `column` lies
     /// in `[from, to)` (`from` `None`: unbounded below). Both bounds are bound parameters.

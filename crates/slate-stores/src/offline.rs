@@ -44,8 +44,11 @@ pub const DEFAULT_RETENTION_MICROS: i64 = 7 * DAY_MICROS;
 /// every 10 commits keeps each open to a checkpoint and at most 9 commit files.
 const TABLE_PROPERTIES: [(&str, Option<&str>); 1] = [("delta.checkpointInterval", Some("10"))];
 
+/// Rows per Parquet row group (see [`writer_properties`]).
+const ROW_GROUP_ROWS: usize = 1 << 16;
+
 /// Batches of a write as they are produced.
-type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+type Batches = futures::stream::BoxStream<'static, Result<RecordBatch, ArrowError>>;
 
 /// The rows of one write, produced while the write consumes them, so that a run's output is
 /// never whole in memory.
@@ -57,8 +60,20 @@ impl WriteRows {
     pub fn new(
         batches: impl Iterator<Item = Result<RecordBatch, ArrowError>> + Send + 'static,
     ) -> Self {
+        use futures::StreamExt;
         WriteRows {
-            batches: Box::new(batches),
+            batches: futures::stream::iter(batches).boxed(),
+        }
+    }
+
+    /// Rows that arrive as a stream (from another task, say). An error in the stream fails
+    /// the write before its commit; the end of the stream is the end of the rows.
+    pub fn from_stream(
+        batches: impl futures::Stream<Item = Result<RecordBatch, ArrowError>> + Send + 'static,
+    ) -> Self {
+        use futures::StreamExt;
+        WriteRows {
+            batches: batches.boxed(),
         }
     }
 }
@@ -106,7 +121,7 @@ impl PartitionStream for OnceStream {
         use futures::StreamExt;
         let batches = self.batches.lock().ok().and_then(|mut b| b.take());
         let stream = match batches {
-            Some(b) => futures::stream::iter(b.map(|r| r.map_err(DataFusionError::from))).boxed(),
+            Some(b) => b.map(|r| r.map_err(DataFusionError::from)).boxed(),
             None => futures::stream::once(async {
                 Err(DataFusionError::Internal(
                     "a write's rows were read twice".into(),
@@ -258,27 +273,30 @@ impl OfflineStore {
                 .partition_columns()
                 .iter()
                 .any(|c| c == DAY_COLUMN);
+        use futures::{StreamExt, TryStreamExt};
         let Some(time) = time else {
             let batches = rows
                 .batches
-                .collect::<Result<Vec<_>, _>>()
+                .try_collect::<Vec<_>>()
+                .await
                 .map_err(|e| err(&e))?;
             return self.write_plain(t, table, batches, replace).await;
         };
         let day_time = time.to_string();
         let mut batches = rows
             .batches
-            .filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0))
+            .filter(|b| futures::future::ready(b.as_ref().map_or(true, |b| b.num_rows() > 0)))
             .map(move |b| b.and_then(|b| with_day(&b, &day_time)))
+            .boxed()
             .peekable();
         // Empty batches are skipped: no first batch means no new rows.
-        let first = match batches.peek() {
+        let first = match std::pin::Pin::new(&mut batches).peek().await {
             Some(Ok(b)) => Some(b.clone()),
             Some(Err(e)) => return Err(err(e)),
             None => None,
         };
         let no_new_rows = first.is_none();
-        let mut batches: Batches = Box::new(batches);
+        let mut batches: Batches = batches.boxed();
         let mut kept = Vec::new();
         let mut w;
         match replace {
@@ -306,7 +324,7 @@ impl OfflineStore {
                 }
                 // A new row before the replaced range fails the write before its commit.
                 let (from, time) = (r.from_micros, time.to_string());
-                batches = Box::new(batches.map(move |b| {
+                batches = Box::pin(batches.map(move |b| {
                     let b = b?;
                     match earliest(std::slice::from_ref(&b), &time)? {
                         Some(early) if early < from => {
@@ -371,9 +389,9 @@ impl OfflineStore {
         else {
             return Err(err(&"a write with rows but no batch"));
         };
-        let input = kept.into_iter().map(Ok).chain(batches);
+        let input = futures::stream::iter(kept.into_iter().map(Ok)).chain(batches);
         w = w
-            .with_input_plan(streamed(schema, Box::new(input)).map_err(|e| err(&e))?)
+            .with_input_plan(streamed(schema, input.boxed()).map_err(|e| err(&e))?)
             .with_partition_columns([DAY_COLUMN])
             .with_writer_properties(writer_properties(first.as_ref()));
         if !exists {
@@ -700,7 +718,11 @@ fn conform(
 /// distinct values (ids, times, scores) would spend most of its encoding time building a
 /// dictionary that Parquet then abandons for plain encoding.
 fn writer_properties(sample: Option<&RecordBatch>) -> WriterProperties {
-    let mut p = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    // Row groups of a bounded size: a write whose rows come in entity order (a streamed
+    // backfill) keeps a file open per day, each holding its unfinished row group in memory.
+    let mut p = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     if let Some(b) = sample {
         let rows = b.num_rows().min(DICTIONARY_SAMPLE);
         for (field, column) in b.schema().fields().iter().zip(b.columns()) {

@@ -336,7 +336,7 @@ async fn backfill_partitions_do_not_change_the_stores() {
     let now = START_MICROS + 21 * DAY;
     let mut first: Option<(RecordBatch, Vec<Option<slate_stores::OnlineValue>>)> = None;
     // The last one under a memory limit small enough that the sorts spill.
-    for (n, limit) in [(1, None), (3, None), (16, None), (2, Some(1usize << 20))] {
+    for (n, limit) in [(1, None), (3, None), (16, None), (2, Some(2usize << 20))] {
         let state = tmp.path().join(format!("state{n}"));
         let mut e = engine(&data, &state, now).with_partitions(n);
         if let Some(l) = limit {

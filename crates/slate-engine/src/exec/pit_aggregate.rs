@@ -126,6 +126,17 @@ pub fn pit_plan(
     spec: PitSpec,
     partitions: usize,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    pit_plan_ordered(input, spec, partitions, &[])
+}
+
+/// [`pit_plan`] with the rows of an entity and time further ordered by `then_by` (a unique
+/// column makes the output order, and so what is written from it, the same in every run).
+pub fn pit_plan_ordered(
+    input: Arc<dyn ExecutionPlan>,
+    spec: PitSpec,
+    partitions: usize,
+    then_by: &[String],
+) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = input.schema();
     let key = col(&spec.key, &schema)?;
     let time = col(&spec.time, &schema)?;
@@ -133,11 +144,15 @@ pub fn pit_plan(
         input,
         Partitioning::Hash(vec![key.clone()], partitions.max(1)),
     )?);
-    let ordering = LexOrdering::new(vec![
+    let mut order = vec![
         PhysicalSortExpr::new_default(key),
         PhysicalSortExpr::new_default(time),
-    ])
-    .ok_or_else(|| DataFusionError::Internal("empty ordering".into()))?;
+    ];
+    for c in then_by {
+        order.push(PhysicalSortExpr::new_default(col(c, &schema)?));
+    }
+    let ordering = LexOrdering::new(order)
+        .ok_or_else(|| DataFusionError::Internal("empty ordering".into()))?;
     let sorted = Arc::new(SortExec::new(ordering, repartitioned).with_preserve_partitioning(true));
     Ok(Arc::new(PitAggregateExec::try_new(sorted, spec)?))
 }

@@ -52,11 +52,12 @@ impl Execution {
             runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
             // Each partition's sort keeps this much aside to merge what it spilled: a share of
             // the budget, so that a small budget still leaves room for the rows themselves.
-            // The same share bounds the rows a sort concatenates to sort in place.
+            // A quarter of it bounds the rows a sort concatenates to sort in place (which
+            // needs as much again while it sorts).
             let merge = (limit / (8 * self.partitions)).clamp(64 << 10, 10 << 20);
             config = config
                 .with_sort_spill_reservation_bytes(merge)
-                .with_sort_in_place_threshold_bytes(merge.min(1 << 20));
+                .with_sort_in_place_threshold_bytes((merge / 4).min(1 << 20));
         }
         Ok(SessionContext::new_with_config_rt(
             config,

@@ -1,0 +1,768 @@
+//! A run whose root scan reads every row (a backfill, or a resolver that is not incremental)
+//! and whose nodes compute from the root rows alone, as one streamed physical plan:
+//!
+//! ```text
+//! source stream ─ shape to the class ─ DedupeExec (hash by key, spilling sort: one row per key)
+//!   ─ for each aggregate group: PitAggregateExec (hash by entity, spilling sort by entity,
+//!     time, key; state for one entity at a time) ─ NodesExec (expressions, functions, models)
+//!   ─ SortPreservingMergeExec (entity, time, key: the same order whatever the partitions)
+//!   ─ sinks: the class's offline table, the query's offline record, the online store
+//! ```
+//!
+//! No step holds the run's rows: sorts spill under the run's memory budget, the sinks write
+//! batches as they come (one Delta commit per table at the end, the online store's commit after
+//! its last batch), and partitions run on every core. The rows are written in the merge's
+//! order, so a rerun, or a run with other partitions or another budget, writes the same rows
+//! in the same order.
+
+use super::{
+    Engine, Ingested, OutputColumns, OutputSummary, Progress, json_values, key_strings, published,
+};
+use crate::EngineError;
+use crate::compute::{Frame, Since, history};
+use crate::exec::dedupe::dedupe_plan;
+use crate::exec::nodes::{NodesExec, RowNodes};
+use crate::exec::pit_aggregate::{EVENT, PitAggregation, PitSpec, QUERY, pit_plan_ordered};
+use crate::exec::runtime::Execution;
+use crate::exec::source::source_exec;
+use crate::exec::{Busy, FirstError};
+use crate::frame::{to_class_batch, to_class_batch_at, ts_column};
+use crate::plan::{Node, QueryPlan};
+use arrow::array::{
+    Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt8Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::error::DataFusionError;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use futures::StreamExt;
+use slate_model::OnnxModel;
+use slate_project::IncrementalTimestamp;
+use slate_stores::OnlineStore;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Each input row's position in the source's result (the first of equal rows wins).
+const POS: &str = "__pos";
+/// Each row's now, as a microsecond timestamp.
+const NOW: &str = "__now";
+/// Each row's role for the point-in-time operator: an event and a query.
+const ROLE: &str = "__role";
+
+/// What a streamed run produced, for its record.
+pub(super) struct Streamed {
+    pub ingested: Ingested,
+    pub rows: usize,
+    pub outputs: Vec<OutputSummary>,
+}
+
+/// Whether `plan` can run streamed once its root scan reads every row: one scan, a feature
+/// time, and every node either row-local or an aggregation over the root rows themselves.
+pub(super) fn streamable(plan: &QueryPlan) -> bool {
+    let Some(time) = &plan.root_time else {
+        return false;
+    };
+    let table = plan.root_table();
+    plan.scans.len() == 1
+        && plan.nodes.iter().all(|n| match n {
+            Node::Aggregate {
+                key,
+                table: t,
+                table_key,
+                table_time,
+                ..
+            } => t == &table && key == table_key && table_time == time,
+            n => RowNodes::is_row_local(n),
+        })
+}
+
+/// Where each stage's working time is counted (stages overlap; each is summed over partitions).
+#[derive(Default)]
+struct Clocks {
+    ingest: Busy,
+    compute: Busy,
+    predict: Busy,
+    write: Busy,
+}
+
+/// The streamed plan of `plan` over `source` (the shaped root rows, with [`POS`], [`NOW`] and
+/// [`ROLE`]), and the columns its output is ordered by.
+#[allow(clippy::too_many_arguments)]
+fn physical_plan(
+    plan: &QueryPlan,
+    source: Arc<dyn ExecutionPlan>,
+    models: Arc<HashMap<String, OnnxModel>>,
+    functions: crate::compute::Functions,
+    partitions: usize,
+    batch_rows: usize,
+    clocks: &Clocks,
+    errors: &FirstError,
+) -> Result<(Arc<dyn ExecutionPlan>, Vec<String>), EngineError> {
+    let failed = |e: DataFusionError| EngineError::Plan {
+        query: plan.query.name.clone(),
+        reason: e.to_string(),
+    };
+    let pk = plan.root.primary_key.clone();
+    let time = plan
+        .root_time
+        .clone()
+        .ok_or_else(|| EngineError::Internal("a streamed plan without a feature time".into()))?;
+    let mut current = dedupe_plan(
+        source,
+        std::slice::from_ref(&pk),
+        &[(time, true), (POS.into(), false)],
+        partitions,
+        clocks.ingest.clone(),
+    )
+    .map_err(failed)?;
+    let mut order = vec![pk.clone()];
+    let mut pending: Vec<Node> = Vec::new();
+    // Where the time of polling a NodesExec's input goes: the point-in-time operator's, or
+    // nowhere when the input is the deduplication (which counts its own).
+    let mut input_busy = Busy::default();
+    let row_nodes = |nodes: Vec<Node>| {
+        Arc::new(RowNodes {
+            nodes,
+            models: models.clone(),
+            functions: functions.clone(),
+            now: NOW.into(),
+            compute: clocks.compute.clone(),
+            predict: clocks.predict.clone(),
+            errors: errors.clone(),
+        })
+    };
+    let mut done = vec![false; plan.nodes.len()];
+    for i in 0..plan.nodes.len() {
+        if done[i] {
+            continue;
+        }
+        let Node::Aggregate { key, .. } = &plan.nodes[i] else {
+            pending.push(plan.nodes[i].clone());
+            done[i] = true;
+            continue;
+        };
+        if !pending.is_empty() {
+            current = Arc::new(NodesExec::try_new(
+                current,
+                row_nodes(std::mem::take(&mut pending)),
+                std::mem::take(&mut input_busy),
+            )?);
+        }
+        // Every aggregation of the same entity, over one sort.
+        let mut aggregations = Vec::new();
+        for (j, node) in plan.nodes.iter().enumerate().skip(i) {
+            if let Node::Aggregate {
+                key: k,
+                column,
+                field,
+                agg,
+                window,
+                ty,
+                ..
+            } = node
+                && k == key
+                && !done[j]
+            {
+                aggregations.push(PitAggregation {
+                    name: column.clone(),
+                    agg: *agg,
+                    field: field.clone(),
+                    window: *window,
+                    output: ty.arrow(),
+                });
+                done[j] = true;
+            }
+        }
+        let carry = current
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let spec = PitSpec {
+            key: key.clone(),
+            time: NOW.into(),
+            role: ROLE.into(),
+            carry,
+            aggregations,
+            // Output batches of about the plan's batch size: what follows (the merge, the
+            // sinks) holds a few batches, and a small budget makes them small.
+            chunk_rows: batch_rows,
+        };
+        current = pit_plan_ordered(current, spec, partitions, std::slice::from_ref(&pk))
+            .map_err(failed)?;
+        order = vec![key.clone(), NOW.into(), pk.clone()];
+        // The operator's time is counted where the next operator polls it.
+        input_busy = clocks.compute.clone();
+        pending.clear();
+        current = Arc::new(NodesExec::try_new(
+            current,
+            row_nodes(Vec::new()),
+            std::mem::take(&mut input_busy),
+        )?);
+    }
+    if !pending.is_empty() {
+        current = Arc::new(NodesExec::try_new(current, row_nodes(pending), input_busy)?);
+    }
+    let schema = current.schema();
+    let ordering = order
+        .iter()
+        .map(|c| col(c, &schema).map(PhysicalSortExpr::new_default))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    let ordering = LexOrdering::new(ordering)
+        .ok_or_else(|| EngineError::Internal("a merge without an order".into()))?;
+    Ok((
+        Arc::new(SortPreservingMergeExec::new(ordering, current)),
+        order,
+    ))
+}
+
+/// The shaped root rows: the class's columns, then [`POS`], [`NOW`] and [`ROLE`].
+fn with_extras(
+    batch: RecordBatch,
+    pk: &str,
+    time: &str,
+    first_row: usize,
+    resolver: &str,
+) -> Result<RecordBatch, EngineError> {
+    let n = batch.num_rows();
+    let key = batch
+        .column_by_name(pk)
+        .ok_or_else(|| EngineError::Internal(format!("missing column {pk}")))?;
+    let times = ts_column(&batch, time)?;
+    for (i, t) in times.iter().enumerate() {
+        if key.is_null(i) || t.is_none() {
+            let c = if key.is_null(i) { pk } else { time };
+            return Err(EngineError::BadValue {
+                resolver: resolver.into(),
+                reason: format!(
+                    "row {} has a null `{c}`; keys and feature times must be set",
+                    first_row + i + 1
+                ),
+            });
+        }
+    }
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(POS, DataType::UInt64, false));
+    fields.push(Field::new(NOW, ts_type(), false));
+    fields.push(Field::new(ROLE, DataType::UInt8, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(UInt64Array::from_iter_values(
+        first_row as u64..(first_row + n) as u64,
+    )));
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from_iter_values(times.into_iter().map(|t| t.unwrap_or(0)))
+            .with_timezone("UTC"),
+    ));
+    columns.push(Arc::new(UInt8Array::from_value(EVENT | QUERY, n)));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// A batch of the online write: keys, feature times and each published value as JSON.
+type OnlineChunk = (StringArray, Vec<i64>, Vec<StringArray>);
+
+/// Per published output: rows, nulls and, for booleans, trues.
+struct Tally {
+    rows: usize,
+    nulls: usize,
+    trues: Option<usize>,
+}
+
+impl Engine {
+    /// Runs `plan` (see [`streamable`]) as one streamed plan; returns what its record needs.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run_streamed(
+        &self,
+        plan: &QueryPlan,
+        run_id: &str,
+        started: i64,
+        before: Option<i64>,
+        models: &HashMap<String, OnnxModel>,
+        early_online: Option<Arc<dyn OnlineStore>>,
+        exec: &Execution,
+        progress: &dyn Progress,
+        took: &mut (dyn FnMut(&str, String, Duration) + Send),
+    ) -> Result<Streamed, EngineError> {
+        let t = Instant::now();
+        progress.stage("ingest");
+        let scan = plan.root_scan();
+        let r = &scan.resolver;
+        let class = &scan.class;
+        let pk = class.primary_key.clone();
+        let time = plan.root_time.clone().ok_or_else(|| {
+            EngineError::Internal("a streamed plan without a feature time".into())
+        })?;
+        let required = [pk.as_str(), time.as_str()];
+        let source = self.source(&r.source).await?;
+        let deadline = r
+            .timeout_secs
+            .map(|s| tokio::time::Instant::now() + Duration::from_secs(s as u64));
+        let timeout = || slate_sources::SourceError::Timeout {
+            resolver: r.name.clone(),
+            source_name: r.source.clone(),
+            seconds: r.timeout_secs.unwrap_or_default(),
+        };
+        let clocks = Clocks::default();
+        let opened = source.query_stream(&r.name, &r.sql, None);
+        let raw = match deadline {
+            None => opened.await?,
+            Some(d) => tokio::time::timeout_at(d, opened)
+                .await
+                .map_err(|_| timeout())??,
+        };
+        // The source's own work (a read of local files) counts as ingest time.
+        let mut raw = crate::exec::busy_polls(raw, clocks.ingest.clone()).boxed();
+        // The first batch gives the shaped schema; no batch, the class's columns.
+        let first = match deadline {
+            None => raw.next().await,
+            Some(d) => tokio::time::timeout_at(d, raw.next())
+                .await
+                .map_err(|_| timeout())?,
+        }
+        .transpose()?;
+        let (first, schema) = match first {
+            Some(b) => {
+                let shaped = clocks.ingest.time(|| {
+                    to_class_batch_at(&r.name, class, vec![b], &required, 0)
+                        .and_then(|b| with_extras(b, &pk, &time, 0, &r.name))
+                })?;
+                let schema = shaped.schema();
+                (Some(shaped), schema)
+            }
+            None => {
+                let empty = to_class_batch(&r.name, class, vec![], &required)?;
+                (None, with_extras(empty, &pk, &time, 0, &r.name)?.schema())
+            }
+        };
+        let class_columns = schema.fields().len() - 3;
+        let errors = FirstError::default();
+        let rest = {
+            let (resolver, class, pk, time) =
+                (r.name.clone(), class.clone(), pk.clone(), time.clone());
+            let (schema, errors, busy) = (schema.clone(), errors.clone(), clocks.ingest.clone());
+            let offset = first.as_ref().map_or(0, |b| b.num_rows());
+            let (source_name, seconds) = (r.source.clone(), r.timeout_secs.unwrap_or_default());
+            futures::stream::unfold(Some((raw, offset)), move |state| {
+                let (resolver, class, pk, time) =
+                    (resolver.clone(), class.clone(), pk.clone(), time.clone());
+                let (schema, errors, busy) = (schema.clone(), errors.clone(), busy.clone());
+                let timeout = slate_sources::SourceError::Timeout {
+                    resolver: resolver.clone(),
+                    source_name: source_name.clone(),
+                    seconds,
+                };
+                async move {
+                    let (mut raw, start) = state?;
+                    let next = match deadline {
+                        None => raw.next().await,
+                        Some(d) => match tokio::time::timeout_at(d, raw.next()).await {
+                            Ok(n) => n,
+                            Err(_) => Some(Err(timeout)),
+                        },
+                    };
+                    let b = match next? {
+                        Ok(b) => b,
+                        Err(e) => return Some((Err(errors.keep(e.into())), None)),
+                    };
+                    let shaped = busy.time(|| {
+                        to_class_batch_at(&resolver, &class, vec![b], &[&pk, &time], start)
+                            .and_then(|b| with_extras(b, &pk, &time, start, &resolver))
+                    });
+                    match shaped {
+                        Ok(b) if b.schema() == schema => {
+                            let end = start + b.num_rows();
+                            Some((Ok(b), Some((raw, end))))
+                        }
+                        Ok(_) => Some((
+                            Err(errors.keep(EngineError::BadValue {
+                                resolver: resolver.clone(),
+                                reason: "the result's batches have different columns".into(),
+                            })),
+                            None,
+                        )),
+                        Err(e) => Some((Err(errors.keep(e)), None)),
+                    }
+                }
+            })
+        };
+        // Rows per batch: the operators' batch size, which a small budget makes small (a sort
+        // must hold several batches within its share); the source's batches are sliced to it.
+        // The plan's output rows carry the computed columns too: about twice the input's bytes.
+        let row_bytes = schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().primitive_width().unwrap_or(24))
+            .sum::<usize>()
+            * 2;
+        let batch_rows = exec.batch_rows(row_bytes);
+        let batches = futures::stream::iter(first.map(Ok))
+            .chain(rest)
+            .flat_map(move |b| {
+                let slices: Vec<_> = match b {
+                    Ok(b) => (0..b.num_rows())
+                        .step_by(batch_rows)
+                        .map(|s| Ok(b.slice(s, batch_rows.min(b.num_rows() - s))))
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(slices)
+            })
+            .boxed();
+        let source = source_exec(schema.clone(), batches)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+
+        let models_arc = Arc::new(models.clone());
+        let (physical, _) = physical_plan(
+            plan,
+            source,
+            models_arc,
+            self.functions.clone(),
+            exec.partitions,
+            batch_rows,
+            &clocks,
+            &errors,
+        )?;
+        let failed = |e: DataFusionError, errors: &FirstError| match errors.take() {
+            Some(e) => e,
+            None => EngineError::Plan {
+                query: plan.query.name.clone(),
+                reason: match e.find_root() {
+                    DataFusionError::Execution(m) => m.clone(),
+                    root => root.to_string(),
+                },
+            },
+        };
+        let ctx = exec.session(batch_rows).map_err(|e| failed(e, &errors))?;
+        let mut output =
+            datafusion::physical_plan::execute_stream(physical.clone(), ctx.task_ctx())
+                .map_err(|e| failed(e, &errors))?;
+
+        // The sinks: the class's table and the query's record (Delta writes in their own tasks,
+        // fed by channels), and the online store (a thread: its writers block).
+        let offline = self.offline();
+        type Sent = Result<RecordBatch, arrow::error::ArrowError>;
+        let channel = || tokio::sync::mpsc::channel::<Sent>(2);
+        let receive = |mut rx: tokio::sync::mpsc::Receiver<Sent>| {
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        };
+        let (scan_tx, scan_rx) = channel();
+        let scan_write = {
+            let (offline, table, time) =
+                (offline.clone(), scan.table(), class.feature_time.clone());
+            let rows = slate_stores::WriteRows::from_stream(receive(scan_rx));
+            tokio::spawn(async move {
+                offline
+                    .write_rows(&table, rows, None, time.as_deref())
+                    .await
+            })
+        };
+        let (record_tx, record_write) = match plan.query.store_offline {
+            true => {
+                let (tx, rx) = channel();
+                let (offline, table) = (offline.clone(), plan.query.name.clone());
+                let rows = slate_stores::WriteRows::from_stream(receive(rx));
+                let task = tokio::spawn(async move {
+                    offline
+                        .write_rows(&table, rows, None, Some("feature_time"))
+                        .await
+                });
+                (Some(tx), Some(task))
+            }
+            false => (None, None),
+        };
+        let published = published(plan);
+        let names: Vec<String> = published.iter().map(|(f, _)| f.column_name()).collect();
+        let (online_tx, online_thread) = match plan.query.store_online {
+            true => {
+                let online = match early_online {
+                    Some(o) => o,
+                    None => self.online()?,
+                };
+                let mut writer = online.writer()?;
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<OnlineChunk, ()>>(2);
+                let (names, busy) = (names.clone(), clocks.write.clone());
+                let thread = std::thread::spawn(move || -> Result<bool, EngineError> {
+                    for chunk in rx {
+                        let Ok((keys, times, json)) = chunk else {
+                            return Ok(false);
+                        };
+                        busy.time(|| -> Result<(), EngineError> {
+                            let order = slate_stores::key_order(&keys, &times)?;
+                            let rows = slate_stores::OnlineRows {
+                                keys: &keys,
+                                times: &times,
+                                values: names.iter().map(|n| n.as_str()).zip(&json).collect(),
+                            };
+                            writer.put_ordered(&rows, &order)?;
+                            Ok(())
+                        })?;
+                    }
+                    busy.time(|| writer.commit())?;
+                    Ok(true)
+                });
+                (Some(tx), Some(thread))
+            }
+            false => (None, None),
+        };
+
+        // Drives the plan: each output batch goes to every sink.
+        let inc = r.incremental.as_ref().filter(|_| scan.incremental);
+        let mut rows = 0usize;
+        let mut first_now: Option<i64> = None;
+        let mut last_now: Option<i64> = None;
+        let mut max_inc: Option<i64> = None;
+        let out_schema = physical.schema();
+        let mut tallies: Vec<Tally> = published
+            .iter()
+            .map(|(_, c)| Tally {
+                rows: 0,
+                nulls: 0,
+                trues: out_schema
+                    .field_with_name(c)
+                    .ok()
+                    .filter(|f| f.data_type() == &DataType::Boolean)
+                    .map(|_| 0),
+            })
+            .collect();
+        let mut result: Result<(), EngineError> = Ok(());
+        while let Some(batch) = output.next().await {
+            // Stages overlap; progress names the one the run waits on: rows are read until the
+            // first computed row arrives, computed until the last, then written.
+            if rows == 0 {
+                progress.stage("compute");
+            }
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    result = Err(failed(e, &errors));
+                    break;
+                }
+            };
+            let step = clocks
+                .write
+                .time(|| -> Result<Vec<(usize, Sent)>, EngineError> {
+                    let n = batch.num_rows();
+                    rows += n;
+                    let now: Vec<i64> = ts_column(&batch, NOW)?
+                        .into_iter()
+                        .map(|v| v.unwrap_or_default())
+                        .collect();
+                    if let (Some(&lo), Some(&hi)) = (now.iter().min(), now.iter().max()) {
+                        first_now = Some(first_now.map_or(lo, |f| f.min(lo)));
+                        last_now = Some(last_now.map_or(hi, |l| l.max(hi)));
+                    }
+                    if let Some(i) = inc
+                        && i.timestamp != IncrementalTimestamp::ResolverExecutionTime
+                    {
+                        let m = ts_column(&batch, &i.column)?.into_iter().flatten().max();
+                        max_inc = max_inc.max(m);
+                    }
+                    let mut sends = vec![(
+                        0,
+                        Ok(batch.project(&(0..class_columns).collect::<Vec<_>>())?),
+                    )];
+                    let frame = Frame::new(&batch, now.clone());
+                    for (t, (_, c)) in tallies.iter_mut().zip(&published) {
+                        let a = frame.column(c)?;
+                        t.rows += a.len();
+                        t.nulls += a.null_count();
+                        if let (Some(trues), Some(b)) = (
+                            t.trues.as_mut(),
+                            a.as_any().downcast_ref::<arrow::array::BooleanArray>(),
+                        ) {
+                            *trues += b.true_count();
+                        }
+                    }
+                    if record_tx.is_some() {
+                        let record = OutputColumns::new(plan, &frame, Some(run_id), models)?;
+                        sends.push((1, record.batch(0..n)));
+                    }
+                    if let Some(tx) = &online_tx {
+                        let keys = key_strings(frame.column(&pk)?)?;
+                        let json = published
+                            .iter()
+                            .map(|(_, c)| frame.column(c).and_then(json_values))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        tx.send(Ok((keys, now, json))).map_err(|_| {
+                            EngineError::Internal("the online writer ended early".into())
+                        })?;
+                    }
+                    Ok(sends)
+                });
+            let sends = match step {
+                Ok(s) => s,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            for (to, b) in sends {
+                let tx = match to {
+                    0 => Some(&scan_tx),
+                    _ => record_tx.as_ref(),
+                };
+                if let Some(tx) = tx
+                    && tx.send(b).await.is_err()
+                {
+                    // The write ended (failed): its error is reported below.
+                    result = Err(EngineError::Internal("an offline write ended early".into()));
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        exec.record_spills(&physical);
+        drop(output);
+        progress.stage("write");
+        // A failed plan ends every sink without a commit.
+        if result.is_err() {
+            let abort = || {
+                Err(arrow::error::ArrowError::ComputeError(
+                    "the run failed".into(),
+                ))
+            };
+            let _ = scan_tx.send(abort()).await;
+            if let Some(tx) = &record_tx {
+                let _ = tx.send(abort()).await;
+            }
+            if let Some(tx) = &online_tx {
+                let _ = tx.send(Err(()));
+            }
+        }
+        drop(scan_tx);
+        drop(record_tx);
+        drop(online_tx);
+        let online = match online_thread {
+            Some(h) => h
+                .join()
+                .map_err(|_| EngineError::Internal("the online writer panicked".into()))?,
+            None => Ok(true),
+        };
+        let w = Instant::now();
+        let joined = |r: Result<Result<(), slate_stores::StoreError>, tokio::task::JoinError>| {
+            r.map_err(|e| EngineError::Internal(format!("an offline write task: {e}")))?
+                .map_err(EngineError::from)
+        };
+        let scan_written = joined(scan_write.await);
+        let record_written = match record_write {
+            Some(t) => joined(t.await),
+            None => Ok(()),
+        };
+        clocks.write.add(w.elapsed());
+        // The plan's own error first: a sink that failed because the plan did says less.
+        result?;
+        online?;
+        scan_written?;
+        record_written?;
+
+        // The table's entity state moves on, as a read of the history would have moved it.
+        let mut seen: Vec<&str> = Vec::new();
+        for n in &plan.nodes {
+            if let Node::Aggregate { key, .. } = n
+                && !seen.contains(&key.as_str())
+            {
+                seen.push(key);
+                let group: Vec<&Node> = plan
+                    .nodes
+                    .iter()
+                    .filter(|m| matches!(m, Node::Aggregate { key: k, .. } if k == key))
+                    .collect();
+                if let (_, Since::Latest { advance_to, .. }) =
+                    history(&group, first_now.as_ref(), last_now.as_ref())
+                {
+                    offline
+                        .advance_latest_state(&scan.table(), key, &time, advance_to)
+                        .await?;
+                }
+            }
+        }
+
+        let spilled = match exec.spills() {
+            (0, _) => String::new(),
+            (bytes, files) => format!(
+                ", spilled {:.1} MiB in {files} file{}",
+                bytes as f64 / (1 << 20) as f64,
+                if files == 1 { "" } else { "s" }
+            ),
+        };
+        let wall = t.elapsed();
+        took(
+            "ingest",
+            format!("{rows} rows from {} (streamed{spilled})", r.name),
+            clocks.ingest.get(),
+        );
+        let n_models = plan.models().count();
+        let n_features = plan
+            .nodes
+            .iter()
+            .filter(|n| !matches!(n, Node::Model { .. }))
+            .count();
+        took(
+            "compute",
+            format!("{n_features} features for {rows} rows"),
+            clocks.compute.get(),
+        );
+        if n_models > 0 {
+            took(
+                "predict",
+                format!(
+                    "{rows} rows scored by {n_models} model{}",
+                    if n_models == 1 { "" } else { "s" }
+                ),
+                clocks.predict.get(),
+            );
+        }
+        took(
+            "write",
+            format!(
+                "{rows} rows (stages overlap: {:.2}s from the first read to the last write, {} partitions)",
+                wall.as_secs_f64(),
+                exec.partitions
+            ),
+            clocks.write.get(),
+        );
+        let after = match inc {
+            Some(i) if i.timestamp == IncrementalTimestamp::ResolverExecutionTime => Some(started),
+            Some(_) => max_inc.max(before),
+            None => None,
+        };
+        let outputs = published
+            .iter()
+            .zip(tallies)
+            .map(|((f, _), t)| OutputSummary {
+                feature: f.to_string(),
+                rows: t.rows,
+                nulls: t.nulls,
+                true_count: t.trues,
+            })
+            .collect();
+        Ok(Streamed {
+            ingested: Ingested {
+                count: rows,
+                bound: None,
+                before,
+                after,
+                late: None,
+            },
+            rows,
+            outputs,
+        })
+    }
+}
