@@ -321,52 +321,31 @@ impl QueryPlan {
 }
 
 impl QueryPlan {
-    /// The physical plan of the aggregations a first run or a backfill computes from the rows it
-    /// ingested (a root scan that read everything): per table and key, the operators of
-    /// `compute::aggregates_over_frame`, top to bottom as DataFusion's EXPLAIN shows them.
+    /// The physical plan a first run or a backfill runs when it streams (see `run/stream.rs`),
+    /// as DataFusion's EXPLAIN shows it, with 2 partitions (a run makes one per core).
     fn describe_backfill_plan(&self, s: &mut String) {
-        let root_table = self.root_table();
-        let mut groups: Vec<(&str, &str, usize)> = Vec::new();
-        for n in &self.nodes {
-            if let Node::Aggregate {
-                key,
-                table,
-                table_key,
-                table_time,
-                ..
-            } = n
-                && *table == root_table
-                && self.root_time.as_deref() == Some(table_time.as_str())
-                && key == table_key
-            {
-                match groups.iter_mut().find(|g| g.0 == table && g.1 == key) {
-                    Some(g) => g.2 += 1,
-                    None => groups.push((table, key, 1)),
-                }
-            }
+        let Some(explained) = crate::run::explain_streamed(self, 2) else {
+            return;
+        };
+        let _ = writeln!(
+            s,
+            "              a first run or backfill (every row read) runs as one streamed plan (shown with 2 partitions; one per core):"
+        );
+        for line in explained.lines() {
+            let _ = writeln!(s, "                {line}");
         }
-        let time = self.root_time.as_deref().unwrap_or_default();
-        for (table, key, count) in groups {
-            let _ = writeln!(
-                s,
-                "              a first run or backfill computes the {count} aggregation{} over `{table}` by {key} from the rows it ingested:",
-                if count == 1 { "" } else { "s" }
-            );
-            let _ = writeln!(
-                s,
-                "                PitAggregateExec: {count} aggregation{}, chunks of whole entities (memory from the run's budget)",
-                if count == 1 { "" } else { "s" }
-            );
-            let _ = writeln!(
-                s,
-                "                  SortExec: [{key}, {time}], per partition (spills under the memory limit)"
-            );
-            let _ = writeln!(
-                s,
-                "                    RepartitionExec: hash({key}), one partition per core"
-            );
-            let _ = writeln!(s, "                      the ingested rows of `{table}`");
+        let mut sinks = vec![format!("the rows to offline `{}`", self.root_table())];
+        if self.query.store_offline {
+            sinks.push(format!("the record to offline `{}`", self.query.name));
         }
+        if self.query.store_online {
+            sinks.push("the outputs to the online store, sorted by key (spilling)".into());
+        }
+        let _ = writeln!(
+            s,
+            "                each batch written as it comes: {}",
+            sinks.join("; ")
+        );
     }
 }
 

@@ -1276,6 +1276,12 @@ struct Ingested {
     late: Option<usize>,
 }
 
+/// How a first run or backfill of `plan` runs, as DataFusion's EXPLAIN shows a physical plan
+/// (with `partitions` partitions); `None` for a plan that is computed over a frame of its rows.
+pub(crate) fn explain_streamed(plan: &QueryPlan, partitions: usize) -> Option<String> {
+    stream::explain(plan, partitions)
+}
+
 /// The outputs a run publishes, with their frame columns: the query's outputs, and a model's
 /// score beside its label.
 pub(crate) fn published(plan: &QueryPlan) -> Vec<(slate_types::FeatureRef, String)> {

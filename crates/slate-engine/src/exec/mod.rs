@@ -11,17 +11,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Time an operator spends working (not waiting), summed over its partitions: what a stage of
-/// a streamed run reports, since its stages overlap in time.
+/// a streamed run reports, since its stages overlap in time. `Busy::default()` counts nowhere.
 #[derive(Debug, Default, Clone)]
-pub struct Busy(Arc<AtomicU64>);
+pub struct Busy(Option<Arc<AtomicU64>>);
 
 impl Busy {
+    /// A clock that counts.
+    pub fn new() -> Self {
+        Busy(Some(Arc::new(AtomicU64::new(0))))
+    }
+
+    /// Whether this clock counts (one that does not is where uncounted time goes).
+    pub fn is_counted(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn add(&self, d: Duration) {
-        self.0.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(n) = &self.0 {
+            n.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        }
     }
 
     pub fn get(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+        Duration::from_nanos(self.0.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)))
     }
 
     /// Runs `f`, counting its time.

@@ -210,7 +210,11 @@ impl DisplayAs for NodesExec {
                 n => n.columns().into_iter().map(str::to_string).collect(),
             })
             .collect();
-        write!(f, "NodesExec: [{}]", names.join(", "))
+        match names.is_empty() {
+            // Only timing the operators before it (a streamed run's stages).
+            true => write!(f, "NodesExec: none"),
+            false => write!(f, "NodesExec: [{}]", names.join(", ")),
+        }
     }
 }
 

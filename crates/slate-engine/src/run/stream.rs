@@ -11,9 +11,10 @@
 //!
 //! No step holds the run's rows: sorts spill under the run's memory budget, the sinks write
 //! batches as they come (one Delta commit per table at the end, the online store's commit after
-//! its last batch), and partitions run on every core. The rows are written in the merge's
-//! order, so a rerun, or a run with other partitions or another budget, writes the same rows
-//! in the same order.
+//! its last batch), and partitions run on every core. The offline rows are written in the
+//! merge's order, so a rerun, or a run with other partitions or another budget, writes the
+//! same rows in the same order; the online rows are sorted by key (spilling) before they are
+//! inserted, so that the store's tree is walked in order.
 
 use super::{
     Engine, Ingested, OutputColumns, OutputSummary, Progress, json_values, key_strings, published,
@@ -29,13 +30,14 @@ use crate::exec::{Busy, FirstError};
 use crate::frame::{to_class_batch, to_class_batch_at, ts_column};
 use crate::plan::{Node, QueryPlan};
 use arrow::array::{
-    Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt8Array, UInt64Array,
+    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt8Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::error::DataFusionError;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use futures::StreamExt;
 use slate_model::OnnxModel;
@@ -57,6 +59,37 @@ pub(super) struct Streamed {
     pub ingested: Ingested,
     pub rows: usize,
     pub outputs: Vec<OutputSummary>,
+}
+
+/// The streamed plan of a first run or backfill of `plan` with `partitions` partitions, as
+/// DataFusion's EXPLAIN shows a physical plan; `None` when `plan` does not stream.
+pub(super) fn explain(plan: &QueryPlan, partitions: usize) -> Option<String> {
+    if !streamable(plan) {
+        return None;
+    }
+    let scan = plan.root_scan();
+    let time = plan.root_time.as_deref()?;
+    let empty = to_class_batch(&scan.resolver.name, &scan.class, vec![], &[]).ok()?;
+    let schema = with_extras(empty, &scan.class.primary_key, time, 0, &scan.resolver.name)
+        .ok()?
+        .schema();
+    let source = source_exec(schema, futures::stream::empty().boxed()).ok()?;
+    let (physical, _) = physical_plan(
+        plan,
+        source,
+        Arc::new(HashMap::new()),
+        crate::compute::Functions::new(),
+        partitions,
+        1 << 16,
+        &Clocks::default(),
+        &FirstError::default(),
+    )
+    .ok()?;
+    Some(
+        datafusion::physical_plan::displayable(physical.as_ref())
+            .indent(false)
+            .to_string(),
+    )
 }
 
 /// Whether `plan` can run streamed once its root scan reads every row: one scan, a feature
@@ -85,7 +118,23 @@ struct Clocks {
     ingest: Busy,
     compute: Busy,
     predict: Busy,
+    /// The sinks' work: building the batches; the online sort (waiting included) and inserts.
     write: Busy,
+    online: Busy,
+    online_sort: Busy,
+}
+
+impl Clocks {
+    fn new() -> Self {
+        Clocks {
+            ingest: Busy::new(),
+            compute: Busy::new(),
+            predict: Busy::new(),
+            write: Busy::new(),
+            online: Busy::new(),
+            online_sort: Busy::new(),
+        }
+    }
 }
 
 /// The streamed plan of `plan` over `source` (the shaped root rows, with [`POS`], [`NOW`] and
@@ -140,11 +189,15 @@ fn physical_plan(
             continue;
         }
         let Node::Aggregate { key, .. } = &plan.nodes[i] else {
-            pending.push(plan.nodes[i].clone());
+            // A root column is already there.
+            if !matches!(plan.nodes[i], Node::Column { .. }) {
+                pending.push(plan.nodes[i].clone());
+            }
             done[i] = true;
             continue;
         };
-        if !pending.is_empty() {
+        // A point-in-time operator right after another gets a pass-through that times it.
+        if !pending.is_empty() || input_busy.is_counted() {
             current = Arc::new(NodesExec::try_new(
                 current,
                 row_nodes(std::mem::take(&mut pending)),
@@ -197,16 +250,12 @@ fn physical_plan(
         order = vec![key.clone(), NOW.into(), pk.clone()];
         // The operator's time is counted where the next operator polls it.
         input_busy = clocks.compute.clone();
-        pending.clear();
-        current = Arc::new(NodesExec::try_new(
-            current,
-            row_nodes(Vec::new()),
-            std::mem::take(&mut input_busy),
-        )?);
     }
-    if !pending.is_empty() {
+    if !pending.is_empty() || input_busy.is_counted() {
         current = Arc::new(NodesExec::try_new(current, row_nodes(pending), input_busy)?);
     }
+    // The partitions merged in one order whatever their number: entity, time, key after a
+    // point-in-time operator, else key.
     let schema = current.schema();
     let ordering = order
         .iter()
@@ -274,9 +323,6 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// A batch of the online write: keys, feature times and each published value as JSON.
-type OnlineChunk = (StringArray, Vec<i64>, Vec<StringArray>);
-
 /// Per published output: rows, nulls and, for booleans, trues.
 struct Tally {
     rows: usize,
@@ -318,7 +364,7 @@ impl Engine {
             source_name: r.source.clone(),
             seconds: r.timeout_secs.unwrap_or_default(),
         };
-        let clocks = Clocks::default();
+        let clocks = Clocks::new();
         let opened = source.query_stream(&r.name, &r.sql, None);
         let raw = match deadline {
             None => opened.await?,
@@ -488,37 +534,108 @@ impl Engine {
         };
         let published = published(plan);
         let names: Vec<String> = published.iter().map(|(f, _)| f.column_name()).collect();
-        let (online_tx, online_thread) = match plan.query.store_online {
+        // The online rows (key, feature time, each value as JSON) are sorted by key and time
+        // (spilling, under the same budget) and then inserted in that order by a thread, so
+        // that the store's tree is walked in order; the offline tables take the plan's order.
+        let (online_tx, online_sort, online_thread) = match plan.query.store_online {
             true => {
                 let online = match early_online {
                     Some(o) => o,
                     None => self.online()?,
                 };
                 let mut writer = online.writer()?;
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<OnlineChunk, ()>>(2);
-                let (names, busy) = (names.clone(), clocks.write.clone());
+                let mut fields = vec![
+                    Field::new("__key", DataType::Utf8, false),
+                    Field::new("__time", DataType::Int64, false),
+                ];
+                fields.extend(names.iter().map(|n| Field::new(n, DataType::Utf8, true)));
+                let online_schema = Arc::new(Schema::new(fields));
+                let (tx, rx) = channel();
+                let rows = receive(rx)
+                    .map(|b| b.map_err(DataFusionError::from))
+                    .boxed();
+                let source =
+                    source_exec(online_schema.clone(), rows).map_err(|e| failed(e, &errors))?;
+                let order = LexOrdering::new(vec![
+                    PhysicalSortExpr::new_default(
+                        col("__key", &online_schema).map_err(|e| failed(e, &errors))?,
+                    ),
+                    PhysicalSortExpr::new_default(
+                        col("__time", &online_schema).map_err(|e| failed(e, &errors))?,
+                    ),
+                ])
+                .ok_or_else(|| EngineError::Internal("an empty order".into()))?;
+                let sort: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(order, source));
+                let mut sorted =
+                    datafusion::physical_plan::execute_stream(sort.clone(), ctx.task_ctx())
+                        .map_err(|e| failed(e, &errors))?;
+                let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, ()>>(2);
+                let busy = clocks.online_sort.clone();
+                // The sort works where it is polled: here, in its own task.
+                let forward = tokio::spawn(async move {
+                    loop {
+                        let t = Instant::now();
+                        let next = sorted.next().await;
+                        busy.add(t.elapsed());
+                        match next {
+                            None => return Ok(()),
+                            Some(Ok(b)) => {
+                                if fwd_tx.send(Ok(b)).await.is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            Some(Err(e)) => {
+                                let _ = fwd_tx.send(Err(())).await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                });
+                let (names, busy) = (names.clone(), clocks.online.clone());
                 let thread = std::thread::spawn(move || -> Result<bool, EngineError> {
-                    for chunk in rx {
-                        let Ok((keys, times, json)) = chunk else {
+                    while let Some(item) = fwd_rx.blocking_recv() {
+                        let Ok(b) = item else {
                             return Ok(false);
                         };
                         busy.time(|| -> Result<(), EngineError> {
-                            let order = slate_stores::key_order(&keys, &times)?;
-                            let rows = slate_stores::OnlineRows {
-                                keys: &keys,
-                                times: &times,
-                                values: names.iter().map(|n| n.as_str()).zip(&json).collect(),
+                            let strings = |i: usize| {
+                                b.column(i)
+                                    .as_any()
+                                    .downcast_ref::<StringArray>()
+                                    .ok_or_else(|| EngineError::Internal("online rows".into()))
                             };
-                            writer.put_ordered(&rows, &order)?;
+                            let keys = strings(0)?;
+                            let times: Vec<i64> = b
+                                .column(1)
+                                .as_any()
+                                .downcast_ref::<arrow::array::Int64Array>()
+                                .ok_or_else(|| EngineError::Internal("online times".into()))?
+                                .values()
+                                .to_vec();
+                            let json = (0..names.len())
+                                .map(|j| strings(2 + j))
+                                .collect::<Result<Vec<_>, _>>()?;
+                            let rows = slate_stores::OnlineRows {
+                                keys,
+                                times: &times,
+                                values: names.iter().map(|n| n.as_str()).zip(json).collect(),
+                            };
+                            let in_order: Vec<u32> = (0..b.num_rows() as u32).collect();
+                            writer.put_ordered(&rows, &in_order)?;
                             Ok(())
                         })?;
                     }
+                    // The sorted rows ended: all of them (a failure arrives as an error first).
                     busy.time(|| writer.commit())?;
                     Ok(true)
                 });
-                (Some(tx), Some(thread))
+                (
+                    Some((tx, online_schema)),
+                    Some((sort, forward)),
+                    Some(thread),
+                )
             }
-            false => (None, None),
+            false => (None, None, None),
         };
 
         // Drives the plan: each output batch goes to every sink.
@@ -593,15 +710,15 @@ impl Engine {
                         let record = OutputColumns::new(plan, &frame, Some(run_id), models)?;
                         sends.push((1, record.batch(0..n)));
                     }
-                    if let Some(tx) = &online_tx {
-                        let keys = key_strings(frame.column(&pk)?)?;
-                        let json = published
-                            .iter()
-                            .map(|(_, c)| frame.column(c).and_then(json_values))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        tx.send(Ok((keys, now, json))).map_err(|_| {
-                            EngineError::Internal("the online writer ended early".into())
-                        })?;
+                    if let Some((_, schema)) = &online_tx {
+                        let mut columns: Vec<ArrayRef> = vec![
+                            Arc::new(key_strings(frame.column(&pk)?)?),
+                            Arc::new(arrow::array::Int64Array::from(now)),
+                        ];
+                        for (_, c) in &published {
+                            columns.push(Arc::new(json_values(frame.column(c)?)?));
+                        }
+                        sends.push((2, RecordBatch::try_new(schema.clone(), columns)));
                     }
                     Ok(sends)
                 });
@@ -615,20 +732,23 @@ impl Engine {
             for (to, b) in sends {
                 let tx = match to {
                     0 => Some(&scan_tx),
-                    _ => record_tx.as_ref(),
+                    1 => record_tx.as_ref(),
+                    _ => online_tx.as_ref().map(|(tx, _)| tx),
                 };
                 if let Some(tx) = tx
                     && tx.send(b).await.is_err()
                 {
                     // The write ended (failed): its error is reported below.
-                    result = Err(EngineError::Internal("an offline write ended early".into()));
+                    result = Err(EngineError::Internal("a write ended early".into()));
                 }
             }
             if result.is_err() {
                 break;
             }
         }
+        let streamed_at = t.elapsed();
         exec.record_spills(&physical);
+        let mut online_sort = online_sort;
         drop(output);
         progress.stage("write");
         // A failed plan ends every sink without a commit.
@@ -642,19 +762,30 @@ impl Engine {
             if let Some(tx) = &record_tx {
                 let _ = tx.send(abort()).await;
             }
-            if let Some(tx) = &online_tx {
-                let _ = tx.send(Err(()));
+            if let Some((tx, _)) = &online_tx {
+                let _ = tx.send(abort()).await;
             }
         }
         drop(scan_tx);
         drop(record_tx);
         drop(online_tx);
+        // The online thread ends when the sorted rows do; joined off the runtime's threads.
         let online = match online_thread {
-            Some(h) => h
-                .join()
+            Some(h) => tokio::task::spawn_blocking(move || h.join())
+                .await
+                .map_err(|e| EngineError::Internal(format!("the online writer: {e}")))?
                 .map_err(|_| EngineError::Internal("the online writer panicked".into()))?,
             None => Ok(true),
         };
+        let mut sorted = Ok(());
+        if let Some((sort, forward)) = online_sort.take() {
+            exec.record_spills(&sort);
+            sorted = match forward.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(failed(e, &errors)),
+                Err(e) => Err(EngineError::Internal(format!("the online sort: {e}"))),
+            };
+        }
         let w = Instant::now();
         let joined = |r: Result<Result<(), slate_stores::StoreError>, tokio::task::JoinError>| {
             r.map_err(|e| EngineError::Internal(format!("an offline write task: {e}")))?
@@ -668,7 +799,12 @@ impl Engine {
         clocks.write.add(w.elapsed());
         // The plan's own error first: a sink that failed because the plan did says less.
         result?;
-        online?;
+        sorted?;
+        if !online? {
+            return Err(EngineError::Internal(
+                "the online write ended without its rows".into(),
+            ));
+        }
         scan_written?;
         record_written?;
 
@@ -729,14 +865,19 @@ impl Engine {
                 clocks.predict.get(),
             );
         }
+        let (sort, online) = (
+            clocks.online_sort.get().as_secs_f64(),
+            clocks.online.get().as_secs_f64(),
+        );
         took(
             "write",
             format!(
-                "{rows} rows (stages overlap: {:.2}s from the first read to the last write, {} partitions)",
+                "{rows} rows (plan ended at {:.2}s; online: sort {sort:.2}s, insert {online:.2}s; stages overlap: {:.2}s from the first read to the last write, {} partitions)",
+                streamed_at.as_secs_f64(),
                 wall.as_secs_f64(),
                 exec.partitions
             ),
-            clocks.write.get(),
+            clocks.write.get() + clocks.online_sort.get() + clocks.online.get(),
         );
         let after = match inc {
             Some(i) if i.timestamp == IncrementalTimestamp::ResolverExecutionTime => Some(started),
