@@ -64,6 +64,10 @@ fn io(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
     }
 }
 
+/// Memory each redb database may cache its pages in (redb's default is 1 GiB): a fixed part of
+/// a process's memory beside a run's budget. Reads past it come from the OS's page cache.
+const REDB_CACHE_BYTES: usize = 256 << 20;
+
 /// Opens the redb database at `path`, creating it first under a temporary name and renaming it
 /// into place: a process killed while creating it leaves no half-written database behind.
 fn open_db(what: &'static str, path: &std::path::Path) -> Result<redb::Database, StoreError> {
@@ -83,11 +87,14 @@ fn open_db(what: &'static str, path: &std::path::Path) -> Result<redb::Database,
         drop(redb::Database::create(&tmp).map_err(|e| fail(&e))?);
         std::fs::rename(&tmp, path).map_err(|e| fail(&e))?;
     }
-    redb::Database::open(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
-            what,
-            path: path.into(),
-        },
-        e => fail(&e),
-    })
+    redb::Database::builder()
+        .set_cache_size(REDB_CACHE_BYTES)
+        .open(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                what,
+                path: path.into(),
+            },
+            e => fail(&e),
+        })
 }

@@ -13,6 +13,7 @@ use arrow::array::{Array, StringArray};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Where runs leave the latest values and the online API reads them.
 pub trait OnlineStore: Send + Sync + std::fmt::Debug {
@@ -110,8 +111,9 @@ pub fn class_of(feature: &str) -> &str {
 }
 
 /// Upserts of a run. What becomes visible when depends on the store: the embedded store shows
-/// all of a writer's values at `commit` and none before; Redis shows each batch as it is
-/// written. Both are idempotent, so a run repeated after a crash leaves the same values.
+/// a writer's values at `commit`, or a chunk of [`REDB_COMMIT_RECORDS`] records at a time for a
+/// larger write; Redis shows each batch as it is written. Both are idempotent, so a run
+/// repeated after a crash leaves the same values.
 pub trait OnlineWriter: Send {
     /// Upserts `(key, feature_time, json)` rows of `feature` through [`Self::put_ordered`];
     /// returns how many were stored (not older than what was there).
@@ -149,9 +151,20 @@ fn records_table(class: &str) -> String {
     format!("records:{class}")
 }
 
-/// Upserts of several features in one redb transaction; nothing is visible before `commit`.
+/// Records one redb transaction holds at most: redb keeps a transaction's pages in memory until
+/// it commits, so a larger write (a backfill of millions of keys) commits in chunks and its
+/// memory stays bounded.
+pub const REDB_COMMIT_RECORDS: usize = 1 << 20;
+
+/// Upserts of several features in redb transactions of at most [`REDB_COMMIT_RECORDS`]
+/// records; nothing is visible before the first of them commits.
 pub struct RedbWriter {
-    tx: redb::WriteTransaction,
+    /// Always set between calls (taken only to commit it).
+    tx: Option<redb::WriteTransaction>,
+    /// Where the next transaction begins (none: one transaction, as a migration needs).
+    db: Option<Arc<Database>>,
+    /// Records written by the open transaction.
+    pending: usize,
 }
 
 impl OnlineWriter for RedbWriter {
@@ -160,15 +173,36 @@ impl OnlineWriter for RedbWriter {
         for (class, features) in rows.by_class()? {
             written += self.put_records(&records_table(class), rows, &features, order)?;
         }
+        self.pending += order.len();
+        if let Some(db) = &self.db
+            && self.pending >= REDB_COMMIT_RECORDS
+        {
+            // One write transaction at a time: the next begins once this one has committed.
+            if let Some(tx) = self.tx.take() {
+                tx.commit().map_err(|e| io("online commit")(&e))?;
+            }
+            self.tx = Some(db.begin_write().map_err(|e| io("online write")(&e))?);
+            self.pending = 0;
+        }
         Ok(written)
     }
 
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx.commit().map_err(|e| io("online commit")(&e))
+        match self.tx {
+            Some(tx) => tx.commit().map_err(|e| io("online commit")(&e)),
+            None => Err(io("online commit")(&"a transaction that failed to begin")),
+        }
     }
 }
 
 impl RedbWriter {
+    /// The open transaction.
+    fn tx(&self) -> Result<&redb::WriteTransaction, StoreError> {
+        self.tx
+            .as_ref()
+            .ok_or_else(|| io("online write")(&"a transaction that failed to begin"))
+    }
+
     fn put_records(
         &mut self,
         table: &str,
@@ -177,7 +211,7 @@ impl RedbWriter {
         order: &[u32],
     ) -> Result<usize, StoreError> {
         let mut t = self
-            .tx
+            .tx()?
             .open_table(records(table))
             .map_err(|e| io("online write")(&e))?;
         let mut written = 0;
@@ -281,7 +315,7 @@ pub struct OnlineValue {
 /// The embedded online store: `online.redb` in the state directory.
 #[derive(Debug)]
 pub struct RedbOnlineStore {
-    db: Database,
+    db: Arc<Database>,
 }
 
 /// A table of the layout before records: one per feature, key to (feature time, JSON).
@@ -290,7 +324,7 @@ type FeatureTable<'a> = TableDefinition<'a, &'static str, (i64, &'static str)>;
 impl RedbOnlineStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let store = RedbOnlineStore {
-            db: crate::open_db("online store", path)?,
+            db: Arc::new(crate::open_db("online store", path)?),
         };
         store.migrate()?;
         Ok(store)
@@ -312,12 +346,17 @@ impl RedbOnlineStore {
             return Ok(());
         }
         let tx = self.db.begin_write().map_err(|e| fail(&e))?;
-        let mut w = RedbWriter { tx };
+        let mut w = RedbWriter {
+            tx: Some(tx),
+            db: None,
+            pending: 0,
+        };
         for feature in &old {
             let (keys, times, values) = {
-                let t =
-                    w.tx.open_table(FeatureTable::new(feature))
-                        .map_err(|e| fail(&e))?;
+                let t = w
+                    .tx()?
+                    .open_table(FeatureTable::new(feature))
+                    .map_err(|e| fail(&e))?;
                 let mut keys = Vec::new();
                 let mut times = Vec::new();
                 let mut values = Vec::new();
@@ -337,7 +376,8 @@ impl RedbOnlineStore {
                 values: vec![(feature.as_str(), &values)],
             };
             w.put_ordered(&rows, &order)?;
-            w.tx.delete_table(FeatureTable::new(feature))
+            w.tx()?
+                .delete_table(FeatureTable::new(feature))
                 .map_err(|e| fail(&e))?;
         }
         Box::new(w).commit()
@@ -345,10 +385,13 @@ impl RedbOnlineStore {
 }
 
 impl OnlineStore for RedbOnlineStore {
-    /// A write transaction for several features: readers see all of a run's values or none.
+    /// Transactions of at most [`REDB_COMMIT_RECORDS`] records (one for a daily run's writes):
+    /// readers see a run's values a chunk at a time, each chunk whole.
     fn writer(&self) -> Result<Box<dyn OnlineWriter>, StoreError> {
         Ok(Box::new(RedbWriter {
-            tx: self.db.begin_write().map_err(|e| io("online write")(&e))?,
+            tx: Some(self.db.begin_write().map_err(|e| io("online write")(&e))?),
+            db: Some(self.db.clone()),
+            pending: 0,
         }))
     }
 
@@ -490,6 +533,47 @@ mod tests {
         );
         assert_eq!(s.count("transaction.is_fraud").expect("count"), 2);
         assert_eq!(s.get("transaction.is_fraud", "3").expect("get"), None);
+    }
+
+    /// A write of more than [`REDB_COMMIT_RECORDS`] records commits in chunks: the first chunk
+    /// is visible before the writer commits, and after it every record is there once.
+    #[test]
+    fn a_large_write_commits_in_chunks_and_keeps_every_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RedbOnlineStore::open(&dir.path().join("online.redb")).expect("open");
+        let total = REDB_COMMIT_RECORDS + REDB_COMMIT_RECORDS / 4;
+        let mut w = s.writer().expect("writer");
+        let batch = 1 << 17;
+        for start in (0..total).step_by(batch) {
+            let end = (start + batch).min(total);
+            let keys = StringArray::from_iter_values((start..end).map(|i| format!("{i:08}")));
+            let times: Vec<i64> = (start..end).map(|i| i as i64).collect();
+            let values = StringArray::from_iter_values((start..end).map(|i| i.to_string()));
+            let rows = OnlineRows {
+                keys: &keys,
+                times: &times,
+                values: vec![("transaction.fraud_score", &values)],
+            };
+            let order: Vec<u32> = (0..keys.len() as u32).collect();
+            w.put_ordered(&rows, &order).expect("put");
+        }
+        assert_eq!(
+            s.count("transaction.fraud_score").expect("count"),
+            REDB_COMMIT_RECORDS,
+            "the first chunk is committed, the rest is not yet"
+        );
+        w.commit().expect("commit");
+        assert_eq!(s.count("transaction.fraud_score").expect("count"), total);
+        for i in [0, REDB_COMMIT_RECORDS - 1, REDB_COMMIT_RECORDS, total - 1] {
+            assert_eq!(
+                s.get("transaction.fraud_score", &format!("{i:08}"))
+                    .expect("get"),
+                Some(OnlineValue {
+                    feature_time: i as i64,
+                    json: i.to_string()
+                })
+            );
+        }
     }
 
     /// A store written with one table per feature opens with the same values, in records.

@@ -197,8 +197,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keeps_the_latest_then_first_row_of_each_key_like_a_brute_force() {
         let mut rng = StdRng::seed_from_u64(7);
-        let n = 100_000;
-        let keys: Vec<i64> = (0..n).map(|_| rng.random_range(0..5_000)).collect();
+        let n = 300_000;
+        let keys: Vec<i64> = (0..n).map(|_| rng.random_range(0..15_000)).collect();
         let times: Vec<i64> = (0..n).map(|_| rng.random_range(0..50)).collect();
         let mut best: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
         for (p, (&k, &t)) in keys.iter().zip(&times).enumerate() {
@@ -212,7 +212,7 @@ mod tests {
             Field::new("t", DataType::Int64, false),
             Field::new("pos", DataType::Int64, false),
         ]));
-        for (partitions, limit) in [(1, None), (3, None), (7, None), (2, Some(1 << 20))] {
+        for (partitions, limit) in [(1, None), (3, None), (7, None), (2, Some(4 << 20))] {
             let batches: Vec<Result<RecordBatch>> = (0..n)
                 .step_by(1_000)
                 .map(|s| {

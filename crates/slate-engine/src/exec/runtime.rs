@@ -66,8 +66,9 @@ impl Execution {
     }
 
     /// Rows per batch fed to the operators, for rows of about `row_bytes` bytes: 65,536, or
-    /// fewer under a small memory limit, so that each partition's sort holds many batches
-    /// within its share and can spill some of them.
+    /// fewer under a small memory limit, so that each partition's sorts hold many batches
+    /// within their share (a 256th of the budget per partition a batch at most) and can spill
+    /// some of them, and a merge of many spilled runs (a batch of each in memory) stays small.
     pub fn batch_rows(&self, row_bytes: usize) -> usize {
         match self.memory_limit {
             None => 1 << 16,
