@@ -651,6 +651,51 @@ async fn aggregates_over_frame(
     Ok(columns)
 }
 
+/// Rows a model scores in one call: its input matrix and outputs stay this size whatever the
+/// frame's.
+const PREDICT_CHUNK_ROWS: usize = 1 << 18;
+
+/// A model node over the frame: its columns (label, then score when it has one), named.
+pub(crate) fn model(
+    frame: &Frame,
+    node: &Node,
+    models: &HashMap<String, slate_model::OnnxModel>,
+) -> Result<Vec<(String, ArrayRef)>, EngineError> {
+    let Node::Model {
+        resolver,
+        inputs,
+        label,
+        label_ty,
+        score,
+    } = node
+    else {
+        return Err(EngineError::Internal("not a model".into()));
+    };
+    let model = models
+        .get(&resolver.name)
+        .ok_or_else(|| EngineError::Internal("model not loaded".into()))?;
+    let features = inputs
+        .iter()
+        .map(|c| frame.column(c).cloned())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut labels = Vec::with_capacity(frame.rows);
+    let mut scores = Vec::with_capacity(frame.rows);
+    for start in (0..frame.rows).step_by(PREDICT_CHUNK_ROWS) {
+        let len = PREDICT_CHUNK_ROWS.min(frame.rows - start);
+        let chunk: Vec<ArrayRef> = features.iter().map(|c| c.slice(start, len)).collect();
+        let prediction = model.predict(&chunk, &resolver.defaults)?;
+        if score.is_some() {
+            scores.extend(prediction.positive_scores().into_iter().map(f64::from));
+        }
+        labels.extend(prediction.labels);
+    }
+    let mut out = vec![(label.clone(), label_array(&labels, *label_ty))];
+    if let Some(s) = score {
+        out.push((s.clone(), Arc::new(Float64Array::from(scores)) as ArrayRef));
+    }
+    Ok(out)
+}
+
 /// The label column of a model's predicted labels, typed as the output feature.
 pub(crate) fn label_array(labels: &[i64], ty: ValueType) -> ArrayRef {
     match ty {

@@ -7,7 +7,7 @@ use crate::compute::{self, Frame};
 use crate::exec::runtime::{Execution, default_memory_limit};
 use crate::frame::{dedupe_sorted, to_class_batch, ts_column};
 use crate::plan::{Node, QueryPlan, Scan};
-use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use slate_model::OnnxModel;
 use slate_project::{IncrementalTimestamp, MetadataConfig, OnlineConfig, Project};
@@ -783,13 +783,9 @@ impl Engine {
             .iter()
             .filter(|n| !matches!(n, Node::Model { .. }))
             .count();
-        let spilled = match exec.spills() {
-            (0, _) => String::new(),
-            (bytes, files) => format!(
-                " (spilled {:.1} MiB in {files} file{})",
-                bytes as f64 / (1 << 20) as f64,
-                if files == 1 { "" } else { "s" }
-            ),
+        let spilled = match exec.spilled_text() {
+            Some(t) => format!(" ({t})"),
+            None => String::new(),
         };
         took(
             "compute",
@@ -961,42 +957,10 @@ impl Engine {
                         done[j] = true;
                     }
                 }
-                Node::Model {
-                    resolver,
-                    inputs,
-                    label,
-                    label_ty,
-                    score,
-                } => {
+                n @ Node::Model { .. } => {
                     let p = Instant::now();
-                    let model = models
-                        .get(&resolver.name)
-                        .ok_or_else(|| EngineError::Internal("model not loaded".into()))?;
-                    let features = inputs
-                        .iter()
-                        .map(|c| frame.column(c).cloned())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    // Scored in chunks: the model's input matrix and outputs stay a chunk's
-                    // size whatever the frame's.
-                    let mut labels = Vec::with_capacity(frame.rows);
-                    let mut scores = Vec::with_capacity(frame.rows);
-                    for start in (0..frame.rows).step_by(PREDICT_CHUNK_ROWS) {
-                        let len = PREDICT_CHUNK_ROWS.min(frame.rows - start);
-                        let chunk: Vec<ArrayRef> =
-                            features.iter().map(|c| c.slice(start, len)).collect();
-                        let prediction = model.predict(&chunk, &resolver.defaults)?;
-                        if score.is_some() {
-                            scores.extend(prediction.positive_scores().into_iter().map(f64::from));
-                        }
-                        labels.extend(prediction.labels);
-                    }
-                    frame
-                        .columns
-                        .insert(label.clone(), compute::label_array(&labels, *label_ty));
-                    if let Some(s) = score {
-                        frame
-                            .columns
-                            .insert(s.clone(), Arc::new(Float64Array::from(scores)));
+                    for (c, a) in compute::model(frame, n, models)? {
+                        frame.columns.insert(c, a);
                     }
                     predict_time += p.elapsed();
                 }
@@ -1261,9 +1225,6 @@ const WRITE_CHUNK_ROWS: usize = 1 << 20;
 
 /// The directory under `spill/` where runs spill (one run at a time holds the state).
 const RUN_SPILL: &str = "run";
-
-/// Rows a model scores in one call.
-const PREDICT_CHUNK_ROWS: usize = 1 << 18;
 
 /// What one scan read: its row count and its watermark movement.
 struct Ingested {

@@ -8,7 +8,7 @@ use crate::EngineError;
 use crate::compute::{self, Frame, Functions};
 use crate::frame::ts_column;
 use crate::plan::Node;
-use arrow::array::{ArrayRef, Float64Array, RecordBatch};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
@@ -120,33 +120,13 @@ impl RowNodes {
                         frame.columns.insert(c.to_string(), a);
                     }
                 }
-                Node::Model {
-                    resolver,
-                    inputs,
-                    label,
-                    label_ty,
-                    score,
-                } => {
-                    let model = self
-                        .models
-                        .get(&resolver.name)
-                        .ok_or_else(|| EngineError::Internal("model not loaded".into()))?;
-                    let features = inputs
-                        .iter()
-                        .map(|c| frame.column(c).cloned())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let prediction = self
+                Node::Model { .. } => {
+                    for (c, a) in self
                         .predict
-                        .time(|| model.predict(&features, &resolver.defaults))?;
-                    let labels = compute::label_array(&prediction.labels, *label_ty);
-                    added.push(labels.clone());
-                    frame.columns.insert(label.clone(), labels);
-                    if let Some(s) = score {
-                        let scores: ArrayRef = Arc::new(Float64Array::from_iter_values(
-                            prediction.positive_scores().into_iter().map(f64::from),
-                        ));
-                        added.push(scores.clone());
-                        frame.columns.insert(s.clone(), scores);
+                        .time(|| compute::model(&frame, node, &self.models))?
+                    {
+                        added.push(a.clone());
+                        frame.columns.insert(c, a);
                     }
                 }
                 Node::Lookup { .. } | Node::Aggregate { .. } => {

@@ -91,6 +91,19 @@ impl Execution {
         }
     }
 
+    /// What the operators spilled, as a run reports it (`spilled 3.2 MiB in 4 files`); `None`
+    /// when nothing was.
+    pub fn spilled_text(&self) -> Option<String> {
+        match self.spills() {
+            (0, _) => None,
+            (bytes, files) => Some(format!(
+                "spilled {:.1} MiB in {files} file{}",
+                bytes as f64 / (1 << 20) as f64,
+                if files == 1 { "" } else { "s" }
+            )),
+        }
+    }
+
     /// Bytes and files spilled so far.
     pub fn spills(&self) -> (usize, usize) {
         (

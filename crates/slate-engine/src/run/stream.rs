@@ -830,13 +830,9 @@ impl Engine {
             }
         }
 
-        let spilled = match exec.spills() {
-            (0, _) => String::new(),
-            (bytes, files) => format!(
-                ", spilled {:.1} MiB in {files} file{}",
-                bytes as f64 / (1 << 20) as f64,
-                if files == 1 { "" } else { "s" }
-            ),
+        let spilled = match exec.spilled_text() {
+            Some(t) => format!(", {t}"),
+            None => String::new(),
         };
         let wall = t.elapsed();
         took(
