@@ -10,7 +10,7 @@
 
 use crate::StoreError;
 use crate::offline::{DAY_COLUMN, OfflineStore, day_of};
-use arrow::array::ArrayRef;
+use arrow::array::{Array, ArrayRef};
 use arrow::record_batch::RecordBatch;
 use deltalake::datafusion::prelude::{ParquetReadOptions, SessionContext};
 use deltalake::parquet::arrow::ArrowWriter;
@@ -289,5 +289,276 @@ fn state_err(table: &str, e: &dyn std::fmt::Display) -> StoreError {
     StoreError::Offline {
         table: table.into(),
         reason: format!("entity state: {e}"),
+    }
+}
+
+/// A row of a pushed batch: the batch's number and the row's position in it.
+type RowRef = (u64, u32);
+
+/// A pushed batch kept while the current entity may still choose its rows, and the rows of
+/// finished entities chosen from it.
+struct Held {
+    no: u64,
+    batch: RecordBatch,
+    chosen: Vec<u32>,
+}
+
+/// The entity state of a table at a cutoff, built from the table's rows as a write streams
+/// them instead of by reading the table back: the rows must arrive ordered by the key, and by
+/// time within a key (the order of a streamed backfill's output). It keeps the current entity's
+/// candidate rows only, and writes the chosen rows as the batches that hold them are passed.
+/// The state is the one [`OfflineStore::advance_latest_state`] writes: for every entity, its
+/// rows before the cutoff at its greatest time, and for each other column the rows at the
+/// greatest time where that column is set.
+pub struct LatestStateBuilder {
+    table: String,
+    dir: PathBuf,
+    target: i64,
+    key: String,
+    time: String,
+    converter: arrow::row::RowConverter,
+    last_key: Option<arrow::row::OwnedRow>,
+    last_time: i64,
+    /// The current entity's greatest time and rows at it.
+    at_max: (Option<i64>, Vec<RowRef>),
+    /// Per other column: its greatest time where set, and the rows set at that time.
+    per_column: Vec<(usize, Option<i64>, Vec<RowRef>)>,
+    held: std::collections::VecDeque<Held>,
+    next: u64,
+    writer: Option<ArrowWriter<std::fs::File>>,
+    schema: Option<arrow::datatypes::SchemaRef>,
+}
+
+impl OfflineStore {
+    /// A builder of `table`'s entity state (by `key`, `time`) at `advance_to`'s day, fed with
+    /// the rows a write of the whole table streams (see [`LatestStateBuilder`]).
+    pub fn latest_state_builder(
+        &self,
+        table: &str,
+        key: &str,
+        time: &str,
+        key_type: &arrow::datatypes::DataType,
+        advance_to: i64,
+    ) -> Result<LatestStateBuilder, StoreError> {
+        let converter =
+            arrow::row::RowConverter::new(vec![arrow::row::SortField::new(key_type.clone())])
+                .map_err(|e| state_err(table, &e))?;
+        Ok(LatestStateBuilder {
+            table: table.into(),
+            dir: self.state_dir(table, key, time),
+            target: i64::from(day_of(advance_to)) * 86_400_000_000,
+            key: key.into(),
+            time: time.into(),
+            converter,
+            last_key: None,
+            last_time: i64::MIN,
+            at_max: (None, Vec::new()),
+            per_column: Vec::new(),
+            held: std::collections::VecDeque::new(),
+            next: 0,
+            writer: None,
+            schema: None,
+        })
+    }
+}
+
+impl LatestStateBuilder {
+    /// The cutoff (a day boundary) the state is built at.
+    pub fn cutoff(&self) -> i64 {
+        self.target
+    }
+
+    /// Takes the next rows of the table (its columns; a day column is left out).
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
+        let table = self.table.clone();
+        let err = |e: &dyn std::fmt::Display| state_err(&table, e);
+        let batch = match batch.schema().index_of(DAY_COLUMN) {
+            Ok(i) => {
+                let mut b = batch.clone();
+                b.remove_column(i);
+                b
+            }
+            Err(_) => batch.clone(),
+        };
+        let schema = self.schema.get_or_insert_with(|| batch.schema()).clone();
+        if batch.schema() != schema {
+            return Err(err(&"rows with different columns"));
+        }
+        let (k, t) = (
+            schema.index_of(&self.key).map_err(|e| err(&e))?,
+            schema.index_of(&self.time).map_err(|e| err(&e))?,
+        );
+        if self.per_column.is_empty() {
+            self.per_column = (0..schema.fields().len())
+                .filter(|&c| c != k && c != t)
+                .map(|c| (c, None, Vec::new()))
+                .collect();
+        }
+        let keys = self
+            .converter
+            .convert_columns(&[batch.column(k).clone()])
+            .map_err(|e| err(&e))?;
+        let times = arrow::compute::cast(
+            batch.column(t),
+            &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+        )
+        .map_err(|e| err(&e))?;
+        let times = times
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            .ok_or_else(|| err(&format!("{} is not a time", self.time)))?;
+        let key_column = batch.column(k).clone();
+        let no = self.next;
+        self.next += 1;
+        self.held.push_back(Held {
+            no,
+            batch: batch.clone(),
+            chosen: Vec::new(),
+        });
+        for i in 0..batch.num_rows() {
+            if key_column.is_null(i) || times.is_null(i) {
+                continue;
+            }
+            let (key, time) = (keys.row(i), times.value(i));
+            match &self.last_key {
+                Some(last) if last.row() == key => {
+                    if time < self.last_time {
+                        return Err(err(&"rows not ordered by time within a key"));
+                    }
+                }
+                Some(last) if last.row() > key => {
+                    return Err(err(&"rows not ordered by key"));
+                }
+                _ => {
+                    self.end_entity();
+                    self.last_key = Some(key.owned());
+                }
+            }
+            self.last_time = time;
+            if time >= self.target {
+                continue;
+            }
+            let at = (no, i as u32);
+            keep(&mut self.at_max, time, at);
+            for (c, best, rows) in &mut self.per_column {
+                if batch.column(*c).is_valid(i) {
+                    let mut slot = (*best, std::mem::take(rows));
+                    keep(&mut slot, time, at);
+                    (*best, *rows) = slot;
+                }
+            }
+        }
+        self.flush(false)
+    }
+
+    /// Moves the current entity's chosen rows to their batches.
+    fn end_entity(&mut self) {
+        let mut rows: Vec<RowRef> = std::mem::take(&mut self.at_max.1);
+        self.at_max.0 = None;
+        for (_, best, r) in &mut self.per_column {
+            rows.append(r);
+            *best = None;
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        let first = self.held.front().map_or(0, |h| h.no);
+        for (no, i) in rows {
+            if let Some(h) = self.held.get_mut((no - first) as usize) {
+                h.chosen.push(i);
+            }
+        }
+    }
+
+    /// Writes the chosen rows of the batches no candidate of the current entity is in (all of
+    /// them when `all`).
+    fn flush(&mut self, all: bool) -> Result<(), StoreError> {
+        let table = self.table.clone();
+        let err = |e: &dyn std::fmt::Display| state_err(&table, e);
+        let oldest = match all {
+            true => u64::MAX,
+            false => self
+                .at_max
+                .1
+                .iter()
+                .chain(self.per_column.iter().flat_map(|(_, _, r)| r.iter()))
+                .map(|(no, _)| *no)
+                .min()
+                .unwrap_or(u64::MAX),
+        };
+        while self.held.front().is_some_and(|h| h.no < oldest) {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            if h.chosen.is_empty() {
+                continue;
+            }
+            let rows = arrow::compute::take_record_batch(
+                &h.batch,
+                &arrow::array::UInt32Array::from(h.chosen),
+            )
+            .map_err(|e| err(&e))?;
+            self.writer()?.write(&rows).map_err(|e| err(&e))?;
+        }
+        Ok(())
+    }
+
+    fn writer(&mut self) -> Result<&mut ArrowWriter<std::fs::File>, StoreError> {
+        let table = self.table.clone();
+        let err = |e: &dyn std::fmt::Display| state_err(&table, e);
+        if self.writer.is_none() {
+            let schema = self
+                .schema
+                .clone()
+                .ok_or_else(|| err(&"a state without rows"))?;
+            std::fs::create_dir_all(&self.dir).map_err(|e| err(&e))?;
+            let partial = self.partial();
+            let file = std::fs::File::create(&partial).map_err(|e| err(&e))?;
+            self.writer = Some(ArrowWriter::try_new(file, schema, None).map_err(|e| err(&e))?);
+        }
+        self.writer
+            .as_mut()
+            .ok_or_else(|| err(&"the state file is not open"))
+    }
+
+    fn partial(&self) -> PathBuf {
+        self.dir
+            .join(format!("{PREFIX}{}.parquet.partial", self.target))
+    }
+
+    /// Writes the state once the table's last rows were pushed; it replaces older states. A
+    /// builder that saw no batch writes nothing.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        if self.schema.is_none() {
+            return Ok(());
+        }
+        self.end_entity();
+        self.flush(true)?;
+        let table = self.table.clone();
+        let err = |e: &dyn std::fmt::Display| state_err(&table, e);
+        self.writer()?;
+        if let Some(w) = self.writer.take() {
+            w.close().map_err(|e| err(&e))?;
+        }
+        let path = self.dir.join(format!("{PREFIX}{}.parquet", self.target));
+        std::fs::rename(self.partial(), &path).map_err(|e| err(&e))?;
+        for (c, p) in state_files(&self.dir) {
+            if c != self.target {
+                std::fs::remove_file(p).map_err(|e| err(&e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `at` among the rows at the greatest time seen.
+fn keep(best: &mut (Option<i64>, Vec<RowRef>), time: i64, at: RowRef) {
+    match best.0 {
+        Some(b) if b > time => {}
+        Some(b) if b == time => best.1.push(at),
+        _ => {
+            best.0 = Some(time);
+            best.1.clear();
+            best.1.push(at);
+        }
     }
 }

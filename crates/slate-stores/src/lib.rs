@@ -2,6 +2,7 @@
 //! serving; redb embedded or Redis), the offline store (Delta Lake tables, for analysis and
 //! training) and the run ledger (watermarks and run records; redb embedded or PostgreSQL).
 
+mod buckets;
 mod latest;
 mod ledger;
 mod offline;
@@ -10,6 +11,7 @@ mod pg_ledger;
 mod record;
 mod redis;
 
+pub use latest::LatestStateBuilder;
 pub use ledger::{Ledger, OutputRecord, RedbLedger, RunRecord, RunStatus, ScanRecord, Watermark};
 pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, WriteRows, day_of};
 pub use online::{

@@ -78,6 +78,19 @@ impl WriteRows {
     }
 }
 
+impl WriteRows {
+    /// The same rows regrouped by the UTC day of `time` through one file per day under `dir`
+    /// (created; the write's own, removed when it ends): written to disk as they arrive, handed
+    /// to the write day by day once they end, each day's rows in their order. For rows ordered
+    /// otherwise than by time (by entity, say), so that the write holds one day's Parquet file
+    /// open at a time instead of one per day of the history.
+    pub fn by_day(self, time: &str, dir: PathBuf) -> Self {
+        WriteRows {
+            batches: crate::buckets::by_day(self.batches, time, dir),
+        }
+    }
+}
+
 impl From<Vec<RecordBatch>> for WriteRows {
     fn from(batches: Vec<RecordBatch>) -> Self {
         WriteRows::new(batches.into_iter().map(Ok))

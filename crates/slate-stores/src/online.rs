@@ -11,7 +11,7 @@ use crate::record::{self, Entry};
 use crate::{StoreError, io};
 use arrow::array::{Array, StringArray};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -146,9 +146,37 @@ fn records(table: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
     TableDefinition::new(table)
 }
 
-/// The table name of a class's records; other tables are an earlier layout's (one per feature).
+/// The table name of a class's records; other tables are the feature numbers, the store's
+/// format, or an earlier layout's (one per feature).
 fn records_table(class: &str) -> String {
     format!("records:{class}")
+}
+
+/// A class's features by number, as records refer to them.
+fn names(table: &str) -> TableDefinition<'_, u32, &'static str> {
+    TableDefinition::new(table)
+}
+
+fn names_table(class: &str) -> String {
+    format!("names:{class}")
+}
+
+/// The store's format: `records` holds the record format's version.
+const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
+/// Records of numbered features ([`record::encode`]); records of the first format
+/// ([`record::decode_v1`]) are migrated when a store opens.
+const RECORD_FORMAT: u64 = 2;
+
+/// A class's feature numbers by name.
+fn read_names(
+    t: &impl ReadableTable<u32, &'static str>,
+) -> Result<HashMap<String, u32>, StoreError> {
+    let mut out = HashMap::new();
+    for row in t.iter().map_err(|e| io("online read")(&e))? {
+        let (id, name) = row.map_err(|e| io("online read")(&e))?;
+        out.insert(name.value().to_string(), id.value());
+    }
+    Ok(out)
 }
 
 /// Records one redb transaction holds at most: redb keeps a transaction's pages in memory until
@@ -165,13 +193,15 @@ pub struct RedbWriter {
     db: Option<Arc<Database>>,
     /// Records written by the open transaction.
     pending: usize,
+    /// Feature numbers per class, as read and assigned so far.
+    names: HashMap<String, HashMap<String, u32>>,
 }
 
 impl OnlineWriter for RedbWriter {
     fn put_ordered(&mut self, rows: &OnlineRows<'_>, order: &[u32]) -> Result<usize, StoreError> {
         let mut written = 0;
         for (class, features) in rows.by_class()? {
-            written += self.put_records(&records_table(class), rows, &features, order)?;
+            written += self.put_records(class, rows, &features, order)?;
         }
         self.pending += order.len();
         if let Some(db) = &self.db
@@ -203,16 +233,62 @@ impl RedbWriter {
             .ok_or_else(|| io("online write")(&"a transaction that failed to begin"))
     }
 
+    /// The numbers of `class`'s `features`, numbering the new ones.
+    fn ids(&mut self, class: &str, features: &[&str]) -> Result<Vec<u32>, StoreError> {
+        let fail = |e: &dyn std::fmt::Display| io("online write")(e);
+        let mut known = match self.names.remove(class) {
+            Some(k) => k,
+            None => read_names(
+                &self
+                    .tx()?
+                    .open_table(names(&names_table(class)))
+                    .map_err(|e| fail(&e))?,
+            )?,
+        };
+        let mut added = Vec::new();
+        let mut out = Vec::with_capacity(features.len());
+        for f in features {
+            let id = match known.get(*f) {
+                Some(&id) => id,
+                None => {
+                    let id = u32::try_from(known.len()).map_err(|e| fail(&e))?;
+                    known.insert(f.to_string(), id);
+                    added.push((id, *f));
+                    id
+                }
+            };
+            out.push(id);
+        }
+        if !added.is_empty() {
+            let mut t = self
+                .tx()?
+                .open_table(names(&names_table(class)))
+                .map_err(|e| fail(&e))?;
+            for (id, f) in added {
+                t.insert(id, f).map_err(|e| fail(&e))?;
+            }
+        }
+        self.names.insert(class.to_string(), known);
+        Ok(out)
+    }
+
     fn put_records(
         &mut self,
-        table: &str,
+        class: &str,
         rows: &OnlineRows<'_>,
         features: &[(&str, &StringArray)],
         order: &[u32],
     ) -> Result<usize, StoreError> {
+        let ids = self.ids(class, &features.iter().map(|(f, _)| *f).collect::<Vec<_>>())?;
+        // The features in their numbers' order, as records hold them.
+        let mut by_id: Vec<(u32, &StringArray)> = ids
+            .into_iter()
+            .zip(features.iter().map(|(_, v)| *v))
+            .collect();
+        by_id.sort_unstable_by_key(|(id, _)| *id);
         let mut t = self
             .tx()?
-            .open_table(records(table))
+            .open_table(records(&records_table(class)))
             .map_err(|e| io("online write")(&e))?;
         let mut written = 0;
         let mut new = Vec::with_capacity(features.len());
@@ -222,13 +298,13 @@ impl RedbWriter {
             let i = i as usize;
             let (key, time) = (rows.keys.value(i), rows.times[i]);
             new.clear();
-            new.extend(features.iter().map(|(f, v)| Entry {
-                feature: f,
+            new.extend(by_id.iter().map(|(id, v)| Entry {
+                id: *id,
                 time,
                 json: v.value(i),
             }));
             bytes.clear();
-            record::encode(&new, &mut bytes)?;
+            record::encode(&new, &mut bytes);
             // Insert first and merge in the rare case a record was there: one tree walk per
             // new key instead of two.
             let existed = match t
@@ -250,7 +326,7 @@ impl RedbWriter {
             written += taken;
             if merged != new {
                 bytes.clear();
-                record::encode(&merged, &mut bytes)?;
+                record::encode(&merged, &mut bytes);
                 t.insert(key, bytes.as_slice())
                     .map_err(|e| io("online write")(&e))?;
             }
@@ -330,19 +406,45 @@ impl RedbOnlineStore {
         Ok(store)
     }
 
-    /// Moves the values of a store written with one table per feature into records, in one
-    /// transaction, so that a store kept from an earlier release serves the same values.
+    /// Brings a store of an earlier format to the current one, in one transaction, so that a
+    /// store kept from an earlier release serves the same values: records of the first format
+    /// are rewritten with numbered features, and the values of the layout before records (one
+    /// table per feature) are moved into records. A new store is marked current.
     fn migrate(&self) -> Result<(), StoreError> {
         let fail = |e: &dyn std::fmt::Display| io("online store migration")(e);
-        let old: Vec<String> = {
+        let (tables, format) = {
             let tx = self.db.begin_read().map_err(|e| fail(&e))?;
-            tx.list_tables()
+            let tables: Vec<String> = tx
+                .list_tables()
                 .map_err(|e| fail(&e))?
                 .map(|t| t.name().to_string())
-                .filter(|n| !n.starts_with("records:"))
-                .collect()
+                .collect();
+            let format = match tx.open_table(META) {
+                Ok(t) => t.get("records").map_err(|e| fail(&e))?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(fail(&e)),
+            };
+            (tables, format)
         };
-        if old.is_empty() {
+        let first_format: Vec<&str> = match format {
+            Some(RECORD_FORMAT) => vec![],
+            Some(v) => {
+                return Err(fail(&format!(
+                    "records of format {v}, newer than this release's ({RECORD_FORMAT})"
+                )));
+            }
+            None => tables
+                .iter()
+                .filter_map(|t| t.strip_prefix("records:"))
+                .collect(),
+        };
+        let old: Vec<&String> = tables
+            .iter()
+            .filter(|n| {
+                !n.starts_with("records:") && !n.starts_with("names:") && n.as_str() != "meta"
+            })
+            .collect();
+        if format == Some(RECORD_FORMAT) && old.is_empty() {
             return Ok(());
         }
         let tx = self.db.begin_write().map_err(|e| fail(&e))?;
@@ -350,8 +452,71 @@ impl RedbOnlineStore {
             tx: Some(tx),
             db: None,
             pending: 0,
+            names: HashMap::new(),
         };
-        for feature in &old {
+        for class in first_format {
+            // A chunk of records at a time, in key order.
+            let mut after: Option<String> = None;
+            loop {
+                let chunk: Vec<(String, Vec<u8>)> = {
+                    let t = w
+                        .tx()?
+                        .open_table(records(&records_table(class)))
+                        .map_err(|e| fail(&e))?;
+                    let range = match &after {
+                        Some(k) => t.range::<&str>((
+                            std::ops::Bound::Excluded(k.as_str()),
+                            std::ops::Bound::Unbounded,
+                        )),
+                        None => t.range::<&str>(..),
+                    }
+                    .map_err(|e| fail(&e))?;
+                    let mut chunk = Vec::new();
+                    for row in range.take(1 << 16) {
+                        let (k, v) = row.map_err(|e| fail(&e))?;
+                        chunk.push((k.value().to_string(), v.value().to_vec()));
+                    }
+                    chunk
+                };
+                let Some((last, _)) = chunk.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                let mut bytes = Vec::new();
+                let mut converted = Vec::with_capacity(chunk.len());
+                for (key, old_bytes) in &chunk {
+                    let old = record::decode_v1(old_bytes)?;
+                    let ids = w.ids(class, &old.iter().map(|e| e.feature).collect::<Vec<_>>())?;
+                    let mut entries: Vec<Entry> = old
+                        .iter()
+                        .zip(ids)
+                        .map(|(e, id)| Entry {
+                            id,
+                            time: e.time,
+                            json: e.json,
+                        })
+                        .collect();
+                    entries.sort_unstable_by_key(|e| e.id);
+                    bytes.clear();
+                    record::encode(&entries, &mut bytes);
+                    converted.push((key, bytes.clone()));
+                }
+                let mut t = w
+                    .tx()?
+                    .open_table(records(&records_table(class)))
+                    .map_err(|e| fail(&e))?;
+                for (key, bytes) in converted {
+                    t.insert(key.as_str(), bytes.as_slice())
+                        .map_err(|e| fail(&e))?;
+                }
+            }
+        }
+        w.tx()?
+            .open_table(META)
+            .map_err(|e| fail(&e))?
+            .insert("records", RECORD_FORMAT)
+            .map_err(|e| fail(&e))?;
+        for feature in old {
             let (keys, times, values) = {
                 let t = w
                     .tx()?
@@ -392,6 +557,7 @@ impl OnlineStore for RedbOnlineStore {
             tx: Some(self.db.begin_write().map_err(|e| io("online write")(&e))?),
             db: Some(self.db.clone()),
             pending: 0,
+            names: HashMap::new(),
         }))
     }
 
@@ -408,6 +574,16 @@ impl OnlineStore for RedbOnlineStore {
                 Err(redb::TableError::TableDoesNotExist(_)) => continue,
                 Err(e) => return Err(io("online read")(&e)),
             };
+            let known = match tx.open_table(names(&names_table(class))) {
+                Ok(t) => read_names(&t)?,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(io("online read")(&e)),
+            };
+            // Each asked feature's slot and number (none: never written).
+            let slots: Vec<(usize, u32)> = slots
+                .into_iter()
+                .filter_map(|i| known.get(features[i]).map(|&id| (i, id)))
+                .collect();
             classes.push((table, slots));
         }
         let mut out = Vec::with_capacity(keys.len());
@@ -418,15 +594,11 @@ impl OnlineStore for RedbOnlineStore {
                     continue;
                 };
                 let entries = record::decode(bytes.value())?;
-                for &i in slots {
-                    row[i] =
-                        entries
-                            .iter()
-                            .find(|e| e.feature == features[i])
-                            .map(|e| OnlineValue {
-                                feature_time: e.time,
-                                json: e.json.to_string(),
-                            });
+                for &(i, id) in slots {
+                    row[i] = entries.iter().find(|e| e.id == id).map(|e| OnlineValue {
+                        feature_time: e.time,
+                        json: e.json.to_string(),
+                    });
                 }
             }
             out.push(row);
@@ -441,10 +613,18 @@ impl OnlineStore for RedbOnlineStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(io("online read")(&e)),
         };
+        let id = match tx.open_table(names(&names_table(class_of(feature)))) {
+            Ok(t) => read_names(&t)?.get(feature).copied(),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(io("online read")(&e)),
+        };
+        let Some(id) = id else {
+            return Ok(0);
+        };
         let mut n = 0;
         for row in t.iter().map_err(|e| io("online read")(&e))? {
             let (_, v) = row.map_err(|e| io("online read")(&e))?;
-            if record::find(v.value(), feature)?.is_some() {
+            if record::decode(v.value())?.iter().any(|e| e.id == id) {
                 n += 1;
             }
         }
@@ -576,6 +756,93 @@ mod tests {
         }
     }
 
+    /// A store of first-format records (feature names and full times in each) opens with the
+    /// same values, rewritten with numbered features, and takes new values after.
+    #[test]
+    fn a_store_of_first_format_records_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("online.redb");
+        let keys = 70_000usize;
+        {
+            let db = redb::Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("write");
+            {
+                let mut t = tx
+                    .open_table(records("records:transaction"))
+                    .expect("table");
+                let mut bytes = Vec::new();
+                for k in 0..keys {
+                    let time = k as i64 * 7;
+                    let amount = format!("{k}.5");
+                    let mut entries = vec![record::EntryV1 {
+                        feature: "transaction.amount",
+                        time,
+                        json: &amount,
+                    }];
+                    if k % 3 == 0 {
+                        entries.push(record::EntryV1 {
+                            feature: "transaction.is_fraud",
+                            time: time - 1,
+                            json: "true",
+                        });
+                    }
+                    bytes.clear();
+                    record::encode_v1(&entries, &mut bytes).expect("encode");
+                    t.insert(format!("{k:06}").as_str(), bytes.as_slice())
+                        .expect("insert");
+                }
+            }
+            tx.commit().expect("commit");
+        }
+        let s = RedbOnlineStore::open(&path).expect("open");
+        let v = |t: i64, j: &str| {
+            Some(OnlineValue {
+                feature_time: t,
+                json: j.into(),
+            })
+        };
+        for k in [0usize, 1, 65_536, keys - 1] {
+            assert_eq!(
+                s.get_features(
+                    &["transaction.is_fraud", "transaction.amount"],
+                    &[&format!("{k:06}")]
+                )
+                .expect("get"),
+                vec![vec![
+                    if k % 3 == 0 {
+                        v(k as i64 * 7 - 1, "true")
+                    } else {
+                        None
+                    },
+                    v(k as i64 * 7, &format!("{k}.5"))
+                ]],
+                "key {k}"
+            );
+        }
+        assert_eq!(
+            s.count("transaction.is_fraud").expect("count"),
+            keys.div_ceil(3)
+        );
+        assert_eq!(s.count("transaction.amount").expect("count"), keys);
+        s.put(
+            "transaction.is_fraud",
+            vec![("000001".to_string(), 100, "false".to_string())],
+        )
+        .expect("put");
+        assert_eq!(
+            s.get_features(&["transaction.amount", "transaction.is_fraud"], &["000001"])
+                .expect("get"),
+            vec![vec![v(7, "1.5"), v(100, "false")]]
+        );
+        drop(s);
+        // Opened again: nothing left to migrate, the values stay.
+        let s = RedbOnlineStore::open(&path).expect("reopen");
+        assert_eq!(
+            s.count("transaction.is_fraud").expect("count"),
+            keys.div_ceil(3) + 1
+        );
+    }
+
     /// A store written with one table per feature opens with the same values, in records.
     #[test]
     fn a_store_of_feature_tables_is_migrated_to_records() {
@@ -626,6 +893,15 @@ mod tests {
             .expect("tables")
             .map(|t| t.name().to_string())
             .collect();
-        assert_eq!(names, vec!["records:transaction", "records:user"]);
+        assert_eq!(
+            names,
+            vec![
+                "meta",
+                "names:transaction",
+                "names:user",
+                "records:transaction",
+                "records:user"
+            ]
+        );
     }
 }

@@ -553,3 +553,89 @@ async fn entity_state_with_string_keys_and_values() {
         }
     }
 }
+
+/// The rows of the one state file under `dir`, and its cutoff.
+fn state_file(dir: &Path) -> (i64, Vec<(i64, i64, Option<u64>)>) {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .expect("state dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "one state file in {}: {files:?}",
+        dir.display()
+    );
+    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    let cutoff = name
+        .strip_prefix("latest-")
+        .and_then(|n| n.strip_suffix(".parquet"))
+        .and_then(|n| n.parse().ok())
+        .expect("a state file name");
+    let reader = deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+        std::fs::File::open(&files[0]).expect("open"),
+        1024,
+    )
+    .expect("parquet");
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    (cutoff, read_rows(&batches))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_built_from_the_streamed_rows_equals_the_one_read_back_from_the_table() {
+    for seed in 1..=10u64 {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = OfflineStore::new(tmp.path());
+        let mut r = Rng(seed * 31);
+        let all = rows(seed, 3000, 1 + r.below(80), 30);
+        store
+            .write("t", vec![batch(&all)], None, Some("ts"))
+            .await
+            .expect("write");
+        let advance_to = r.below(32) * DAY + r.below(DAY as u64);
+        store
+            .advance_latest_state("t", "k", "ts", advance_to)
+            .await
+            .expect("state by a read");
+        let dir = tmp.path().join(".state").join("t").join("k@ts");
+        let by_read = state_file(&dir);
+        std::fs::remove_dir_all(&dir).expect("rm");
+
+        // The same rows as a backfill streams them: by key, then time; in batches of any size.
+        let mut sorted = all.clone();
+        sorted.sort_by_key(|x| (x.0, x.1));
+        let mut b = store
+            .latest_state_builder("t", "k", "ts", &DataType::Int64, advance_to)
+            .expect("builder");
+        let mut at = 0;
+        while at < sorted.len() {
+            let n = (1 + r.below(700) as usize).min(sorted.len() - at);
+            b.push(&batch(&sorted[at..at + n])).expect("push");
+            at += n;
+        }
+        b.finish().expect("finish");
+        let built = state_file(&dir);
+        assert_eq!(built.0, by_read.0, "seed {seed}: the cutoff");
+        assert_eq!(built.1, by_read.1, "seed {seed}: the state's rows");
+        assert!(
+            !by_read.1.is_empty() || advance_to < DAY,
+            "seed {seed}: a state with rows"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_builder_refuses_rows_out_of_key_order() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = OfflineStore::new(tmp.path());
+    let mut b = store
+        .latest_state_builder("t", "k", "ts", &DataType::Int64, 10 * DAY)
+        .expect("builder");
+    b.push(&batch(&[(2, DAY, None), (3, DAY, None)]))
+        .expect("in order");
+    let e = b
+        .push(&batch(&[(1, DAY, None)]))
+        .expect_err("a smaller key after");
+    assert!(e.to_string().contains("not ordered by key"), "{e}");
+}

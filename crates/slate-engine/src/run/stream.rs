@@ -457,8 +457,22 @@ impl Engine {
             .sum::<usize>()
             * 2;
         let batch_rows = exec.batch_rows(row_bytes);
+        // The greatest feature time read: final once the plan's first row comes out (the
+        // deduplication sorts every row first), where the entity state's cutoff is needed.
+        let latest_read = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
+        let seen = latest_read.clone();
         let batches = futures::stream::iter(first.map(Ok))
             .chain(rest)
+            .inspect(move |b| {
+                if let Ok(b) = b
+                    && let Some(now) = b
+                        .column_by_name(NOW)
+                        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                    && let Some(m) = arrow::compute::max(now)
+                {
+                    seen.fetch_max(m, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
             .flat_map(move |b| {
                 let slices: Vec<_> = match b {
                     Ok(b) => (0..b.num_rows())
@@ -474,7 +488,7 @@ impl Engine {
             .map_err(|e| EngineError::Internal(e.to_string()))?;
 
         let models_arc = Arc::new(models.clone());
-        let (physical, _) = physical_plan(
+        let (physical, order) = physical_plan(
             plan,
             source,
             models_arc,
@@ -511,7 +525,13 @@ impl Engine {
         let scan_write = {
             let (offline, table, time) =
                 (offline.clone(), scan.table(), class.feature_time.clone());
+            // Regrouped by day on disk: the rows come ordered by entity, and a writer holds a
+            // Parquet file open per day it has seen.
             let rows = slate_stores::WriteRows::from_stream(receive(scan_rx));
+            let rows = match time.as_deref() {
+                Some(t) => rows.by_day(t, exec.spill_dir.join("write-table")),
+                None => rows,
+            };
             tokio::spawn(async move {
                 offline
                     .write_rows(&table, rows, None, time.as_deref())
@@ -522,7 +542,8 @@ impl Engine {
             true => {
                 let (tx, rx) = channel();
                 let (offline, table) = (offline.clone(), plan.query.name.clone());
-                let rows = slate_stores::WriteRows::from_stream(receive(rx));
+                let rows = slate_stores::WriteRows::from_stream(receive(rx))
+                    .by_day("feature_time", exec.spill_dir.join("write-record"));
                 let task = tokio::spawn(async move {
                     offline
                         .write_rows(&table, rows, None, Some("feature_time"))
@@ -657,6 +678,19 @@ impl Engine {
                     .map(|_| 0),
             })
             .collect();
+        // The entity state of the key the output is ordered by, built from the rows written.
+        let ordered_key = order.first().filter(|k| {
+            plan.nodes
+                .iter()
+                .any(|n| matches!(n, Node::Aggregate { key, .. } if key == *k))
+        });
+        let group_of = |key: &str| -> Vec<&Node> {
+            plan.nodes
+                .iter()
+                .filter(|m| matches!(m, Node::Aggregate { key: k, .. } if k == key))
+                .collect()
+        };
+        let mut state: Option<slate_stores::LatestStateBuilder> = None;
         let mut result: Result<(), EngineError> = Ok(());
         while let Some(batch) = output.next().await {
             // Stages overlap; progress names the one the run waits on: rows are read until the
@@ -690,10 +724,32 @@ impl Engine {
                         let m = ts_column(&batch, &i.column)?.into_iter().flatten().max();
                         max_inc = max_inc.max(m);
                     }
-                    let mut sends = vec![(
-                        0,
-                        Ok(batch.project(&(0..class_columns).collect::<Vec<_>>())?),
-                    )];
+                    let table_rows = batch.project(&(0..class_columns).collect::<Vec<_>>())?;
+                    if rows == n
+                        && let Some(key) = ordered_key
+                        && let (_, Since::Latest { advance_to, .. }) = history(
+                            &group_of(key),
+                            Some(&0),
+                            Some(&latest_read.load(std::sync::atomic::Ordering::Relaxed)),
+                        )
+                    {
+                        let key_type = table_rows
+                            .schema()
+                            .field_with_name(key)?
+                            .data_type()
+                            .clone();
+                        state = Some(offline.latest_state_builder(
+                            &scan.table(),
+                            key,
+                            &time,
+                            &key_type,
+                            advance_to,
+                        )?);
+                    }
+                    if let Some(s) = &mut state {
+                        s.push(&table_rows)?;
+                    }
+                    let mut sends = vec![(0, Ok(table_rows))];
                     let frame = Frame::new(&batch, now.clone());
                     for (t, (_, c)) in tallies.iter_mut().zip(&published) {
                         let a = frame.column(c)?;
@@ -809,23 +865,31 @@ impl Engine {
         record_written?;
 
         // The table's entity state moves on, as a read of the history would have moved it.
+        // The state of the key the rows came ordered by was built from them (unless the
+        // cutoff moved, which the deduplication's full sort rules out); others read the table.
         let mut seen: Vec<&str> = Vec::new();
         for n in &plan.nodes {
             if let Node::Aggregate { key, .. } = n
                 && !seen.contains(&key.as_str())
             {
                 seen.push(key);
-                let group: Vec<&Node> = plan
-                    .nodes
-                    .iter()
-                    .filter(|m| matches!(m, Node::Aggregate { key: k, .. } if k == key))
-                    .collect();
+                let group = group_of(key);
                 if let (_, Since::Latest { advance_to, .. }) =
                     history(&group, first_now.as_ref(), last_now.as_ref())
                 {
-                    offline
-                        .advance_latest_state(&scan.table(), key, &time, advance_to)
-                        .await?;
+                    let built = state.take().filter(|s| {
+                        Some(key) == ordered_key
+                            && s.cutoff()
+                                == i64::from(slate_stores::day_of(advance_to)) * 86_400_000_000
+                    });
+                    match built {
+                        Some(s) => clocks.write.time(|| s.finish())?,
+                        None => {
+                            offline
+                                .advance_latest_state(&scan.table(), key, &time, advance_to)
+                                .await?
+                        }
+                    }
                 }
             }
         }
