@@ -334,9 +334,15 @@ impl QueryPlan {
         for line in explained.lines() {
             let _ = writeln!(s, "                {line}");
         }
-        let mut sinks = vec![format!("the rows to offline `{}`", self.root_table())];
+        let mut sinks = vec![format!(
+            "the rows to offline `{}` (regrouped by day on disk)",
+            self.root_table()
+        )];
         if self.query.store_offline {
-            sinks.push(format!("the record to offline `{}`", self.query.name));
+            sinks.push(format!(
+                "the record to offline `{}` (regrouped by day on disk)",
+                self.query.name
+            ));
         }
         if self.query.store_online {
             sinks.push("the outputs to the online store, sorted by key (spilling)".into());

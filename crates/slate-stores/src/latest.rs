@@ -550,6 +550,15 @@ impl LatestStateBuilder {
     }
 }
 
+impl Drop for LatestStateBuilder {
+    /// A builder dropped unfinished (its run failed, or its cutoff moved) leaves no file.
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(self.partial());
+        }
+    }
+}
+
 /// Keeps `at` among the rows at the greatest time seen.
 fn keep(best: &mut (Option<i64>, Vec<RowRef>), time: i64, at: RowRef) {
     match best.0 {

@@ -877,11 +877,13 @@ impl Engine {
                 if let (_, Since::Latest { advance_to, .. }) =
                     history(&group, first_now.as_ref(), last_now.as_ref())
                 {
-                    let built = state.take().filter(|s| {
-                        Some(key) == ordered_key
-                            && s.cutoff()
+                    let built = match Some(key) == ordered_key {
+                        true => state.take().filter(|s| {
+                            s.cutoff()
                                 == i64::from(slate_stores::day_of(advance_to)) * 86_400_000_000
-                    });
+                        }),
+                        false => None,
+                    };
                     match built {
                         Some(s) => clocks.write.time(|| s.finish())?,
                         None => {
