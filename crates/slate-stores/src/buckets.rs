@@ -155,9 +155,7 @@ pub(crate) fn by_day(batches: Batches, time: &str, dir: PathBuf) -> Batches {
                             let mut reader = match reader {
                                 Some(r) => r,
                                 None => {
-                                    let Some(path) = files.next() else {
-                                        return None;
-                                    };
+                                    let path = files.next()?;
                                     let opened = File::open(&path)
                                         .map_err(|e| io_err("cannot open", &path, e))
                                         .and_then(|f| {
