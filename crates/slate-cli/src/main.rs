@@ -154,6 +154,15 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// mimalloc instead of the system allocator: glibc's gives each thread that allocates
+/// concurrently an arena of its own (up to 8 per core) and keeps what is freed in each, so a run
+/// whose operators free and allocate large buffers on several threads held up to a gigabyte
+/// beside its memory budget. A backfill under `--memory-limit 2GB` peaked at 1,919 MiB (20M
+/// rows) and 3,705 MiB (100M rows) with glibc, at 1,714 and 2,679 MiB with mimalloc, which also
+/// spent 9% less CPU time at 100M.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
