@@ -587,17 +587,16 @@ impl Engine {
                 ])
                 .ok_or_else(|| EngineError::Internal("an empty order".into()))?;
                 let sort: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(order, source));
-                let mut sorted =
+                let sorted =
                     datafusion::physical_plan::execute_stream(sort.clone(), ctx.task_ctx())
                         .map_err(|e| failed(e, &errors))?;
+                // The sort works where it is polled: here, in its own task. Its time is what
+                // its polls take, not the waits for rows between them.
+                let mut sorted = crate::exec::busy_polls(sorted, clocks.online_sort.clone());
                 let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, ()>>(2);
-                let busy = clocks.online_sort.clone();
-                // The sort works where it is polled: here, in its own task.
                 let forward = tokio::spawn(async move {
                     loop {
-                        let t = Instant::now();
                         let next = sorted.next().await;
-                        busy.add(t.elapsed());
                         match next {
                             None => return Ok(()),
                             Some(Ok(b)) => {
