@@ -295,6 +295,9 @@ fn state_err(table: &str, e: &dyn std::fmt::Display) -> StoreError {
 /// A row of a pushed batch: the batch's number and the row's position in it.
 type RowRef = (u64, u32);
 
+/// The greatest time seen and the rows at it.
+type Best = (Option<i64>, Vec<RowRef>);
+
 /// A pushed batch kept while the current entity may still choose its rows, and the rows of
 /// finished entities chosen from it.
 struct Held {
@@ -316,13 +319,14 @@ pub struct LatestStateBuilder {
     target: i64,
     key: String,
     time: String,
-    converter: arrow::row::RowConverter,
+    /// Keys in a comparable form (made for the key column's type at the first batch).
+    converter: Option<arrow::row::RowConverter>,
     last_key: Option<arrow::row::OwnedRow>,
     last_time: i64,
     /// The current entity's greatest time and rows at it.
-    at_max: (Option<i64>, Vec<RowRef>),
+    at_max: Best,
     /// Per other column: its greatest time where set, and the rows set at that time.
-    per_column: Vec<(usize, Option<i64>, Vec<RowRef>)>,
+    per_column: Vec<(usize, Best)>,
     held: std::collections::VecDeque<Held>,
     next: u64,
     writer: Option<ArrowWriter<std::fs::File>>,
@@ -337,19 +341,15 @@ impl OfflineStore {
         table: &str,
         key: &str,
         time: &str,
-        key_type: &arrow::datatypes::DataType,
         advance_to: i64,
-    ) -> Result<LatestStateBuilder, StoreError> {
-        let converter =
-            arrow::row::RowConverter::new(vec![arrow::row::SortField::new(key_type.clone())])
-                .map_err(|e| state_err(table, &e))?;
-        Ok(LatestStateBuilder {
+    ) -> LatestStateBuilder {
+        LatestStateBuilder {
             table: table.into(),
             dir: self.state_dir(table, key, time),
             target: i64::from(day_of(advance_to)) * 86_400_000_000,
             key: key.into(),
             time: time.into(),
-            converter,
+            converter: None,
             last_key: None,
             last_time: i64::MIN,
             at_max: (None, Vec::new()),
@@ -358,7 +358,7 @@ impl OfflineStore {
             next: 0,
             writer: None,
             schema: None,
-        })
+        }
     }
 }
 
@@ -391,11 +391,19 @@ impl LatestStateBuilder {
         if self.per_column.is_empty() {
             self.per_column = (0..schema.fields().len())
                 .filter(|&c| c != k && c != t)
-                .map(|c| (c, None, Vec::new()))
+                .map(|c| (c, (None, Vec::new())))
                 .collect();
         }
-        let keys = self
-            .converter
+        let converter = match &mut self.converter {
+            Some(c) => c,
+            None => self.converter.insert(
+                arrow::row::RowConverter::new(vec![arrow::row::SortField::new(
+                    batch.column(k).data_type().clone(),
+                )])
+                .map_err(|e| err(&e))?,
+            ),
+        };
+        let keys = converter
             .convert_columns(&[batch.column(k).clone()])
             .map_err(|e| err(&e))?;
         let times = arrow::compute::cast(
@@ -440,11 +448,9 @@ impl LatestStateBuilder {
             }
             let at = (no, i as u32);
             keep(&mut self.at_max, time, at);
-            for (c, best, rows) in &mut self.per_column {
+            for (c, best) in &mut self.per_column {
                 if batch.column(*c).is_valid(i) {
-                    let mut slot = (*best, std::mem::take(rows));
-                    keep(&mut slot, time, at);
-                    (*best, *rows) = slot;
+                    keep(best, time, at);
                 }
             }
         }
@@ -455,7 +461,7 @@ impl LatestStateBuilder {
     fn end_entity(&mut self) {
         let mut rows: Vec<RowRef> = std::mem::take(&mut self.at_max.1);
         self.at_max.0 = None;
-        for (_, best, r) in &mut self.per_column {
+        for (_, (best, r)) in &mut self.per_column {
             rows.append(r);
             *best = None;
         }
@@ -480,7 +486,7 @@ impl LatestStateBuilder {
                 .at_max
                 .1
                 .iter()
-                .chain(self.per_column.iter().flat_map(|(_, _, r)| r.iter()))
+                .chain(self.per_column.iter().flat_map(|(_, (_, r))| r.iter()))
                 .map(|(no, _)| *no)
                 .min()
                 .unwrap_or(u64::MAX),
@@ -560,7 +566,7 @@ impl Drop for LatestStateBuilder {
 }
 
 /// Keeps `at` among the rows at the greatest time seen.
-fn keep(best: &mut (Option<i64>, Vec<RowRef>), time: i64, at: RowRef) {
+fn keep(best: &mut Best, time: i64, at: RowRef) {
     match best.0 {
         Some(b) if b > time => {}
         Some(b) if b == time => best.1.push(at),

@@ -636,6 +636,14 @@ impl OnlineStore for RedbOnlineStore {
 mod tests {
     use super::*;
 
+    /// A stored value as `get_features` returns it.
+    fn v(feature_time: i64, json: &str) -> Option<OnlineValue> {
+        Some(OnlineValue {
+            feature_time,
+            json: json.into(),
+        })
+    }
+
     /// Both the one-core and the two-core paths give the order of a plain sort by (key, time),
     /// null keys left out; keys repeat with different times, as versions of an entity do.
     #[test]
@@ -795,12 +803,6 @@ mod tests {
             tx.commit().expect("commit");
         }
         let s = RedbOnlineStore::open(&path).expect("open");
-        let v = |t: i64, j: &str| {
-            Some(OnlineValue {
-                feature_time: t,
-                json: j.into(),
-            })
-        };
         for k in [0usize, 1, 65_536, keys - 1] {
             assert_eq!(
                 s.get_features(
@@ -867,12 +869,6 @@ mod tests {
             tx.commit().expect("commit");
         }
         let s = RedbOnlineStore::open(&path).expect("open");
-        let v = |t: i64, j: &str| {
-            Some(OnlineValue {
-                feature_time: t,
-                json: j.into(),
-            })
-        };
         assert_eq!(
             s.get_features(
                 &["transaction.amount", "transaction.is_fraud", "user.name"],

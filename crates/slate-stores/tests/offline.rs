@@ -605,9 +605,7 @@ async fn a_state_built_from_the_streamed_rows_equals_the_one_read_back_from_the_
         // The same rows as a backfill streams them: by key, then time; in batches of any size.
         let mut sorted = all.clone();
         sorted.sort_by_key(|x| (x.0, x.1));
-        let mut b = store
-            .latest_state_builder("t", "k", "ts", &DataType::Int64, advance_to)
-            .expect("builder");
+        let mut b = store.latest_state_builder("t", "k", "ts", advance_to);
         let mut at = 0;
         while at < sorted.len() {
             let n = (1 + r.below(700) as usize).min(sorted.len() - at);
@@ -629,9 +627,7 @@ async fn a_state_built_from_the_streamed_rows_equals_the_one_read_back_from_the_
 async fn a_state_builder_refuses_rows_out_of_key_order() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = OfflineStore::new(tmp.path());
-    let mut b = store
-        .latest_state_builder("t", "k", "ts", &DataType::Int64, 10 * DAY)
-        .expect("builder");
+    let mut b = store.latest_state_builder("t", "k", "ts", 10 * DAY);
     b.push(&batch(&[(2, DAY, None), (3, DAY, None)]))
         .expect("in order");
     let e = b

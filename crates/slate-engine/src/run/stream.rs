@@ -724,6 +724,7 @@ impl Engine {
                         max_inc = max_inc.max(m);
                     }
                     let table_rows = batch.project(&(0..class_columns).collect::<Vec<_>>())?;
+                    // At the plan's first rows, when the cutoff is known (see `latest_read`).
                     if rows == n
                         && let Some(key) = ordered_key
                         && let (_, Since::Latest { advance_to, .. }) = history(
@@ -732,18 +733,12 @@ impl Engine {
                             Some(&latest_read.load(std::sync::atomic::Ordering::Relaxed)),
                         )
                     {
-                        let key_type = table_rows
-                            .schema()
-                            .field_with_name(key)?
-                            .data_type()
-                            .clone();
                         state = Some(offline.latest_state_builder(
                             &scan.table(),
                             key,
                             &time,
-                            &key_type,
                             advance_to,
-                        )?);
+                        ));
                     }
                     if let Some(s) = &mut state {
                         s.push(&table_rows)?;
