@@ -578,19 +578,57 @@ fn state_file(dir: &Path) -> (i64, Vec<(i64, i64, Option<u64>)>) {
         1024,
     )
     .expect("parquet");
-    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).map(int_keys).collect();
     (cutoff, read_rows(&batches))
+}
+
+/// `b` with its key column `k` as text (`"10"` sorts before `"9"`), as a string-keyed class.
+fn text_keys(b: RecordBatch) -> RecordBatch {
+    let mut columns = b.columns().to_vec();
+    columns[0] = arrow::compute::cast(&columns[0], &DataType::Utf8).expect("to text");
+    let mut fields: Vec<Field> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields[0] = Field::new("k", DataType::Utf8, true);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch")
+}
+
+/// `b` with a text key column `k` read back as integers (unchanged when it is one).
+fn int_keys(b: RecordBatch) -> RecordBatch {
+    let i = b.schema().index_of("k").expect("k");
+    if b.column(i).data_type() == &DataType::Int64 {
+        return b;
+    }
+    let mut columns = b.columns().to_vec();
+    columns[i] = arrow::compute::cast(&columns[i], &DataType::Int64).expect("to int");
+    let mut fields: Vec<Field> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields[i] = Field::new("k", DataType::Int64, true);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_built_from_the_streamed_rows_equals_the_one_read_back_from_the_table() {
     for seed in 1..=10u64 {
+        // Even seeds key by text, ordered as text.
+        let text = seed % 2 == 0;
+        let shaped = |rows: &[Row]| match text {
+            true => text_keys(batch(rows)),
+            false => batch(rows),
+        };
         let tmp = tempfile::tempdir().expect("tmp");
         let store = OfflineStore::new(tmp.path());
         let mut r = Rng(seed * 31);
         let all = rows(seed, 3000, 1 + r.below(80), 30);
         store
-            .write("t", vec![batch(&all)], None, Some("ts"))
+            .write("t", vec![shaped(&all)], None, Some("ts"))
             .await
             .expect("write");
         let advance_to = r.below(32) * DAY + r.below(DAY as u64);
@@ -604,12 +642,15 @@ async fn a_state_built_from_the_streamed_rows_equals_the_one_read_back_from_the_
 
         // The same rows as a backfill streams them: by key, then time; in batches of any size.
         let mut sorted = all.clone();
-        sorted.sort_by_key(|x| (x.0, x.1));
+        match text {
+            true => sorted.sort_by_key(|x| (x.0.to_string(), x.1)),
+            false => sorted.sort_by_key(|x| (x.0, x.1)),
+        }
         let mut b = store.latest_state_builder("t", "k", "ts", advance_to);
         let mut at = 0;
         while at < sorted.len() {
             let n = (1 + r.below(700) as usize).min(sorted.len() - at);
-            b.push(&batch(&sorted[at..at + n])).expect("push");
+            b.push(&shaped(&sorted[at..at + n])).expect("push");
             at += n;
         }
         b.finish().expect("finish");
