@@ -1,16 +1,22 @@
-//! ONNX models for Slate: load a model file, check its inputs, and score Arrow columns in
-//! batches. Graphs run on tract; ai.onnx.ml tree ensembles run on Slate's own evaluator
-//! ([`tree`]), registered in tract's op registry in place of tract's.
+//! ONNX models for Slate: load a model file, check its inputs and outputs, and score Arrow
+//! columns in batches. Standard-domain operators run on tract; the ai.onnx.ml operators
+//! (preprocessing, encoders, linear models, SVMs, tree ensembles) run on Slate's own kernels
+//! ([`ml`], [`tree`]), registered in tract's op registry in place of tract's.
 
-mod tract_op;
+mod ml;
+mod signature;
 pub mod tree;
 
-use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array};
+pub use signature::{Elem, Signature, TensorSpec};
+
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
+    LargeStringArray, StringArray, StringViewArray,
+};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -21,14 +27,37 @@ pub enum ModelError {
     },
     #[error("cannot load ONNX model {path}: {reason}")]
     Load { path: PathBuf, reason: String },
+    #[error(
+        "model {path} uses operator {domain}.{op} (opset {opset}), which Slate does not support"
+    )]
+    Unsupported {
+        path: PathBuf,
+        domain: String,
+        op: String,
+        opset: i64,
+    },
     #[error("model {path} takes {expected} input features, but {given} were given")]
     InputCount {
         path: PathBuf,
         expected: usize,
         given: usize,
     },
-    #[error("model input column {index} has type {data_type}; models take numeric features")]
-    InputType { index: usize, data_type: String },
+    #[error("model input column {index} has type {data_type}; {wanted}")]
+    InputType {
+        index: usize,
+        data_type: String,
+        wanted: String,
+    },
+    #[error(
+        "model {path}: input column {index} is null in row {row}, and its model input `{input}` is {elem}, which has no missing value; give the feature a default"
+    )]
+    NullInput {
+        path: PathBuf,
+        index: usize,
+        row: usize,
+        input: String,
+        elem: String,
+    },
     #[error("model {path} failed on a batch of {rows} rows: {reason}")]
     Run {
         path: PathBuf,
@@ -46,7 +75,17 @@ impl ModelError {
     }
 }
 
-/// The model's answers for a batch: one label and one score per class for each row.
+/// What a model answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A label (int64) and one score per class: outputs `label` and `scores` of the graph.
+    Classifier { label: usize, scores: usize },
+    /// One number per row (a regressor, or a classifier's single score).
+    Regressor { value: usize },
+}
+
+/// The model's answers for a batch: one label and one score per class for each row; for a
+/// regressor, no labels and its value as the one score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     pub labels: Vec<i64>,
@@ -56,7 +95,8 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// The score of the last class (the positive class of a binary classifier) for each row.
+    /// The score of the last class (the positive class of a binary classifier) for each row;
+    /// a regressor's value.
     pub fn positive_scores(&self) -> Vec<f32> {
         self.scores
             .chunks_exact(self.classes.max(1))
@@ -65,19 +105,32 @@ impl Prediction {
     }
 }
 
-/// A loaded ONNX classifier, ready to score batches.
+/// A loaded ONNX model, ready to score batches.
 #[derive(Debug, Clone)]
 pub struct OnnxModel {
     path: PathBuf,
     plan: Arc<TypedRunnableModel>,
-    n_features: Option<usize>,
+    signature: Signature,
+    kind: ModelKind,
     sha256: String,
 }
 
 fn slate_onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
-    tract_op::register(&mut onnx.op_register);
+    ml::register(&mut onnx.op_register);
     onnx
+}
+
+fn datum(elem: Elem) -> Option<DatumType> {
+    Some(match elem {
+        Elem::Float => f32::datum_type(),
+        Elem::Double => f64::datum_type(),
+        Elem::Int64 => i64::datum_type(),
+        Elem::Int32 => i32::datum_type(),
+        Elem::String => String::datum_type(),
+        Elem::Bool => bool::datum_type(),
+        Elem::Other(_) => return None,
+    })
 }
 
 impl OnnxModel {
@@ -91,27 +144,65 @@ impl OnnxModel {
             path: path.into(),
             reason: format!("{reason:#}"),
         };
-        let mut model = slate_onnx()
-            .model_for_read(&mut bytes.as_slice())
+        let onnx = slate_onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut bytes.as_slice())
             .map_err(load)?;
-        // Exports declare `[None, F]`: give the batch dimension a symbol so one plan serves
-        // every batch size.
-        let n_features = model
-            .input_fact(0)
-            .ok()
-            .and_then(|f| f.shape.dims().last().and_then(|d| d.concretize()))
-            .and_then(|d| d.to_i64().ok())
-            .and_then(|n| usize::try_from(n).ok());
-        if let Some(width) = n_features {
-            let batch = model.symbols.sym("N");
+        let signature = Signature::of(&proto);
+        if let Some((domain, op, opset)) = signature
+            .operators
+            .iter()
+            .find(|(_, op, _)| !onnx.op_register.0.contains_key(op.as_str()))
+        {
+            return Err(ModelError::Unsupported {
+                path: path.into(),
+                domain: domain.clone(),
+                op: op.clone(),
+                opset: *opset,
+            });
+        }
+        let mut model = onnx.model_for_proto_model(&proto).map_err(load)?;
+        // Exports declare `[None, F]`: the batch dimension gets a symbol so that one plan
+        // serves every batch size; the other dimensions must be fixed.
+        let batch = model.symbols.sym("N");
+        for (i, spec) in signature.inputs.iter().enumerate() {
+            let Some(dt) = datum(spec.elem) else {
+                return Err(ModelError::Load {
+                    path: path.into(),
+                    reason: format!(
+                        "input `{}` is of {}, which Slate cannot feed (float, double, int64, int32, string or bool)",
+                        spec.name,
+                        spec.elem.name()
+                    ),
+                });
+            };
+            let dims = spec.dims.clone().unwrap_or_else(|| vec![None, None]);
+            let mut shape: Vec<TDim> = Vec::with_capacity(dims.len());
+            for (k, d) in dims.iter().enumerate() {
+                shape.push(match (k, d) {
+                    (0, _) => batch.to_dim(),
+                    (_, Some(n)) => n.to_dim(),
+                    (_, None) => {
+                        return Err(ModelError::Load {
+                            path: path.into(),
+                            reason: format!(
+                                "input `{}` ({}) has a dimension that is not fixed; Slate feeds inputs of shape [N] or [N, width]",
+                                spec.name,
+                                spec.describe()
+                            ),
+                        });
+                    }
+                });
+            }
             model
-                .set_input_fact(
-                    0,
-                    InferenceFact::dt_shape(f32::datum_type(), [batch.to_dim(), width.to_dim()]),
-                )
+                .set_input_fact(i, InferenceFact::dt_shape(dt, shape))
                 .map_err(load)?;
         }
         let typed = model.into_typed().map_err(load)?;
+        let kind = Self::kind_of(&typed).map_err(|reason| ModelError::Load {
+            path: path.into(),
+            reason,
+        })?;
         let plan = typed
             .into_optimized()
             .map_err(load)?
@@ -120,14 +211,58 @@ impl OnnxModel {
         Ok(OnnxModel {
             path: path.into(),
             plan,
-            n_features,
+            signature,
+            kind,
             sha256,
         })
     }
 
-    /// Number of input features, when the model declares it.
+    /// A classifier has an integer label output and a float scores output; a regressor one
+    /// float output.
+    fn kind_of(model: &TypedModel) -> Result<ModelKind, String> {
+        let facts: Vec<TypedFact> = (0..model.outputs.len())
+            .map(|i| model.output_fact(i).cloned())
+            .collect::<TractResult<_>>()
+            .map_err(|e| format!("{e:#}"))?;
+        let float = |f: &TypedFact| f.datum_type.is_float();
+        let integer = |f: &TypedFact| matches!(f.datum_type, DatumType::I64 | DatumType::I32);
+        let label = facts.iter().position(integer);
+        let scores = facts.iter().position(float);
+        let described = || {
+            facts
+                .iter()
+                .map(|f| format!("{f:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (label, scores) {
+            (Some(label), Some(scores)) => Ok(ModelKind::Classifier { label, scores }),
+            (None, Some(value)) if facts.iter().filter(|f| float(f)).count() == 1 => {
+                Ok(ModelKind::Regressor { value })
+            }
+            _ if facts.iter().any(|f| f.datum_type == DatumType::String) => Err(format!(
+                "its outputs are {}: class labels that are strings are not supported; train with integer labels",
+                described()
+            )),
+            _ => Err(format!(
+                "its outputs are {}: Slate takes a classifier's (label, probabilities) or a regressor's one value",
+                described()
+            )),
+        }
+    }
+
+    /// Number of input features (over every model input), when the model fixes it.
     pub fn n_features(&self) -> Option<usize> {
-        self.n_features
+        self.signature.width()
+    }
+
+    /// The inputs, outputs and operators the model declares.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        self.kind
     }
 
     /// Hex SHA-256 of the model file, recorded with every prediction.
@@ -139,14 +274,29 @@ impl OnnxModel {
         &self.path
     }
 
-    /// Scores rows given as one numeric Arrow column per feature. A null becomes NaN unless
-    /// `defaults` gives a value for that column.
+    /// Runs the graph on one tensor per declared input, returning every output.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        let rows = inputs.first().and_then(|t| t.shape().first().copied());
+        let out = self
+            .plan
+            .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
+            .map_err(|e| ModelError::Run {
+                path: self.path.clone(),
+                rows: rows.unwrap_or_default(),
+                reason: format!("{e:#}"),
+            })?;
+        Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+    }
+
+    /// Scores rows given as Arrow columns: the columns fill the model's inputs in order, each
+    /// input taking as many columns as its width (`[N, 8]`: eight). A null number becomes NaN
+    /// for a float input unless `defaults` gives a value for that column; a null string, "".
     pub fn predict(
         &self,
         columns: &[ArrayRef],
         defaults: &[Option<f64>],
     ) -> Result<Prediction, ModelError> {
-        if let Some(n) = self.n_features
+        if let Some(n) = self.n_features()
             && n != columns.len()
         {
             return Err(ModelError::InputCount {
@@ -156,31 +306,6 @@ impl OnnxModel {
             });
         }
         let rows = columns.first().map_or(0, |c| c.len());
-        let f = columns.len();
-        let mut data = vec![0f32; rows * f];
-        for (j, col) in columns.iter().enumerate() {
-            let default = defaults
-                .get(j)
-                .copied()
-                .flatten()
-                .map_or(f32::NAN, |d| d as f32);
-            let value = |i: usize, v: f32| if col.is_null(i) { default } else { v };
-            let any = col.as_any();
-            if let Some(a) = any.downcast_ref::<Float64Array>() {
-                (0..rows).for_each(|i| data[i * f + j] = value(i, a.value(i) as f32));
-            } else if let Some(a) = any.downcast_ref::<Float32Array>() {
-                (0..rows).for_each(|i| data[i * f + j] = value(i, a.value(i)));
-            } else if let Some(a) = any.downcast_ref::<Int64Array>() {
-                (0..rows).for_each(|i| data[i * f + j] = value(i, a.value(i) as f32));
-            } else if let Some(a) = any.downcast_ref::<Int32Array>() {
-                (0..rows).for_each(|i| data[i * f + j] = value(i, a.value(i) as f32));
-            } else {
-                return Err(ModelError::InputType {
-                    index: j,
-                    data_type: col.data_type().to_string(),
-                });
-            }
-        }
         if rows == 0 {
             return Ok(Prediction {
                 labels: vec![],
@@ -193,25 +318,203 @@ impl OnnxModel {
             rows,
             reason,
         };
-        let input = Tensor::from_shape(&[rows, f], &data).map_err(|e| run(e.to_string()))?;
+        let mut inputs = Vec::with_capacity(self.signature.inputs.len());
+        let mut next = 0;
+        for spec in &self.signature.inputs {
+            let width = spec.width().unwrap_or(columns.len() - next);
+            let taken = &columns[next..next + width];
+            let shape: Vec<usize> = match spec.dims.as_ref().map(|d| d.len()) {
+                Some(1) => vec![rows],
+                _ => vec![rows, width],
+            };
+            let tensor = match spec.elem {
+                Elem::String => {
+                    let mut data = vec![String::new(); rows * width];
+                    for (j, col) in taken.iter().enumerate() {
+                        fill_strings(col, next + j, |i, v| data[i * width + j] = v.to_string())?;
+                    }
+                    tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), data)
+                        .map(|a| a.into_tensor())
+                        .map_err(|e| e.into())
+                }
+                Elem::Int64 | Elem::Int32 => {
+                    let mut data = vec![0i64; rows * width];
+                    for (j, col) in taken.iter().enumerate() {
+                        let default = defaults.get(next + j).copied().flatten();
+                        fill_numbers(col, next + j, |i, v| {
+                            data[i * width + j] = match v.or(default) {
+                                Some(v) => v as i64,
+                                None => {
+                                    return Err(ModelError::NullInput {
+                                        path: self.path.clone(),
+                                        index: next + j,
+                                        row: i,
+                                        input: spec.name.clone(),
+                                        elem: spec.elem.name(),
+                                    });
+                                }
+                            };
+                            Ok(())
+                        })?;
+                    }
+                    match spec.elem {
+                        Elem::Int32 => Tensor::from_shape(
+                            &shape,
+                            &data.iter().map(|v| *v as i32).collect::<Vec<_>>(),
+                        ),
+                        _ => Tensor::from_shape(&shape, &data),
+                    }
+                }
+                Elem::Double => {
+                    let mut data = vec![0f64; rows * width];
+                    for (j, col) in taken.iter().enumerate() {
+                        let default = defaults.get(next + j).copied().flatten();
+                        fill_numbers(col, next + j, |i, v| {
+                            data[i * width + j] = v.or(default).unwrap_or(f64::NAN);
+                            Ok(())
+                        })?;
+                    }
+                    Tensor::from_shape(&shape, &data)
+                }
+                Elem::Bool => {
+                    let mut data = vec![false; rows * width];
+                    for (j, col) in taken.iter().enumerate() {
+                        let default = defaults.get(next + j).copied().flatten();
+                        fill_numbers(col, next + j, |i, v| {
+                            data[i * width + j] = v.or(default).unwrap_or(0.0) != 0.0;
+                            Ok(())
+                        })?;
+                    }
+                    Tensor::from_shape(&shape, &data)
+                }
+                _ => {
+                    let mut data = vec![0f32; rows * width];
+                    for (j, col) in taken.iter().enumerate() {
+                        let default = defaults.get(next + j).copied().flatten();
+                        fill_floats(col, next + j, default, &mut data, width, j)?;
+                    }
+                    Tensor::from_shape(&shape, &data)
+                }
+            }
+            .map_err(|e| run(e.to_string()))?;
+            inputs.push(tensor.into_tvalue());
+            next += width;
+        }
         let out = self
             .plan
-            .run(tvec!(input.into_tvalue()))
+            .run(inputs.into())
             .map_err(|e| run(format!("{e:#}")))?;
-        if out.len() < 2 {
-            return Err(run(
-                "expected two outputs (label, probabilities); export with zipmap off".into(),
-            ));
+        match self.kind {
+            ModelKind::Classifier { label, scores } => {
+                let labels: Vec<i64> = plain(&out[label]).map_err(|e| run(format!("{e:#}")))?;
+                let scores: Vec<f32> = plain(&out[scores]).map_err(|e| run(format!("{e:#}")))?;
+                let classes = scores.len() / rows;
+                Ok(Prediction {
+                    labels,
+                    scores,
+                    classes,
+                })
+            }
+            ModelKind::Regressor { value } => {
+                let scores: Vec<f32> = plain(&out[value]).map_err(|e| run(format!("{e:#}")))?;
+                let classes = scores.len() / rows;
+                Ok(Prediction {
+                    labels: vec![],
+                    scores,
+                    classes,
+                })
+            }
         }
-        let labels: Vec<i64> = plain(&out[0]).map_err(|e| run(format!("{e:#}")))?;
-        let scores: Vec<f32> = plain(&out[1]).map_err(|e| run(format!("{e:#}")))?;
-        let classes = scores.len() / rows;
-        Ok(Prediction {
-            labels,
-            scores,
-            classes,
+    }
+}
+
+/// Each value of a numeric (or boolean) column as f64, `None` for a null.
+fn fill_numbers(
+    col: &ArrayRef,
+    index: usize,
+    mut put: impl FnMut(usize, Option<f64>) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let any = col.as_any();
+    let rows = col.len();
+    let value = |i: usize, v: f64| (!col.is_null(i)).then_some(v);
+    if let Some(a) = any.downcast_ref::<Float64Array>() {
+        (0..rows).try_for_each(|i| put(i, value(i, a.value(i))))
+    } else if let Some(a) = any.downcast_ref::<Float32Array>() {
+        (0..rows).try_for_each(|i| put(i, value(i, f64::from(a.value(i)))))
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        (0..rows).try_for_each(|i| put(i, value(i, a.value(i) as f64)))
+    } else if let Some(a) = any.downcast_ref::<Int32Array>() {
+        (0..rows).try_for_each(|i| put(i, value(i, f64::from(a.value(i)))))
+    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        (0..rows).try_for_each(|i| put(i, value(i, f64::from(u8::from(a.value(i))))))
+    } else {
+        Err(ModelError::InputType {
+            index,
+            data_type: col.data_type().to_string(),
+            wanted: "this model input takes numbers".into(),
         })
     }
+}
+
+/// A numeric column into f32 slot `j` of rows of `width` (the fast path of every float model).
+fn fill_floats(
+    col: &ArrayRef,
+    index: usize,
+    default: Option<f64>,
+    data: &mut [f32],
+    width: usize,
+    j: usize,
+) -> Result<(), ModelError> {
+    let default = default.map_or(f32::NAN, |d| d as f32);
+    let any = col.as_any();
+    let rows = col.len();
+    let mut put = |get: &dyn Fn(usize) -> f32| {
+        for i in 0..rows {
+            data[i * width + j] = if col.is_null(i) { default } else { get(i) };
+        }
+    };
+    if let Some(a) = any.downcast_ref::<Float64Array>() {
+        put(&|i| a.value(i) as f32);
+    } else if let Some(a) = any.downcast_ref::<Float32Array>() {
+        put(&|i| a.value(i));
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        put(&|i| a.value(i) as f32);
+    } else if let Some(a) = any.downcast_ref::<Int32Array>() {
+        put(&|i| a.value(i) as f32);
+    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        put(&|i| f32::from(u8::from(a.value(i))));
+    } else {
+        return Err(ModelError::InputType {
+            index,
+            data_type: col.data_type().to_string(),
+            wanted: "this model input takes numbers".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Each value of a string column (null: "").
+fn fill_strings(
+    col: &ArrayRef,
+    index: usize,
+    mut put: impl FnMut(usize, &str),
+) -> Result<(), ModelError> {
+    let any = col.as_any();
+    let rows = col.len();
+    if let Some(a) = any.downcast_ref::<StringArray>() {
+        (0..rows).for_each(|i| put(i, if a.is_null(i) { "" } else { a.value(i) }));
+    } else if let Some(a) = any.downcast_ref::<LargeStringArray>() {
+        (0..rows).for_each(|i| put(i, if a.is_null(i) { "" } else { a.value(i) }));
+    } else if let Some(a) = any.downcast_ref::<StringViewArray>() {
+        (0..rows).for_each(|i| put(i, if a.is_null(i) { "" } else { a.value(i) }));
+    } else {
+        return Err(ModelError::InputType {
+            index,
+            data_type: col.data_type().to_string(),
+            wanted: "this model input takes strings".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A model output as a flat vector of `T`, casting when the model's type differs.

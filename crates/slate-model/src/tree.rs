@@ -1,6 +1,8 @@
-//! The ai.onnx.ml `TreeEnsembleClassifier` operator, evaluated to the ONNX-ML specification and
-//! matching onnxruntime's conventions where the specification is silent (the binary case with
-//! one column of weights, missing-value routing, the post transforms).
+//! The ai.onnx.ml tree ensembles (`TreeEnsembleClassifier`, `TreeEnsembleRegressor`, and the
+//! opset-5 `TreeEnsemble` once converted), evaluated to the ONNX-ML specification and matching
+//! onnxruntime's conventions where the specification is silent (the binary case with one column
+//! of weights, missing-value routing, the post transforms) and its arithmetic: every tree's
+//! leaf added in f32, in the order the trees are listed.
 
 use std::collections::HashMap;
 
@@ -65,6 +67,27 @@ pub struct Node {
     pub weights: (usize, usize),
 }
 
+/// How a regressor combines its trees' leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Sum,
+    Average,
+    Min,
+    Max,
+}
+
+impl Aggregate {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "SUM" => Aggregate::Sum,
+            "AVERAGE" => Aggregate::Average,
+            "MIN" => Aggregate::Min,
+            "MAX" => Aggregate::Max,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TreeEnsemble {
     pub nodes: Vec<Node>,
@@ -74,6 +97,8 @@ pub struct TreeEnsemble {
     pub base_values: Vec<f32>,
     pub post_transform: PostTransform,
     pub class_labels: Vec<i64>,
+    /// A regressor's targets and aggregation (`None`: a classifier).
+    pub regression: Option<(usize, Aggregate)>,
     pub n_features: usize,
     binary_case: bool,
     weights_all_positive: bool,
@@ -126,6 +151,9 @@ pub struct Attributes {
     pub classlabels_int64s: Vec<i64>,
     pub base_values: Vec<f32>,
     pub post_transform: String,
+    /// A regressor: its `n_targets` and `aggregate_function` (the `class_*` lists then hold
+    /// the `target_*` ones).
+    pub regression: Option<(usize, Aggregate)>,
 }
 
 impl TreeEnsemble {
@@ -154,14 +182,28 @@ impl TreeEnsemble {
                 "class_treeids, class_nodeids, class_ids and class_weights differ in length".into(),
             );
         }
-        let n_classes = a.classlabels_int64s.len();
-        if n_classes < 2 {
+        let n_classes = match a.regression {
+            Some((targets, _)) => {
+                if targets == 0 {
+                    return Err("n_targets must be at least 1".into());
+                }
+                if !a.base_values.is_empty() && a.base_values.len() != targets {
+                    return Err(format!(
+                        "base_values has {} values for {targets} targets",
+                        a.base_values.len()
+                    ));
+                }
+                targets
+            }
+            None => a.classlabels_int64s.len(),
+        };
+        if a.regression.is_none() && n_classes < 2 {
             return Err("a classifier needs at least two class labels (classlabels_int64s)".into());
         }
         let post_transform = PostTransform::parse(&a.post_transform)
             .ok_or_else(|| format!("unknown post_transform `{}`", a.post_transform))?;
-        if post_transform == PostTransform::Probit {
-            return Err("post_transform PROBIT is not supported yet".into());
+        if post_transform == PostTransform::Probit && a.regression.is_none() {
+            return Err("a classifier's post_transform PROBIT is not supported yet".into());
         }
         let index: HashMap<(i64, i64), usize> = (0..n)
             .map(|i| ((a.nodes_treeids[i], a.nodes_nodeids[i]), i))
@@ -193,12 +235,19 @@ impl TreeEnsemble {
             };
             let (true_child, false_child, span) = if mode == Mode::Leaf {
                 let start = weights.len();
-                weights.extend(
-                    votes
-                        .get(&(tree, a.nodes_nodeids[i]))
-                        .cloned()
-                        .unwrap_or_default(),
-                );
+                let leaf = votes
+                    .get(&(tree, a.nodes_nodeids[i]))
+                    .cloned()
+                    .unwrap_or_default();
+                match a.regression {
+                    // One target: onnxruntime takes a leaf's first weight, or the node's value
+                    // when it has none.
+                    Some((1, _)) => weights.push(
+                        leaf.first()
+                            .map_or((0, a.nodes_values[i]), |&(_, w)| (0, w)),
+                    ),
+                    _ => weights.extend(leaf),
+                }
                 (0, 0, (start, weights.len()))
             } else {
                 let (t, f) = (
@@ -285,6 +334,7 @@ impl TreeEnsemble {
             base_values: a.base_values,
             post_transform,
             class_labels: a.classlabels_int64s,
+            regression: a.regression,
             n_features,
             compact,
             uniform,
@@ -293,8 +343,23 @@ impl TreeEnsemble {
         })
     }
 
+    /// Scores per row: the classes of a classifier, the targets of a regressor.
     pub fn n_classes(&self) -> usize {
-        self.class_labels.len()
+        match self.regression {
+            Some((targets, _)) => targets,
+            None => self.class_labels.len(),
+        }
+    }
+
+    /// Adds `w` to a running score under the ensemble's aggregation.
+    #[inline(always)]
+    fn add(&self, acc: &mut f32, has: &mut bool, w: f32) {
+        match self.regression {
+            Some((_, Aggregate::Min)) => *acc = if *has { acc.min(w) } else { w },
+            Some((_, Aggregate::Max)) => *acc = if *has { acc.max(w) } else { w },
+            _ => *acc += w,
+        }
+        *has = true;
     }
 
     fn leaf(&self, root: usize, x: &[f32]) -> &Node {
@@ -333,8 +398,7 @@ impl TreeEnsemble {
         for &r in &self.roots {
             let leaf = self.leaf(r, x);
             for &(class, w) in &self.weights[leaf.weights.0..leaf.weights.1] {
-                score[class] += w;
-                has[class] = true;
+                self.add(&mut score[class], &mut has[class], w);
             }
         }
         self.finish(&mut score, &mut has, scores_out)
@@ -422,8 +486,7 @@ impl TreeEnsemble {
                 for i in 0..m {
                     let (a, b) = self.spans[at[i] as usize];
                     for &(class, w) in &self.weights[a as usize..b as usize] {
-                        acc[i * c + class] += w;
-                        has[i * c + class] = true;
+                        self.add(&mut acc[i * c + class], &mut has[i * c + class], w);
                     }
                 }
             }
@@ -436,6 +499,10 @@ impl TreeEnsemble {
 
     /// The label and post-transformed scores of one row's summed votes.
     fn finish(&self, score: &mut [f32], has: &mut [bool], scores_out: &mut [f32]) -> i64 {
+        if let Some((targets, aggregate)) = self.regression {
+            self.finish_regression(targets, aggregate, score, has, scores_out);
+            return 0;
+        }
         let c = self.n_classes();
         let mut len = score.len();
         let mut add_second = None;
@@ -491,6 +558,54 @@ impl TreeEnsemble {
         }
         write_scores(&score[..len], self.post_transform, add_second, scores_out);
         label
+    }
+}
+
+impl TreeEnsemble {
+    /// A regressor's values: the aggregate plus the base value; with one target only PROBIT
+    /// transforms it, with several a target no leaf reached is 0 (onnxruntime's rules).
+    fn finish_regression(
+        &self,
+        targets: usize,
+        aggregate: Aggregate,
+        score: &mut [f32],
+        has: &mut [bool],
+        out: &mut [f32],
+    ) {
+        let trees = self.roots.len() as f32;
+        for k in 0..targets {
+            let base = self.base_values.get(k).copied().unwrap_or(0.0);
+            let v = score[k];
+            out[k] = match (targets, aggregate, has[k]) {
+                (1, Aggregate::Average, _) => v / trees + base,
+                (1, Aggregate::Min | Aggregate::Max, false) => base,
+                (1, _, _) => v + base,
+                (_, _, false) => 0.0,
+                (_, Aggregate::Average, true) => v / trees + base,
+                (_, _, true) => v + base,
+            };
+        }
+        let out = &mut out[..targets];
+        match (targets, self.post_transform) {
+            (1, PostTransform::Probit) => out[0] = probit(out[0]),
+            (1, _) | (_, PostTransform::None) => {}
+            (_, PostTransform::Probit) => out.iter_mut().for_each(|v| *v = probit(*v)),
+            (_, PostTransform::Logistic) => out.iter_mut().for_each(|v| *v = logistic(*v)),
+            (_, t) => {
+                let zero = t == PostTransform::SoftmaxZero;
+                let max = out.iter().copied().fold(f32::MIN, f32::max);
+                let mut sum = 0f32;
+                for v in out.iter_mut() {
+                    if zero && v.abs() <= 1e-7 {
+                        *v = 0.0;
+                    } else {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                }
+                out.iter_mut().for_each(|v| *v /= sum);
+            }
+        }
     }
 }
 
@@ -550,6 +665,89 @@ fn write_scores(score: &[f32], t: PostTransform, add_second: Option<u8>, out: &m
         (PostTransform::Logistic, Some(2 | 3)) => (out[0], out[1]) = (logistic(-s), logistic(s)),
         (_, Some(2 | 3)) => (out[0], out[1]) = (-s, s),
         _ => out[0] = s,
+    }
+}
+
+/// onnxruntime's inverse error function (Winitzki's approximation, a = 0.147), in f32.
+fn erf_inv(x: f32) -> f32 {
+    let sgn = if x < 0.0 { -1.0f32 } else { 1.0 };
+    let x = (1.0 - x) * (1.0 + x);
+    let log = x.ln();
+    let v = 2.0 / (std::f32::consts::PI * 0.147) + 0.5 * log;
+    let v2 = 1.0 / 0.147 * log;
+    sgn * (-v + (v * v - v2).sqrt()).sqrt()
+}
+
+/// The PROBIT post transform: the normal quantile of `v`, as onnxruntime approximates it.
+pub(crate) fn probit(v: f32) -> f32 {
+    std::f32::consts::SQRT_2 * erf_inv(2.0 * v - 1.0)
+}
+
+/// onnxruntime's vectorized logistic (MLAS: a rational approximation on [-18, 18]), which the
+/// linear and SVM classifiers apply to rows of several scores.
+pub(crate) fn mlas_logistic(v: f32) -> f32 {
+    // MLAS's coefficients (as decimals of the f32 values).
+    #[allow(clippy::excessive_precision)]
+    const A: [f32; 5] = [
+        4.370_310_125_798_01e-11,
+        1.156_273_244_599_42e-7,
+        6.085_748_646_001_43e-5,
+        8.513_771_333_047_01e-3,
+        2.482_879_470_615_29e-1,
+    ];
+    #[allow(clippy::excessive_precision)]
+    const B: [f32; 6] = [
+        6.102_473_897_556_81e-13,
+        5.761_021_369_934_27e-9,
+        6.291_067_850_170_40e-6,
+        1.701_988_173_740_94e-3,
+        1.168_176_569_044_53e-1,
+        9.931_519_210_231_80e-1,
+    ];
+    if v.is_nan() {
+        return v;
+    }
+    let x = v.clamp(-18.0, 18.0);
+    let x2 = x * x;
+    let mut p = x2.mul_add(A[0], A[1]);
+    p = p.mul_add(x2, A[2]);
+    p = p.mul_add(x2, A[3]);
+    p = p.mul_add(x2, A[4]);
+    p *= x;
+    let mut q = x2.mul_add(B[0], B[1]);
+    q = q.mul_add(x2, B[2]);
+    q = q.mul_add(x2, B[3]);
+    q = q.mul_add(x2, B[4]);
+    q = q.mul_add(x2, B[5]);
+    (p / q + 0.5).max(0.0)
+}
+
+/// The post transform of a row of several scores, as onnxruntime's linear and SVM operators
+/// apply it (`batched_update_scores_inplace`).
+pub(crate) fn transform_scores(row: &mut [f32], t: PostTransform) {
+    match t {
+        PostTransform::None => {}
+        PostTransform::Probit => row.iter_mut().for_each(|v| *v = probit(*v)),
+        PostTransform::Logistic => row.iter_mut().for_each(|v| *v = mlas_logistic(*v)),
+        PostTransform::Softmax | PostTransform::SoftmaxZero => {
+            let zero = t == PostTransform::SoftmaxZero;
+            let mut max = f32::MIN;
+            for &v in row.iter() {
+                if v > max {
+                    max = v;
+                }
+            }
+            let mut sum = 0f32;
+            for v in row.iter_mut() {
+                if zero && v.abs() <= 1e-7 {
+                    *v *= (-max).exp();
+                } else {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+            }
+            row.iter_mut().for_each(|v| *v /= sum);
+        }
     }
 }
 
