@@ -3,7 +3,8 @@
 //! `UPDATE_GOLDEN=1 cargo test -p slate-cli --test golden` rewrites the expectations.
 //!
 //! case.txt lines: `args ARGS...`, `file PATH`, `replace TEXT`, `with TEXT` (`\n` for newlines),
-//! `remove PATH`, `write PATH CONTENT` (a new project file), `data missing`, `datafile NAME CONTENT` (a file in the data directory).
+//! `remove PATH`, `write PATH CONTENT` (a new project file), `data missing`, `datafile NAME CONTENT` (a file in the data directory),
+//! `model NAME` (the model conformance corpus's NAME in place of the fraud model).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +62,13 @@ fn run_case(dir: &Path) -> (String, String) {
                 std::fs::write(project.join(name), content).expect("write project file");
             }
             "data" => data = tmp.path().join("no-such-dir"),
+            "model" => {
+                let corpus = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../slate-model/tests/corpus")
+                    .join(&rest);
+                std::fs::copy(&corpus, project.join("models/fraud_model.onnx"))
+                    .expect("copy corpus model");
+            }
             "datafile" => {
                 let (name, content) = rest.split_once(' ').expect("datafile NAME CONTENT");
                 std::fs::write(data.join(name), content).expect("write data file");

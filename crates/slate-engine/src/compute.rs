@@ -680,14 +680,21 @@ pub(crate) fn model(
         .collect::<Result<Vec<_>, _>>()?;
     let mut labels = Vec::with_capacity(frame.rows);
     let mut scores = Vec::with_capacity(frame.rows);
+    let regressor = matches!(model.kind(), slate_model::ModelKind::Regressor { .. });
     for start in (0..frame.rows).step_by(PREDICT_CHUNK_ROWS) {
         let len = PREDICT_CHUNK_ROWS.min(frame.rows - start);
         let chunk: Vec<ArrayRef> = features.iter().map(|c| c.slice(start, len)).collect();
         let prediction = model.predict(&chunk, &resolver.defaults)?;
-        if score.is_some() {
+        if score.is_some() || regressor {
             scores.extend(prediction.positive_scores().into_iter().map(f64::from));
         }
         labels.extend(prediction.labels);
+    }
+    // A regressor's value is its output feature (a float, as `slate apply` checks).
+    if regressor {
+        let values = Float64Array::from(scores);
+        let column = arrow::compute::cast(&values, &label_ty.arrow())?;
+        return Ok(vec![(label.clone(), column)]);
     }
     let mut out = vec![(label.clone(), label_array(&labels, *label_ty))];
     if let Some(s) = score {

@@ -180,6 +180,43 @@ impl QueryPlan {
     }
 
     /// The model nodes, in order.
+    /// The value type of a frame column, from the node that writes it.
+    pub fn column_type(&self, column: &str) -> Option<ValueType> {
+        self.nodes.iter().find_map(|n| match n {
+            Node::Column { column: c, feature } if c == column => {
+                match self.root.feature(&feature.feature).map(|f| &f.kind) {
+                    Some(FeatureKind::Scalar { ty, .. }) => Some(*ty),
+                    _ => None,
+                }
+            }
+            Node::Lookup { column: c, ty, .. }
+            | Node::Aggregate { column: c, ty, .. }
+            | Node::Expression { column: c, ty, .. }
+                if c == column =>
+            {
+                Some(*ty)
+            }
+            Node::Function { outputs, .. } => {
+                outputs.iter().find(|(c, _)| c == column).map(|(_, t)| *t)
+            }
+            Node::Model {
+                label,
+                label_ty,
+                score,
+                ..
+            } => {
+                if label == column {
+                    Some(*label_ty)
+                } else if score.as_deref() == Some(column) {
+                    Some(ValueType::Float)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        })
+    }
+
     pub fn models(&self) -> impl Iterator<Item = &ModelResolver> {
         self.nodes.iter().filter_map(|n| match n {
             Node::Model { resolver, .. } => Some(resolver.as_ref()),
@@ -976,25 +1013,153 @@ fn plan(project: &Project, query: &ScheduledQuery) -> Result<QueryPlan, (Option<
     })
 }
 
-/// Loads every model resolver's ONNX file and checks its inputs against the resolver, as
-/// diagnostics positioned in the resolver file.
+/// Loads every model resolver's ONNX file and checks it against the resolver, as diagnostics
+/// positioned in the resolver file: the features fill the model's inputs in order (each input
+/// takes as many as its width), strings only where the model takes strings and numbers only
+/// where it takes numbers; a regressor writes a float feature and has no `score_output`.
 pub fn validate_models(project: &Project) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    // The type of each model input feature, from the plans of the queries that run the model.
+    let mut types: HashMap<String, Vec<(FeatureRef, ValueType)>> = HashMap::new();
+    for q in &project.queries {
+        let Ok(plan) = plan(project, q) else {
+            continue;
+        };
+        for n in &plan.nodes {
+            if let Node::Model {
+                resolver, inputs, ..
+            } = n
+            {
+                let typed = resolver
+                    .model_inputs()
+                    .iter()
+                    .zip(inputs)
+                    .filter_map(|(f, c)| Some((f.clone(), plan.column_type(c)?)))
+                    .collect();
+                types.entry(resolver.name.clone()).or_insert(typed);
+            }
+        }
+    }
     for m in &project.model_resolvers {
-        match slate_model::OnnxModel::load(&m.model_path) {
-            Err(e) => out.push(
-                Diagnostic::new(m.model_span.clone(), e.to_string())
-                    .hint("the file must be an ONNX model; see examples/fraud/training/train.py"),
-            ),
-            Ok(model) => {
-                if let Some(n) = model.n_features() {
-                    let given = m.model_inputs().len();
-                    if n != given {
-                        out.push(Diagnostic::new(m.input_spans.first().cloned().unwrap_or(m.model_span.clone()),
-                            format!("model `{}` takes {n} input features but resolver `{}` lists {given} (after the row key {})", m.model_path.file_name().and_then(|f| f.to_str()).unwrap_or_default(), m.name, m.inputs[0]))
-                            .hint("list exactly the features the model was trained on, in training order"));
+        let file = m
+            .model_path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let model = match slate_model::OnnxModel::load(&m.model_path) {
+            Err(e) => {
+                let hint = match &e {
+                    slate_model::ModelError::Unsupported { .. } => {
+                        "Slate runs the standard ONNX operators and the ai.onnx.ml operators that the scikit-learn, XGBoost and LightGBM converters emit (README: Models)"
                     }
+                    slate_model::ModelError::Load { reason, .. } if reason.contains("ZipMap") => {
+                        "re-export the model with the option above"
+                    }
+                    _ => "the file must be an ONNX model; see examples/fraud/training/train.py",
+                };
+                out.push(Diagnostic::new(m.model_span.clone(), e.to_string()).hint(hint));
+                continue;
+            }
+            Ok(model) => model,
+        };
+        let given = m.model_inputs().len();
+        let signature = model.signature();
+        if let Some(n) = model.n_features()
+            && n != given
+        {
+            let layout = signature
+                .inputs
+                .iter()
+                .map(|i| format!("`{}` {}", i.name, i.describe()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push(
+                Diagnostic::new(
+                    m.input_spans.first().cloned().unwrap_or(m.model_span.clone()),
+                    format!(
+                        "model `{file}` takes {n} input features ({layout}) but resolver `{}` lists {given} (after the row key {})",
+                        m.name, m.inputs[0]
+                    ),
+                )
+                .hint("list exactly the features the model was trained on, in training order; they fill the model's inputs in order"),
+            );
+            continue;
+        }
+        // Which model input each listed feature feeds.
+        let mut feeds = Vec::with_capacity(given);
+        for spec in &signature.inputs {
+            for _ in 0..spec.width().unwrap_or(given.saturating_sub(feeds.len())) {
+                feeds.push(spec);
+            }
+        }
+        if let Some(typed) = types.get(&m.name) {
+            for (k, ((feature, ty), spec)) in typed.iter().zip(&feeds).enumerate() {
+                let text = *ty == ValueType::Str;
+                let wanted = spec.elem == slate_model::Elem::String;
+                if text == wanted {
+                    continue;
                 }
+                let span = m
+                    .input_spans
+                    .get(k + 1)
+                    .cloned()
+                    .unwrap_or(m.model_span.clone());
+                out.push(
+                    Diagnostic::new(
+                        span,
+                        format!(
+                            "{feature} is a {}, but it feeds input `{}` of model `{file}`, which takes {}",
+                            ty.name(),
+                            spec.name,
+                            spec.describe()
+                        ),
+                    )
+                    .hint(match wanted {
+                        true => "a string input takes `str` features (a category, a merchant name)",
+                        false => "a numeric input takes int, float or bool features",
+                    }),
+                );
+            }
+        }
+        if let slate_model::ModelKind::Regressor { .. } = model.kind() {
+            let label_ty = project
+                .class(&m.output.class)
+                .and_then(|c| c.feature(&m.output.feature))
+                .and_then(|f| match &f.kind {
+                    FeatureKind::Scalar { ty, .. } => Some(*ty),
+                    _ => None,
+                });
+            if label_ty.is_some_and(|t| t != ValueType::Float) {
+                out.push(
+                    Diagnostic::new(
+                        m.model_span.clone(),
+                        format!(
+                            "model `{file}` is a regressor (one number per row), but its output {} is not a float feature",
+                            m.output
+                        ),
+                    )
+                    .hint("declare the output feature as `float`"),
+                );
+            }
+            if let Some(score) = &m.score_output {
+                out.push(
+                    Diagnostic::new(
+                        m.model_span.clone(),
+                        format!(
+                            "model `{file}` is a regressor: it has no class probability for `score_output` ({score})"
+                        ),
+                    )
+                    .hint("remove `score_output`; the regressor's value goes to `output`"),
+                );
+            }
+            if let Some(t) = signature.outputs.iter().find_map(|o| o.width()).filter(|w| *w > 1) {
+                out.push(Diagnostic::new(
+                    m.model_span.clone(),
+                    format!(
+                        "model `{file}` predicts {t} targets per row; Slate writes one output feature per model"
+                    ),
+                ));
             }
         }
     }

@@ -3,6 +3,7 @@
 
 mod common;
 mod dataset;
+mod exported_models;
 mod late_rows;
 mod model_chain;
 mod pipeline;

@@ -478,6 +478,19 @@ def main():
     lr = LogisticRegression(max_iter=500).fit(x / np.float32(1000.0), y2)
     onx = to_onnx(lr, initial_types=numeric_types(), target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET})
     onnx.save_model(onx, os.path.join(HERE, "refused_zipmap.onnx"))
+    # An operator of a domain nobody implements: Slate names it with its domain and opset.
+    t = onnx.TensorProto
+    graph = helper.make_graph(
+        [helper.make_node("FraudMagic", ["input"], ["score"], domain="com.example")],
+        "unsupported",
+        [helper.make_tensor_value_info("input", t.FLOAT, [None, F])],
+        [helper.make_tensor_value_info("score", t.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.example", 2)],
+    )
+    onnx.save_model(model, os.path.join(HERE, "refused_unsupported.onnx"))
     print("done", file=sys.stderr)
 
 
