@@ -225,7 +225,13 @@ impl OnnxModel {
             .collect::<TractResult<_>>()
             .map_err(|e| format!("{e:#}"))?;
         let float = |f: &TypedFact| f.datum_type.is_float();
-        let integer = |f: &TypedFact| matches!(f.datum_type, DatumType::I64 | DatumType::I32);
+        // tract types some integer results (an ArgMax's index cast to int64) as TDim.
+        let integer = |f: &TypedFact| {
+            matches!(
+                f.datum_type,
+                DatumType::I64 | DatumType::I32 | DatumType::TDim
+            )
+        };
         let label = facts.iter().position(integer);
         let scores = facts.iter().position(float);
         let described = || {
