@@ -4,7 +4,8 @@ Trains, with scikit-learn, gradient-boosted classifiers (300 trees of depth 4 an
 a `SimpleImputer -> StandardScaler -> LogisticRegression` pipeline and the same pipeline ending in
 an `MLPClassifier` (two hidden layers, 64 and 32), all on 8 features; exports them with skl2onnx
 (zipmap off); draws 1M rows (1% of the values missing); and times onnxruntime (1 and 2 threads)
-and `slate-model`'s `score` example (best of three each, model loaded, input in memory). Checks
+and `slate-model`'s `score` example on 2 cores and on 1 (`taskset -c 0`) (best of three each,
+model loaded, input in memory). Checks
 that labels agree and scores are within 1e-6.
 
     bench/.venv/bin/python bench/scoring.py [--rows 1000000]
@@ -47,8 +48,8 @@ def main():
     yt = ((xt[:, 0] * xt[:, 1] + np.sin(3 * xt[:, 2]) + xt[:, 3] ** 2 - 1 + rng.normal(scale=0.5, size=6000)) > 0).astype(np.int64)
     rows = rng.normal(size=(args.rows, f)).astype(np.float32)
     rows_path = os.path.join(args.out, "rows.f32")
-    print(f"| model | rows | onnxruntime 1 thread (s) | onnxruntime 2 threads (s) | Slate (s) | Slate vs ORT 1 thread | Slate vs ORT 2 threads |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | rows | onnxruntime 1 thread (s) | onnxruntime 2 threads (s) | Slate 1 core (s) | Slate 2 cores (s) | Slate 1 core vs ORT 1 thread | Slate 2 cores vs ORT 2 threads |")
+    print("|---|---|---|---|---|---|---|---|")
     rows[rng.random(rows.shape) < 0.01] = np.nan
     rows.tofile(rows_path)
 
@@ -83,6 +84,7 @@ def main():
             times[threads] = best
         out_path = os.path.join(args.out, "slate.out")
         r = json.loads(subprocess.run([score, path, rows_path, str(f), out_path], check=True, capture_output=True, text=True).stdout)
+        one = json.loads(subprocess.run(["taskset", "-c", "0", score, path, rows_path, str(f), out_path], check=True, capture_output=True, text=True).stdout)
         raw = open(out_path, "rb").read()
         n = args.rows
         s_labels = np.frombuffer(raw[: 8 * n], dtype="<i8")
@@ -91,8 +93,8 @@ def main():
         diff = np.abs(s_scores - probs)
         both_nan = np.isnan(s_scores) & np.isnan(probs)
         assert (both_nan | (diff <= 1e-6)).all(), f"scores differ by {np.nanmax(diff)}"
-        sl = r["seconds"]
-        print(f"| {label} | {n:,} | {times[1]:.3f} | {times[2]:.3f} | {sl:.3f} | {times[1] / sl:.2f}x | {times[2] / sl:.2f}x |")
+        sl, s1 = r["seconds"], one["seconds"]
+        print(f"| {label} | {n:,} | {times[1]:.3f} | {times[2]:.3f} | {s1:.3f} | {sl:.3f} | {times[1] / s1:.2f}x | {times[2] / sl:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1153,7 +1153,12 @@ pub fn validate_models(project: &Project) -> Vec<Diagnostic> {
                     .hint("remove `score_output`; the regressor's value goes to `output`"),
                 );
             }
-            if let Some(t) = signature.outputs.iter().find_map(|o| o.width()).filter(|w| *w > 1) {
+            if let Some(t) = signature
+                .outputs
+                .iter()
+                .find_map(|o| o.width())
+                .filter(|w| *w > 1)
+            {
                 out.push(Diagnostic::new(
                     m.model_span.clone(),
                     format!(

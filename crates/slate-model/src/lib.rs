@@ -75,6 +75,19 @@ impl ModelError {
     }
 }
 
+/// Rows one run of the graph scores at most (larger inputs are scored in slices of this many).
+const PREDICT_ROWS: usize = 65_536;
+
+thread_local! {
+    /// Set on the threads that score slices in parallel: their operators stay on one thread.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread already scores in parallel with others.
+pub(crate) fn serial() -> bool {
+    SERIAL.with(|c| c.get())
+}
+
 /// What a model answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
@@ -312,6 +325,65 @@ impl OnnxModel {
             });
         }
         let rows = columns.first().map_or(0, |c| c.len());
+        if rows <= PREDICT_ROWS {
+            return self.predict_rows(columns, defaults, rows);
+        }
+        // In slices, so that a network's intermediate tensors stay small (a [1M, 64] layer is
+        // 256 MB), on every core; each slice's operators then run on one thread.
+        let starts: Vec<usize> = (0..rows).step_by(PREDICT_ROWS).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let per = starts.len().div_ceil(threads.max(1));
+        let parts: Vec<Result<Vec<Prediction>, ModelError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = starts
+                .chunks(per)
+                .map(|mine| {
+                    s.spawn(move || {
+                        SERIAL.with(|c| c.set(true));
+                        mine.iter()
+                            .map(|&start| {
+                                let len = PREDICT_ROWS.min(rows - start);
+                                let slice: Vec<ArrayRef> =
+                                    columns.iter().map(|c| c.slice(start, len)).collect();
+                                self.predict_rows(&slice, defaults, len)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ModelError::Run {
+                            path: self.path.clone(),
+                            rows,
+                            reason: "a scoring thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut all = Prediction {
+            labels: Vec::with_capacity(rows),
+            scores: vec![],
+            classes: 0,
+        };
+        for part in parts {
+            for p in part? {
+                all.labels.extend(p.labels);
+                all.scores.extend(p.scores);
+                all.classes = p.classes;
+            }
+        }
+        Ok(all)
+    }
+
+    fn predict_rows(
+        &self,
+        columns: &[ArrayRef],
+        defaults: &[Option<f64>],
+        rows: usize,
+    ) -> Result<Prediction, ModelError> {
         if rows == 0 {
             return Ok(Prediction {
                 labels: vec![],
@@ -339,9 +411,7 @@ impl OnnxModel {
                     for (j, col) in taken.iter().enumerate() {
                         fill_strings(col, next + j, |i, v| data[i * width + j] = v.to_string())?;
                     }
-                    tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), data)
-                        .map(|a| a.into_tensor())
-                        .map_err(|e| e.into())
+                    owned(&shape, data)
                 }
                 Elem::Int64 | Elem::Int32 => {
                     let mut data = vec![0i64; rows * width];
@@ -364,11 +434,8 @@ impl OnnxModel {
                         })?;
                     }
                     match spec.elem {
-                        Elem::Int32 => Tensor::from_shape(
-                            &shape,
-                            &data.iter().map(|v| *v as i32).collect::<Vec<_>>(),
-                        ),
-                        _ => Tensor::from_shape(&shape, &data),
+                        Elem::Int32 => owned(&shape, data.iter().map(|v| *v as i32).collect()),
+                        _ => owned(&shape, data),
                     }
                 }
                 Elem::Double => {
@@ -380,7 +447,7 @@ impl OnnxModel {
                             Ok(())
                         })?;
                     }
-                    Tensor::from_shape(&shape, &data)
+                    owned(&shape, data)
                 }
                 Elem::Bool => {
                     let mut data = vec![false; rows * width];
@@ -391,7 +458,7 @@ impl OnnxModel {
                             Ok(())
                         })?;
                     }
-                    Tensor::from_shape(&shape, &data)
+                    owned(&shape, data)
                 }
                 _ => {
                     let mut data = vec![0f32; rows * width];
@@ -399,7 +466,7 @@ impl OnnxModel {
                         let default = defaults.get(next + j).copied().flatten();
                         fill_floats(col, next + j, default, &mut data, width, j)?;
                     }
-                    Tensor::from_shape(&shape, &data)
+                    owned(&shape, data)
                 }
             }
             .map_err(|e| run(e.to_string()))?;
@@ -473,22 +540,63 @@ fn fill_floats(
 ) -> Result<(), ModelError> {
     let default = default.map_or(f32::NAN, |d| d as f32);
     let any = col.as_any();
-    let rows = col.len();
-    let mut put = |get: &dyn Fn(usize) -> f32| {
-        for i in 0..rows {
-            data[i * width + j] = if col.is_null(i) { default } else { get(i) };
+    let nulls = col.logical_nulls();
+    fn put(
+        data: &mut [f32],
+        j: usize,
+        width: usize,
+        valid: Option<impl Iterator<Item = bool>>,
+        default: f32,
+        values: impl Iterator<Item = f32>,
+    ) {
+        let slots = data[j..].iter_mut().step_by(width);
+        match valid {
+            None => slots.zip(values).for_each(|(d, v)| *d = v),
+            Some(valid) => slots
+                .zip(values)
+                .zip(valid)
+                .for_each(|((d, v), valid)| *d = if valid { v } else { default }),
         }
-    };
+    }
+    let n = || nulls.as_ref().map(|n| n.iter());
     if let Some(a) = any.downcast_ref::<Float64Array>() {
-        put(&|i| a.value(i) as f32);
+        put(
+            data,
+            j,
+            width,
+            n(),
+            default,
+            a.values().iter().map(|v| *v as f32),
+        );
     } else if let Some(a) = any.downcast_ref::<Float32Array>() {
-        put(&|i| a.value(i));
+        put(data, j, width, n(), default, a.values().iter().copied());
     } else if let Some(a) = any.downcast_ref::<Int64Array>() {
-        put(&|i| a.value(i) as f32);
+        put(
+            data,
+            j,
+            width,
+            n(),
+            default,
+            a.values().iter().map(|v| *v as f32),
+        );
     } else if let Some(a) = any.downcast_ref::<Int32Array>() {
-        put(&|i| a.value(i) as f32);
+        put(
+            data,
+            j,
+            width,
+            n(),
+            default,
+            a.values().iter().map(|v| *v as f32),
+        );
     } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
-        put(&|i| f32::from(u8::from(a.value(i))));
+        put(
+            data,
+            j,
+            width,
+            n(),
+            default,
+            a.values().iter().map(|v| f32::from(u8::from(v))),
+        );
     } else {
         return Err(ModelError::InputType {
             index,
@@ -525,10 +633,11 @@ fn fill_strings(
 
 /// A model output as a flat vector of `T`, casting when the model's type differs.
 fn plain<T: Datum + Copy>(value: &TValue) -> TractResult<Vec<T>> {
-    Ok(value
-        .cast_to::<T>()?
-        .to_plain_array_view::<T>()?
-        .iter()
-        .copied()
-        .collect())
+    let cast = value.cast_to::<T>()?;
+    Ok(cast.try_as_plain_ram()?.as_slice::<T>()?.to_vec())
+}
+
+/// A tensor of `shape` owning `data` (no copy).
+fn owned<T: Datum>(shape: &[usize], data: Vec<T>) -> TractResult<Tensor> {
+    Ok(tract_ndarray::ArrayD::from_shape_vec(shape, data)?.into_tensor())
 }

@@ -419,7 +419,7 @@ impl TreeEnsemble {
             return;
         }
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-        if n < PARALLEL_ROWS || threads < 2 {
+        if n < PARALLEL_ROWS || threads < 2 || crate::serial() {
             self.predict_serial(data, f, labels, scores);
             return;
         }
@@ -704,22 +704,21 @@ pub(crate) fn mlas_logistic(v: f32) -> f32 {
         1.168_176_569_044_53e-1,
         9.931_519_210_231_80e-1,
     ];
-    if v.is_nan() {
-        return v;
-    }
+    // NaN stays NaN (clamp and the arithmetic carry it; the final comparison keeps it).
     let x = v.clamp(-18.0, 18.0);
     let x2 = x * x;
-    let mut p = x2.mul_add(A[0], A[1]);
-    p = p.mul_add(x2, A[2]);
-    p = p.mul_add(x2, A[3]);
-    p = p.mul_add(x2, A[4]);
+    let mut p = crate::ml::fma(x2, A[0], A[1]);
+    p = crate::ml::fma(p, x2, A[2]);
+    p = crate::ml::fma(p, x2, A[3]);
+    p = crate::ml::fma(p, x2, A[4]);
     p *= x;
-    let mut q = x2.mul_add(B[0], B[1]);
-    q = q.mul_add(x2, B[2]);
-    q = q.mul_add(x2, B[3]);
-    q = q.mul_add(x2, B[4]);
-    q = q.mul_add(x2, B[5]);
-    (p / q + 0.5).max(0.0)
+    let mut q = crate::ml::fma(x2, B[0], B[1]);
+    q = crate::ml::fma(q, x2, B[2]);
+    q = crate::ml::fma(q, x2, B[3]);
+    q = crate::ml::fma(q, x2, B[4]);
+    q = crate::ml::fma(q, x2, B[5]);
+    let r = p / q + 0.5;
+    if r < 0.0 { 0.0 } else { r }
 }
 
 /// The post transform of a row of several scores, as onnxruntime's linear and SVM operators

@@ -5,8 +5,8 @@
 use arrow_array::{ArrayRef, Float32Array, StringArray};
 use serde_json::Value;
 use slate_model::{ModelKind, OnnxModel};
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 fn dir() -> PathBuf {

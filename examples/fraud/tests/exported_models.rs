@@ -38,8 +38,11 @@ async fn a_two_input_pipeline_and_a_regressor_score_every_row_as_run_directly() 
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("project");
     common::copy_project(&dir);
-    std::fs::copy(corpus("onehot_logistic.onnx"), dir.join("models/pipeline.onnx"))
-        .expect("copy model");
+    std::fs::copy(
+        corpus("onehot_logistic.onnx"),
+        dir.join("models/pipeline.onnx"),
+    )
+    .expect("copy model");
     std::fs::copy(
         corpus("gradient_boosting_regressor.onnx"),
         dir.join("models/risk.onnx"),
@@ -77,7 +80,10 @@ output: Transaction.risk
     let text = std::fs::read_to_string(&models).expect("read");
     std::fs::write(
         &models,
-        text.replace("  fraud_score: float\n", "  fraud_score: float\n  risk: float\n"),
+        text.replace(
+            "  fraud_score: float\n",
+            "  fraud_score: float\n  risk: float\n",
+        ),
     )
     .expect("write");
     let queries = dir.join("src/queries.yaml");
@@ -152,9 +158,7 @@ output: Transaction.risk
         .into_tensor();
 
     let pipeline = slate_model::OnnxModel::load(&dir.join("models/pipeline.onnx")).expect("load");
-    let out = pipeline
-        .run(vec![num.clone(), cat])
-        .expect("pipeline runs");
+    let out = pipeline.run(vec![num.clone(), cat]).expect("pipeline runs");
     let labels = out[0].cast_to::<i64>().expect("labels");
     let labels = labels.to_plain_array_view::<i64>().expect("view");
     let probabilities = out[1].to_plain_array_view::<f32>().expect("view");

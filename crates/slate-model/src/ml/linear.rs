@@ -17,7 +17,10 @@ pub(super) fn register(reg: &mut OnnxOpRegister) {
 /// with a bias: an accumulator of fused multiply-adds over the features, added to the bias.
 fn scores(x: &[f32], coefficients: &[f32], f: usize, intercepts: Option<&[f32]>, out: &mut [f32]) {
     for (k, (o, w)) in out.iter_mut().zip(coefficients.chunks_exact(f)).enumerate() {
-        let acc = x.iter().zip(w).fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
+        let acc = x
+            .iter()
+            .zip(w)
+            .fold(0f32, |acc, (a, b)| super::fma(*a, *b, acc));
         *o = match intercepts {
             Some(b) => acc + b[k],
             None => acc,
@@ -158,7 +161,17 @@ impl Kernel for LinearClassifier {
                 }
                 labels[i] = self.labels[best];
                 row.copy_from_slice(&raw);
-                transform_scores(row, self.post);
+            }
+        }
+        if c > 1 {
+            match self.post {
+                // Elementwise: over every score at once.
+                PostTransform::None | PostTransform::Logistic | PostTransform::Probit => {
+                    transform_scores(&mut out, self.post)
+                }
+                _ => out
+                    .chunks_mut(s)
+                    .for_each(|row| transform_scores(row, self.post)),
             }
         }
         Ok(tvec!(tensor(&[n], labels)?, tensor(&[n, s], out)?))

@@ -11,6 +11,7 @@ mod preprocess;
 mod svm;
 mod trees;
 
+use std::borrow::Cow;
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
@@ -64,11 +65,8 @@ impl Kernel for Sigmoid {
                 tensor(&shape, out).map(|t| tvec!(t))
             }
             DatumType::F32 => {
-                let out: Vec<f32> = input
-                    .to_plain_array_view::<f32>()?
-                    .iter()
-                    .map(|&x| crate::tree::mlas_logistic(x))
-                    .collect();
+                let (_, _, x) = float_rows(input)?;
+                let out: Vec<f32> = x.iter().map(|&x| crate::tree::mlas_logistic(x)).collect();
                 tensor(&shape, out).map(|t| tvec!(t))
             }
             other => bail!("Sigmoid of {other:?}"),
@@ -185,6 +183,15 @@ fn zipmap(
     )
 }
 
+/// `a * b + c` rounded once, as a fused multiply-add: the product of two f32 is exact in f64, so
+/// only the sum rounds (to f64, then f32; the two roundings differ from one only when the f64 sum
+/// falls exactly halfway between two f32, which is vanishingly rare). `f32::mul_add` is a library
+/// call on CPUs the build does not assume FMA for, tens of times slower.
+#[inline(always)]
+pub(crate) fn fma(a: f32, b: f32, c: f32) -> f32 {
+    (f64::from(a) * f64::from(b) + f64::from(c)) as f32
+}
+
 // Attribute helpers.
 
 pub(crate) fn ints(node: &NodeProto, name: &str) -> TractResult<Vec<i64>> {
@@ -245,17 +252,18 @@ pub(crate) fn tensor_values<T: Datum + Copy>(
 
 // Tensor helpers.
 
-/// A numeric input as rows of `width` f32 values: `[N, C]` gives (N, C); `[C]` one row.
-pub(crate) fn float_rows(t: &TValue) -> TractResult<(usize, usize, Vec<f32>)> {
-    let shape = t.shape().to_vec();
-    let data: Vec<f32> = t
-        .cast_to::<f32>()?
-        .to_plain_array_view::<f32>()?
-        .iter()
-        .copied()
-        .collect();
-    let (n, c) = rows_of(&shape);
-    Ok((n, c, data))
+/// A numeric input as rows of `width` f32 values: `[N, C]` gives (N, C); `[C]` one row. An f32
+/// tensor is read in place; others are cast.
+pub(crate) fn float_rows(t: &TValue) -> TractResult<(usize, usize, Cow<'_, [f32]>)> {
+    let (n, c) = rows_of(t.shape());
+    if t.datum_type() == DatumType::F32
+        && let Ok(s) = t.try_as_plain_ram().and_then(|p| p.as_slice::<f32>())
+    {
+        return Ok((n, c, Cow::Borrowed(s)));
+    }
+    let cast = t.cast_to::<f32>()?;
+    let data = cast.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    Ok((n, c, Cow::Owned(data)))
 }
 
 /// (rows, columns) of a 1- or 2-D shape, as the ML operators read their `X`.

@@ -102,17 +102,19 @@ impl Kernel for Imputer {
         }
         let (_, _, x) = float_rows(input)?;
         let nan = self.replaced_float.is_nan();
-        let data: Vec<f32> = x
-            .iter()
-            .enumerate()
-            .map(|(k, &v)| {
+        let imputed: Vec<f32> = (0..stride)
+            .map(|j| per_feature(&self.floats, stride, j))
+            .collect();
+        let mut data: Vec<f32> = Vec::with_capacity(x.len());
+        for row in x.chunks(stride) {
+            data.extend(row.iter().zip(&imputed).map(|(&v, &i)| {
                 if (v.is_nan() && nan) || v == self.replaced_float {
-                    per_feature(&self.floats, stride, k % stride)
+                    i
                 } else {
                     v
                 }
-            })
-            .collect();
+            }));
+        }
         tensor(&shape, data).map(|t| tvec!(t))
     }
 }
@@ -182,13 +184,21 @@ impl Kernel for Scaler {
                 .collect()
         } else {
             let (_, _, x) = float_rows(input)?;
-            x.iter()
-                .enumerate()
-                .map(|(k, &v)| {
-                    let j = k % stride;
-                    (v - per_feature(&self.offset, stride, j)) * per_feature(&self.scale, stride, j)
-                })
-                .collect()
+            let offset: Vec<f32> = (0..stride)
+                .map(|j| per_feature(&self.offset, stride, j))
+                .collect();
+            let scale: Vec<f32> = (0..stride)
+                .map(|j| per_feature(&self.scale, stride, j))
+                .collect();
+            let mut out = Vec::with_capacity(x.len());
+            for row in x.chunks(stride) {
+                out.extend(
+                    row.iter()
+                        .zip(offset.iter().zip(&scale))
+                        .map(|(&v, (&o, &s))| (v - o) * s),
+                );
+            }
+            out
         };
         tensor(&shape, out).map(|t| tvec!(t))
     }
@@ -232,7 +242,8 @@ impl Kernel for Normalizer {
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let shape = inputs[0].shape().to_vec();
-        let (n, c, mut x) = float_rows(&inputs[0])?;
+        let (n, c, x) = float_rows(&inputs[0])?;
+        let mut x = x.into_owned();
         for row in x.chunks_mut(c.max(1)).take(n) {
             match self.0 {
                 Norm::Max => {

@@ -84,7 +84,9 @@ impl SvmKernel {
 
 /// A dot product accumulated in order with fused multiply-adds, as a GEMM lane does.
 fn dot(x: &[f32], v: &[f32]) -> f32 {
-    x.iter().zip(v).fold(0f32, |acc, (a, b)| a.mul_add(*b, acc))
+    x.iter()
+        .zip(v)
+        .fold(0f32, |acc, (a, b)| super::fma(*a, *b, acc))
 }
 
 /// One output of a one-column GEMM with a bias, as onnxruntime's computes it: the bias first,
