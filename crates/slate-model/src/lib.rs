@@ -76,7 +76,7 @@ impl ModelError {
 }
 
 /// Rows one run of the graph scores at most (larger inputs are scored in slices of this many).
-const PREDICT_ROWS: usize = 65_536;
+const PREDICT_ROWS: usize = 4_096;
 
 thread_local! {
     /// Set on the threads that score slices in parallel: their operators stay on one thread.

@@ -13,19 +13,38 @@ pub(super) fn register(reg: &mut OnnxOpRegister) {
     reg.insert("LinearRegressor", regressor);
 }
 
-/// One row's dot products with each of `rows` coefficient rows, plus the intercepts, as a GEMM
-/// with a bias: an accumulator of fused multiply-adds over the features, added to the bias.
-fn scores(x: &[f32], coefficients: &[f32], f: usize, intercepts: Option<&[f32]>, out: &mut [f32]) {
-    for (k, (o, w)) in out.iter_mut().zip(coefficients.chunks_exact(f)).enumerate() {
-        let acc = x
-            .iter()
-            .zip(w)
-            .fold(0f32, |acc, (a, b)| super::fma(*a, *b, acc));
-        *o = match intercepts {
-            Some(b) => acc + b[k],
-            None => acc,
-        };
+/// Each row's dot products with each of the `c` coefficient rows, plus the intercepts, as a GEMM
+/// with a bias computes each output: an accumulator of fused multiply-adds over the features in
+/// order, then added to the bias. Rows go in blocks, so that their accumulations interleave.
+fn scores(
+    x: &[f32],
+    n: usize,
+    f: usize,
+    coefficients: &[f32],
+    c: usize,
+    intercepts: Option<&[f32]>,
+) -> Vec<f32> {
+    const BLOCK: usize = 16;
+    let mut out = vec![0f32; n * c];
+    let mut acc = [0f32; BLOCK];
+    for start in (0..n).step_by(BLOCK) {
+        let m = BLOCK.min(n - start);
+        for (k, w) in coefficients.chunks_exact(f).enumerate().take(c) {
+            acc[..m].fill(0.0);
+            for (j, wj) in w.iter().enumerate() {
+                for (r, a) in acc[..m].iter_mut().enumerate() {
+                    *a = super::fma(x[(start + r) * f + j], *wj, *a);
+                }
+            }
+            for (r, a) in acc[..m].iter().enumerate() {
+                out[(start + r) * c + k] = match intercepts {
+                    Some(b) => a + b[k],
+                    None => *a,
+                };
+            }
+        }
     }
+    out
 }
 
 fn post(node: &NodeProto) -> TractResult<PostTransform> {
@@ -124,17 +143,11 @@ impl Kernel for LinearClassifier {
             );
         }
         let s = self.n_scores();
+        let raw = scores(&x, n, f, &self.coefficients, c, self.intercepts.as_deref());
         let mut labels = vec![0i64; n];
         let mut out = vec![0f32; n * s];
-        let mut raw = vec![0f32; c];
         for i in 0..n {
-            scores(
-                &x[i * f..(i + 1) * f],
-                &self.coefficients,
-                f,
-                self.intercepts.as_deref(),
-                &mut raw,
-            );
+            let raw = &raw[i * c..(i + 1) * c];
             let row = &mut out[i * s..(i + 1) * s];
             if c == 1 {
                 let v = raw[0];
@@ -160,7 +173,7 @@ impl Kernel for LinearClassifier {
                     }
                 }
                 labels[i] = self.labels[best];
-                row.copy_from_slice(&raw);
+                row.copy_from_slice(raw);
             }
         }
         if c > 1 {
@@ -236,21 +249,12 @@ impl Kernel for LinearRegressor {
                 self.coefficients.len() / t
             );
         }
-        let mut out = vec![0f32; n * t];
-        for i in 0..n {
-            let row = &mut out[i * t..(i + 1) * t];
-            scores(
-                &x[i * f..(i + 1) * f],
-                &self.coefficients,
-                f,
-                self.intercepts.as_deref(),
-                row,
-            );
-            if t > 1 {
-                transform_scores(row, self.post);
-            } else if self.post == PostTransform::Probit {
-                row[0] = crate::tree::probit(row[0]);
-            }
+        let mut out = scores(&x, n, f, &self.coefficients, t, self.intercepts.as_deref());
+        if t > 1 {
+            out.chunks_mut(t)
+                .for_each(|row| transform_scores(row, self.post));
+        } else if self.post == PostTransform::Probit {
+            out.iter_mut().for_each(|v| *v = crate::tree::probit(*v));
         }
         tensor(&[n, t], out).map(|t| tvec!(t))
     }
