@@ -1,7 +1,8 @@
-//! Models as teams export them, in a real run: a scikit-learn pipeline with two inputs (eight
-//! numbers and the transaction's category as a string, one-hot encoded) writes the fraud label
-//! and score, and a gradient-boosted regressor writes a float feature; both equal the model run
-//! directly on the stored inputs, built here into the model's own input tensors.
+//! Models as teams export them, in real runs (the backfill, streamed, then a daily run over the
+//! frame path): a scikit-learn pipeline with two inputs (eight numbers and the transaction's
+//! category as a string, one-hot encoded) writes the fraud label and score, and a
+//! gradient-boosted regressor writes a float feature; both equal the model run directly on the
+//! stored inputs, built here into the model's own input tensors.
 
 use crate::common;
 
@@ -112,12 +113,24 @@ output: Transaction.risk
     let engine = Engine::new(EngineConfig {
         project: project.clone(),
         env: "default".into(),
-        data_dir: Some(data),
+        data_dir: Some(data.clone()),
         state_dir: Some(tmp.path().join("state")),
         clock: Arc::new(FixedClock(START_MICROS + 20 * DAY)),
     })
     .expect("engine");
-    engine.run(&plan, &SilentProgress).await.expect("run");
+    engine.run(&plan, &SilentProgress).await.expect("backfill");
+    // A day more, through a daily run.
+    write_warehouse(&data, &cfg, 15, 16).expect("a day more");
+    let daily = Engine::new(EngineConfig {
+        project: project.clone(),
+        env: "default".into(),
+        data_dir: Some(data.clone()),
+        state_dir: Some(tmp.path().join("state")),
+        clock: Arc::new(FixedClock(START_MICROS + 21 * DAY)),
+    })
+    .expect("engine");
+    let summary = daily.run(&plan, &SilentProgress).await.expect("daily run");
+    assert!(summary.rows_scored > 0, "the daily run scored the new day");
     let batches = engine
         .offline()
         .read_all("run_fraud_model")
