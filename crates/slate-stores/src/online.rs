@@ -402,7 +402,14 @@ impl RedbOnlineStore {
         let store = RedbOnlineStore {
             db: Arc::new(crate::open_db("online store", path)?),
         };
-        store.migrate()?;
+        // A store this release cannot read (or migrate) is named in the error.
+        store.migrate().map_err(|e| match e {
+            StoreError::Io { what, reason } => StoreError::Io {
+                what,
+                reason: format!("{}: {reason}", path.display()),
+            },
+            other => other,
+        })?;
         Ok(store)
     }
 
@@ -766,6 +773,31 @@ mod tests {
 
     /// A store of first-format records (feature names and full times in each) opens with the
     /// same values, rewritten with numbered features, and takes new values after.
+    #[test]
+    fn a_store_of_a_newer_format_is_refused_naming_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("online.redb");
+        drop(RedbOnlineStore::open(&path).expect("a new store"));
+        {
+            let db = redb::Database::open(&path).expect("open");
+            let tx = db.begin_write().expect("write");
+            tx.open_table(META)
+                .expect("meta")
+                .insert("records", RECORD_FORMAT + 1)
+                .expect("insert");
+            tx.commit().expect("commit");
+        }
+        let err = RedbOnlineStore::open(&path)
+            .err()
+            .expect("a newer format is refused")
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string())
+                && err.contains(&format!("format {}", RECORD_FORMAT + 1)),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_store_of_first_format_records_is_migrated() {
         let dir = tempfile::tempdir().expect("tempdir");
