@@ -787,10 +787,10 @@ mod tests {
                 .expect("insert");
             tx.commit().expect("commit");
         }
-        let err = RedbOnlineStore::open(&path)
-            .err()
-            .expect("a newer format is refused")
-            .to_string();
+        let err = match RedbOnlineStore::open(&path) {
+            Ok(_) => panic!("a newer format is refused"),
+            Err(e) => e.to_string(),
+        };
         assert!(
             err.contains(&path.display().to_string())
                 && err.contains(&format!("format {}", RECORD_FORMAT + 1)),

@@ -69,7 +69,14 @@ impl Kernel for Sigmoid {
                 let out: Vec<f32> = x.iter().map(|&x| crate::tree::mlas_logistic(x)).collect();
                 tensor(&shape, out).map(|t| tvec!(t))
             }
-            other => bail!("Sigmoid of {other:?}"),
+            // Other float types (f16): through f32, and back.
+            other => {
+                let (_, _, x) = float_rows(input)?;
+                let out: Vec<f32> = x.iter().map(|&x| crate::tree::mlas_logistic(x)).collect();
+                let out =
+                    tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), out)?.into_tensor();
+                Ok(tvec!(out.cast_to_dt(other)?.into_owned().into_tvalue()))
+            }
         }
     }
 }
