@@ -2,7 +2,9 @@
 //! the one interface; this file holds it and the embedded implementation, `redis.rs` the Redis
 //! one. Both keep one record per entity key and class (`record.rs`), holding every feature of
 //! the class written for that key, so a run writes each output row once whatever the number of
-//! its outputs. Writes are upserts per feature: a value with an older feature time never
+//! its outputs. The embedded store keeps the records of consecutive keys together, in blocks
+//! of a few records keyed by their first key: a backfill of millions of keys, written in key
+//! order, makes a tree operation per block instead of per key. Writes are upserts per feature: a value with an older feature time never
 //! replaces a newer one, an equal one replaces it. Keys are the entity's primary key as text
 //! (`42`, `u-17`), so every key type is stored exactly; values are JSON. A feature's class is
 //! the part of its name before the first `.` (`transaction` of `transaction.user.count__1d`).
@@ -141,15 +143,142 @@ pub trait OnlineWriter: Send {
     fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
-/// The records of one class: key to its record.
+/// A table of keys to bytes: a class's blocks (first key to block), or an earlier format's
+/// records (key to record).
 fn records(table: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
     TableDefinition::new(table)
 }
 
-/// The table name of a class's records; other tables are the feature numbers, the store's
-/// format, or an earlier layout's (one per feature).
-fn records_table(class: &str) -> String {
-    format!("records:{class}")
+/// The table name of a class's blocks; other tables are the feature numbers, the store's
+/// format, or an earlier layout's (records per key, or one table per feature).
+fn blocks_table(class: &str) -> String {
+    format!("blocks:{class}")
+}
+
+/// Records a block holds at most, and the bytes past which a block is split: small enough
+/// that a daily run's scattered keys rewrite little, large enough that a backfill makes a
+/// sixteenth of the tree operations.
+const BLOCK_RECORDS: usize = 16;
+const BLOCK_BYTES: usize = 4096;
+
+type BlockTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+/// The block `key` belongs in: the last whose first key is not greater, else the first (a key
+/// before every block); none in an empty table. Returns its first key and its bytes.
+fn block_of(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    let fail = |e: &dyn std::fmt::Display| io("online read")(e);
+    let floor = t.range::<&str>(..=key).map_err(|e| fail(&e))?.next_back();
+    let found = match floor {
+        Some(row) => Some(row.map_err(|e| fail(&e))?),
+        None => t.first().map_err(|e| fail(&e))?,
+    };
+    Ok(found.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+}
+
+/// The first key of the block after the one starting at `first`.
+fn next_block(t: &BlockTable<'_>, first: &str) -> Result<Option<String>, StoreError> {
+    let fail = |e: &dyn std::fmt::Display| io("online write")(e);
+    let mut after = t
+        .range::<&str>((std::ops::Bound::Excluded(first), std::ops::Bound::Unbounded))
+        .map_err(|e| fail(&e))?;
+    match after.next() {
+        Some(row) => Ok(Some(row.map_err(|e| fail(&e))?.0.value().to_string())),
+        None => Ok(None),
+    }
+}
+
+/// Replaces the block that started at `first` (none: a new one) with `records` (key order,
+/// unique keys, at least one), split into blocks of near-equal counts within the limits.
+fn rewrite_block(
+    t: &mut BlockTable<'_>,
+    first: Option<&str>,
+    records: &[(&str, &[u8])],
+    bytes: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    let fail = |e: &dyn std::fmt::Display| io("online write")(e);
+    if let Some(first) = first
+        && records.first().is_some_and(|(k, _)| *k != first)
+    {
+        t.remove(first).map_err(|e| fail(&e))?;
+    }
+    let size: usize = records.iter().map(|(k, r)| k.len() + r.len() + 2).sum();
+    let blocks = records
+        .len()
+        .div_ceil(BLOCK_RECORDS)
+        .max(size.div_ceil(BLOCK_BYTES))
+        .clamp(1, records.len().max(1));
+    let per = records.len().div_ceil(blocks);
+    for block in records.chunks(per.max(1)) {
+        bytes.clear();
+        record::encode_block(block, bytes);
+        t.insert(block[0].0, bytes.as_slice())
+            .map_err(|e| fail(&e))?;
+    }
+    Ok(())
+}
+
+/// `old` and `new` records (each in key order, unique keys) in one key order, `new`'s record
+/// where a key is in both.
+fn merge_records<'a>(
+    old: &[(&'a str, &'a [u8])],
+    new: &[(&'a str, &'a [u8])],
+) -> Vec<(&'a str, &'a [u8])> {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) if o.0 < n.0 => {
+                out.push(*o);
+                i += 1;
+            }
+            (Some(o), Some(n)) if o.0 == n.0 => {
+                out.push(*n);
+                i += 1;
+                j += 1;
+            }
+            (_, Some(n)) => {
+                out.push(*n);
+                j += 1;
+            }
+            (Some(o), None) => {
+                out.push(*o);
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
+}
+
+/// Stores `fresh` records (key order, unique keys), replacing those of equal keys.
+fn store_records(t: &mut BlockTable<'_>, fresh: &[(&str, &[u8])]) -> Result<(), StoreError> {
+    let mut bytes = Vec::new();
+    let mut at = 0;
+    while at < fresh.len() {
+        let found = block_of(t, fresh[at].0)?;
+        let upper = match &found {
+            Some((first, _)) => next_block(t, first)?,
+            None => None,
+        };
+        let end =
+            at + fresh[at..].partition_point(|(k, _)| upper.as_deref().is_none_or(|u| *k < u));
+        let old = match &found {
+            Some((_, b)) => record::decode_block(b)?,
+            None => vec![],
+        };
+        let merged = merge_records(&old, &fresh[at..end]);
+        rewrite_block(
+            t,
+            found.as_ref().map(|(f, _)| f.as_str()),
+            &merged,
+            &mut bytes,
+        )?;
+        at = end;
+    }
+    Ok(())
 }
 
 /// A class's features by number, as records refer to them.
@@ -163,9 +292,11 @@ fn names_table(class: &str) -> String {
 
 /// The store's format: `records` holds the record format's version.
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
-/// Records of numbered features ([`record::encode`]); records of the first format
-/// ([`record::decode_v1`]) are migrated when a store opens.
-const RECORD_FORMAT: u64 = 2;
+/// Blocks of records of numbered features ([`record::encode_block`], [`record::encode`]).
+/// Stores of earlier formats are migrated when they open: 2 kept a record per key in a
+/// `records:{class}` table; 1 (no format written) kept records of the first format
+/// ([`record::decode_v1`]) there.
+const RECORD_FORMAT: u64 = 3;
 
 /// A class's feature numbers by name.
 fn read_names(
@@ -288,48 +419,92 @@ impl RedbWriter {
         by_id.sort_unstable_by_key(|(id, _)| *id);
         let mut t = self
             .tx()?
-            .open_table(records(&records_table(class)))
+            .open_table(records(&blocks_table(class)))
             .map_err(|e| io("online write")(&e))?;
         let mut written = 0;
         let mut new = Vec::with_capacity(features.len());
-        let mut bytes = Vec::new();
-        let mut old_bytes = Vec::new();
-        for &i in order {
-            let i = i as usize;
-            let (key, time) = (rows.keys.value(i), rows.times[i]);
-            new.clear();
-            new.extend(by_id.iter().map(|(id, v)| Entry {
-                id: *id,
-                time,
-                json: v.value(i),
-            }));
-            bytes.clear();
-            record::encode(&new, &mut bytes);
-            // Insert first and merge in the rare case a record was there: one tree walk per
-            // new key instead of two.
-            let existed = match t
-                .insert(key, bytes.as_slice())
-                .map_err(|e| io("online write")(&e))?
-            {
-                Some(old) => {
-                    old_bytes.clear();
-                    old_bytes.extend_from_slice(old.value());
-                    true
-                }
-                None => false,
+        let (mut bytes, mut block_bytes) = (Vec::new(), Vec::new());
+        // The rows' records of one block at a time: each key's rows folded into the record the
+        // block holds (or the key's earlier row in this write), then the block rewritten once.
+        let mut at = 0;
+        while at < order.len() {
+            let found = block_of(&t, rows.keys.value(order[at] as usize))?;
+            let upper = match &found {
+                Some((first, _)) => next_block(&t, first)?,
+                None => None,
             };
-            if !existed {
-                written += new.len();
-                continue;
-            }
-            let (merged, taken) = record::merge(&record::decode(&old_bytes)?, &new);
-            written += taken;
-            if merged != new {
+            let old = match &found {
+                Some((_, b)) => record::decode_block(b)?,
+                None => vec![],
+            };
+            // The new records, back to back, and each one's key and end.
+            let mut arena: Vec<u8> = Vec::new();
+            let mut fresh: Vec<(&str, usize)> = Vec::new();
+            let mut o = 0;
+            while at < order.len() {
+                let i = order[at] as usize;
+                let (key, time) = (rows.keys.value(i), rows.times[i]);
+                if upper.as_deref().is_some_and(|u| key >= u) {
+                    break;
+                }
+                at += 1;
+                new.clear();
+                new.extend(by_id.iter().map(|(id, v)| Entry {
+                    id: *id,
+                    time,
+                    json: v.value(i),
+                }));
+                while o < old.len() && old[o].0 < key {
+                    o += 1;
+                }
+                let repeated = fresh.last().is_some_and(|(k, _)| *k == key);
+                let start = match repeated {
+                    true => fresh.len().checked_sub(2).map_or(0, |p| fresh[p].1),
+                    false => arena.len(),
+                };
+                let previous: Option<&[u8]> = match repeated {
+                    true => Some(&arena[start..]),
+                    false => old.get(o).filter(|r| r.0 == key).map(|r| r.1),
+                };
                 bytes.clear();
-                record::encode(&merged, &mut bytes);
-                t.insert(key, bytes.as_slice())
-                    .map_err(|e| io("online write")(&e))?;
+                match previous {
+                    None => {
+                        record::encode(&new, &mut bytes);
+                        written += new.len();
+                    }
+                    Some(p) => {
+                        let (merged, taken) = record::merge(&record::decode(p)?, &new);
+                        record::encode(&merged, &mut bytes);
+                        written += taken;
+                    }
+                }
+                arena.truncate(start);
+                arena.extend_from_slice(&bytes);
+                match repeated {
+                    true => {
+                        if let Some(last) = fresh.last_mut() {
+                            last.1 = arena.len();
+                        }
+                    }
+                    false => fresh.push((key, arena.len())),
+                }
             }
+            let mut begin = 0;
+            let fresh: Vec<(&str, &[u8])> = fresh
+                .iter()
+                .map(|&(k, end)| {
+                    let r = (k, &arena[begin..end]);
+                    begin = end;
+                    r
+                })
+                .collect();
+            let merged = merge_records(&old, &fresh);
+            rewrite_block(
+                &mut t,
+                found.as_ref().map(|(f, _)| f.as_str()),
+                &merged,
+                &mut block_bytes,
+            )?;
         }
         Ok(written)
     }
@@ -433,22 +608,37 @@ impl RedbOnlineStore {
             };
             (tables, format)
         };
-        let first_format: Vec<&str> = match format {
-            Some(RECORD_FORMAT) => vec![],
-            Some(v) => {
+        // The classes whose records are kept per key, and whether of the first format.
+        let (per_key, first_format): (Vec<&str>, bool) = match format {
+            Some(RECORD_FORMAT) => (vec![], false),
+            Some(2) => (
+                tables
+                    .iter()
+                    .filter_map(|t| t.strip_prefix("records:"))
+                    .collect(),
+                false,
+            ),
+            Some(v) if v > RECORD_FORMAT => {
                 return Err(fail(&format!(
                     "records of format {v}, newer than this release's ({RECORD_FORMAT})"
                 )));
             }
-            None => tables
-                .iter()
-                .filter_map(|t| t.strip_prefix("records:"))
-                .collect(),
+            Some(v) => return Err(fail(&format!("records of an unknown format {v}"))),
+            None => (
+                tables
+                    .iter()
+                    .filter_map(|t| t.strip_prefix("records:"))
+                    .collect(),
+                true,
+            ),
         };
         let old: Vec<&String> = tables
             .iter()
             .filter(|n| {
-                !n.starts_with("records:") && !n.starts_with("names:") && n.as_str() != "meta"
+                !n.starts_with("records:")
+                    && !n.starts_with("blocks:")
+                    && !n.starts_with("names:")
+                    && n.as_str() != "meta"
             })
             .collect();
         if format == Some(RECORD_FORMAT) && old.is_empty() {
@@ -461,14 +651,14 @@ impl RedbOnlineStore {
             pending: 0,
             names: HashMap::new(),
         };
-        for class in first_format {
-            // A chunk of records at a time, in key order.
+        for class in per_key {
+            // A chunk of records at a time, in key order, into blocks.
             let mut after: Option<String> = None;
             loop {
                 let chunk: Vec<(String, Vec<u8>)> = {
                     let t = w
                         .tx()?
-                        .open_table(records(&records_table(class)))
+                        .open_table(records(&format!("records:{class}")))
                         .map_err(|e| fail(&e))?;
                     let range = match &after {
                         Some(k) => t.range::<&str>((
@@ -492,6 +682,11 @@ impl RedbOnlineStore {
                 let mut bytes = Vec::new();
                 let mut converted = Vec::with_capacity(chunk.len());
                 for (key, old_bytes) in &chunk {
+                    if !first_format {
+                        record::decode(old_bytes)?;
+                        converted.push((key.as_str(), old_bytes.clone()));
+                        continue;
+                    }
                     let old = record::decode_v1(old_bytes)?;
                     let ids = w.ids(class, &old.iter().map(|e| e.feature).collect::<Vec<_>>())?;
                     let mut entries: Vec<Entry> = old
@@ -506,17 +701,19 @@ impl RedbOnlineStore {
                     entries.sort_unstable_by_key(|e| e.id);
                     bytes.clear();
                     record::encode(&entries, &mut bytes);
-                    converted.push((key, bytes.clone()));
+                    converted.push((key.as_str(), bytes.clone()));
                 }
+                let converted: Vec<(&str, &[u8])> =
+                    converted.iter().map(|(k, b)| (*k, b.as_slice())).collect();
                 let mut t = w
                     .tx()?
-                    .open_table(records(&records_table(class)))
+                    .open_table(records(&blocks_table(class)))
                     .map_err(|e| fail(&e))?;
-                for (key, bytes) in converted {
-                    t.insert(key.as_str(), bytes.as_slice())
-                        .map_err(|e| fail(&e))?;
-                }
+                store_records(&mut t, &converted)?;
             }
+            w.tx()?
+                .delete_table(records(&format!("records:{class}")))
+                .map_err(|e| fail(&e))?;
         }
         w.tx()?
             .open_table(META)
@@ -576,7 +773,7 @@ impl OnlineStore for RedbOnlineStore {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
         let mut classes = Vec::new();
         for (class, slots) in slots_by_class(features) {
-            let table = match tx.open_table(records(&records_table(class))) {
+            let table = match tx.open_table(records(&blocks_table(class))) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => continue,
                 Err(e) => return Err(io("online read")(&e)),
@@ -597,10 +794,14 @@ impl OnlineStore for RedbOnlineStore {
         for key in keys {
             let mut row = vec![None; features.len()];
             for (table, slots) in &classes {
-                let Some(bytes) = table.get(*key).map_err(|e| io("online read")(&e))? else {
+                let Some((_, block)) = block_of(table, key)? else {
                     continue;
                 };
-                let entries = record::decode(bytes.value())?;
+                let block = record::decode_block(&block)?;
+                let Ok(at) = block.binary_search_by(|(k, _)| (*k).cmp(key)) else {
+                    continue;
+                };
+                let entries = record::decode(block[at].1)?;
                 for &(i, id) in slots {
                     row[i] = entries.iter().find(|e| e.id == id).map(|e| OnlineValue {
                         feature_time: e.time,
@@ -615,7 +816,7 @@ impl OnlineStore for RedbOnlineStore {
 
     fn count(&self, feature: &str) -> Result<usize, StoreError> {
         let tx = self.db.begin_read().map_err(|e| io("online read")(&e))?;
-        let t = match tx.open_table(records(&records_table(class_of(feature)))) {
+        let t = match tx.open_table(records(&blocks_table(class_of(feature)))) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(io("online read")(&e)),
@@ -631,8 +832,10 @@ impl OnlineStore for RedbOnlineStore {
         let mut n = 0;
         for row in t.iter().map_err(|e| io("online read")(&e))? {
             let (_, v) = row.map_err(|e| io("online read")(&e))?;
-            if record::decode(v.value())?.iter().any(|e| e.id == id) {
-                n += 1;
+            for (_, r) in record::decode_block(v.value())? {
+                if record::decode(r)?.iter().any(|e| e.id == id) {
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -924,12 +1127,202 @@ mod tests {
         assert_eq!(
             names,
             vec![
+                "blocks:transaction",
+                "blocks:user",
                 "meta",
                 "names:transaction",
                 "names:user",
-                "records:transaction",
-                "records:user"
             ]
+        );
+    }
+
+    /// Seeded random writes of two classes (keys new and repeated, in one write and across
+    /// writes, older and newer times) give what a map of (feature, key) to the newest value
+    /// gives, read back and counted; blocks stay in key order within their limits.
+    #[test]
+    fn random_upserts_equal_a_map_of_newest_values() {
+        use std::collections::BTreeMap;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RedbOnlineStore::open(&dir.path().join("online.redb")).expect("open");
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let features = ["t.a", "t.b", "u.c"];
+        // (feature, key) -> (time, json)
+        let mut want: BTreeMap<(&str, String), (i64, String)> = BTreeMap::new();
+        for write in 0..40 {
+            let n = 1 + (next() % if write % 5 == 0 { 6_000 } else { 700 }) as usize;
+            let pool = 1 + next() % 9_000;
+            let keys = StringArray::from_iter_values((0..n).map(|_| {
+                let k = next() % pool;
+                if k % 3 == 0 {
+                    format!("{k}")
+                } else {
+                    format!("k{k:x}")
+                }
+            }));
+            let times: Vec<i64> = (0..n).map(|_| (next() % 60) as i64 - 10).collect();
+            let chosen: Vec<&str> = features
+                .iter()
+                .copied()
+                .filter(|_| next() % 3 != 0)
+                .collect();
+            let chosen = if chosen.is_empty() {
+                vec!["t.a"]
+            } else {
+                chosen
+            };
+            let values: Vec<StringArray> = chosen
+                .iter()
+                .map(|_| {
+                    StringArray::from_iter_values(
+                        (0..n).map(|_| "x".repeat((next() % 4) as usize) + &next().to_string()),
+                    )
+                })
+                .collect();
+            let order = key_order(&keys, &times).expect("order");
+            let mut expected = 0;
+            for &i in &order {
+                let i = i as usize;
+                for (f, v) in chosen.iter().zip(&values) {
+                    let slot = want.entry((f, keys.value(i).to_string()));
+                    match slot {
+                        std::collections::btree_map::Entry::Occupied(mut o) => {
+                            if times[i] >= o.get().0 {
+                                o.insert((times[i], v.value(i).to_string()));
+                                expected += 1;
+                            }
+                        }
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert((times[i], v.value(i).to_string()));
+                            expected += 1;
+                        }
+                    }
+                }
+            }
+            let rows = OnlineRows {
+                keys: &keys,
+                times: &times,
+                values: chosen.iter().copied().zip(values.iter()).collect(),
+            };
+            let mut w = s.writer().expect("writer");
+            assert_eq!(
+                w.put_ordered(&rows, &order).expect("put"),
+                expected,
+                "write {write}"
+            );
+            w.commit().expect("commit");
+        }
+        let all_keys: Vec<String> = {
+            let mut k: Vec<String> = want.keys().map(|(_, k)| k.clone()).collect();
+            k.extend(["", "k", "zzz", "0", "k0"].map(String::from));
+            k.sort();
+            k.dedup();
+            k
+        };
+        let key_refs: Vec<&str> = all_keys.iter().map(String::as_str).collect();
+        let got = s.get_features(&features, &key_refs).expect("get");
+        for (key, row) in all_keys.iter().zip(got) {
+            for (f, value) in features.iter().zip(row) {
+                let expected = want.get(&(*f, key.clone())).map(|(t, j)| OnlineValue {
+                    feature_time: *t,
+                    json: j.clone(),
+                });
+                assert_eq!(value, expected, "{f} of {key:?}");
+            }
+        }
+        for f in features {
+            assert_eq!(
+                s.count(f).expect("count"),
+                want.keys().filter(|(g, _)| *g == f).count(),
+                "{f}"
+            );
+        }
+        // The blocks: keyed by their first key, keys increasing across them, within limits.
+        let tx = s.db.begin_read().expect("read");
+        for class in ["t", "u"] {
+            let t = tx
+                .open_table(records(&blocks_table(class)))
+                .expect("blocks");
+            let mut last: Option<String> = None;
+            let mut blocks = 0;
+            for row in t.iter().expect("iter") {
+                let (k, v) = row.expect("row");
+                let block = record::decode_block(v.value()).expect("block");
+                assert_eq!(block[0].0, k.value(), "a block is keyed by its first key");
+                assert!(block.len() <= BLOCK_RECORDS, "{} records", block.len());
+                for (key, _) in block {
+                    assert!(
+                        last.as_deref().is_none_or(|l| l < key),
+                        "{key} after {last:?}"
+                    );
+                    last = Some(key.to_string());
+                }
+                blocks += 1;
+            }
+            assert!(blocks > 100, "{blocks} blocks of {class}");
+        }
+    }
+
+    /// A store of per-key records (format 2) opens with the same values, in blocks.
+    #[test]
+    fn a_store_of_records_per_key_is_migrated_to_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("online.redb");
+        let keys = 70_000usize;
+        {
+            let db = redb::Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("write");
+            {
+                let mut t = tx
+                    .open_table(records("records:transaction"))
+                    .expect("table");
+                let mut bytes = Vec::new();
+                for k in 0..keys {
+                    let json = k.to_string();
+                    bytes.clear();
+                    record::encode(
+                        &[Entry {
+                            id: 0,
+                            time: k as i64,
+                            json: &json,
+                        }],
+                        &mut bytes,
+                    );
+                    t.insert(format!("{k:06}").as_str(), bytes.as_slice())
+                        .expect("insert");
+                }
+                let mut n = tx.open_table(names("names:transaction")).expect("names");
+                n.insert(0, "transaction.score").expect("name");
+                tx.open_table(META)
+                    .expect("meta")
+                    .insert("records", 2)
+                    .expect("format");
+            }
+            tx.commit().expect("commit");
+        }
+        let s = RedbOnlineStore::open(&path).expect("open");
+        assert_eq!(s.count("transaction.score").expect("count"), keys);
+        for k in [0usize, 1, 65_535, 65_536, keys - 1] {
+            assert_eq!(
+                s.get("transaction.score", &format!("{k:06}")).expect("get"),
+                v(k as i64, &k.to_string()),
+                "key {k}"
+            );
+        }
+        let tx = s.db.begin_read().expect("read");
+        let tables: Vec<String> = tx
+            .list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_string())
+            .collect();
+        assert_eq!(
+            tables,
+            vec!["blocks:transaction", "meta", "names:transaction"]
         );
     }
 }

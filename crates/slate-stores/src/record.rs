@@ -1,5 +1,5 @@
 //! The online record of one entity key: the latest value of each of its class's features,
-//! as the embedded store keeps it (one redb value per key). Features are numbered per class
+//! as the embedded store keeps it (in a block of records of consecutive keys, [`encode_block`]). Features are numbered per class
 //! (the store's `names:{class}` table), and entries are sorted by number, so equal contents are
 //! equal bytes. A record is the number of entries, then each entry: the feature's number, its
 //! time (microseconds) as the difference from the previous entry's (the first entry's from 0;
@@ -107,45 +107,88 @@ pub(crate) fn encode(entries: &[Entry<'_>], out: &mut Vec<u8>) {
     }
 }
 
+/// The LEB128 varint at `*at`, advancing past it; none when truncated or too long.
+fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The `len` bytes at `*at` (`len` read as a varint before them), advancing past them.
+fn get_bytes<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let len = usize::try_from(get_varint(bytes, at)?).ok()?;
+    let end = at.checked_add(len)?;
+    let part = bytes.get(*at..end)?;
+    *at = end;
+    Some(part)
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Io {
+        what: "online read",
+        reason: format!("an online {what} is corrupt (truncated or not UTF-8)"),
+    }
+}
+
 /// The entries of a record, in stored (number) order.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Entry<'_>>, StoreError> {
-    let corrupt = || StoreError::Io {
-        what: "online read",
-        reason: "an online record is corrupt (truncated or not UTF-8)".into(),
-    };
+    let corrupt = || corrupt("record");
     let mut at = 0usize;
-    let varint = |at: &mut usize| -> Result<u64, StoreError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *bytes.get(*at).ok_or_else(corrupt)?;
-            *at += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Ok(v);
-            }
-        }
-        Err(corrupt())
-    };
-    let count = varint(&mut at)?;
+    let count = get_varint(bytes, &mut at).ok_or_else(corrupt)?;
     let mut entries = Vec::with_capacity((count as usize).min(bytes.len()));
     let mut previous = 0i64;
     for _ in 0..count {
-        let id = u32::try_from(varint(&mut at)?).map_err(|_| corrupt())?;
-        let z = varint(&mut at)?;
+        let id = get_varint(bytes, &mut at).ok_or_else(corrupt)?;
+        let id = u32::try_from(id).map_err(|_| corrupt())?;
+        let z = get_varint(bytes, &mut at).ok_or_else(corrupt)?;
         let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
         let time = previous.wrapping_add(delta);
         previous = time;
-        let len = usize::try_from(varint(&mut at)?).map_err(|_| corrupt())?;
-        let end = at.checked_add(len).ok_or_else(corrupt)?;
-        let json =
-            std::str::from_utf8(bytes.get(at..end).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
-        at = end;
+        let json = get_bytes(bytes, &mut at).ok_or_else(corrupt)?;
+        let json = std::str::from_utf8(json).map_err(|_| corrupt())?;
         entries.push(Entry { id, time, json });
     }
     if at != bytes.len() {
         return Err(corrupt());
     }
     Ok(entries)
+}
+
+/// Appends the block of `records` ((key, record) in strictly increasing key order) to `out`:
+/// their number, then per record its key and its bytes, each as a length and the bytes.
+pub(crate) fn encode_block(records: &[(&str, &[u8])], out: &mut Vec<u8>) {
+    put_varint(records.len() as u64, out);
+    for (key, record) in records {
+        put_varint(key.len() as u64, out);
+        out.extend_from_slice(key.as_bytes());
+        put_varint(record.len() as u64, out);
+        out.extend_from_slice(record);
+    }
+}
+
+/// The (key, record) pairs of a block, in key order.
+pub(crate) fn decode_block(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, StoreError> {
+    let corrupt = || corrupt("block");
+    let mut at = 0usize;
+    let count = get_varint(bytes, &mut at).ok_or_else(corrupt)?;
+    let mut records = Vec::with_capacity((count as usize).min(bytes.len()));
+    for _ in 0..count {
+        let key = get_bytes(bytes, &mut at).ok_or_else(corrupt)?;
+        let key = std::str::from_utf8(key).map_err(|_| corrupt())?;
+        let record = get_bytes(bytes, &mut at).ok_or_else(corrupt)?;
+        records.push((key, record));
+    }
+    if at != bytes.len() {
+        return Err(corrupt());
+    }
+    Ok(records)
 }
 
 /// `old` updated with `new` (both sorted by number): per feature, the newer time wins and an
@@ -258,6 +301,22 @@ mod tests {
                 assert!(bytes.len() <= 1 + 10 + values + 2 * sorted.len() + 5 * sorted.len());
             }
         }
+    }
+
+    #[test]
+    fn blocks_round_trip_and_refuse_truncation() {
+        let long = vec![9u8; 200];
+        let records: Vec<(&str, &[u8])> =
+            vec![("", b""), ("1", b"\x01\x00\x02\x02ab"), ("k\u{fc}", &long)];
+        let mut bytes = Vec::new();
+        encode_block(&records, &mut bytes);
+        assert_eq!(decode_block(&bytes).expect("decode"), records);
+        for cut in 0..bytes.len() {
+            assert!(decode_block(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_block(&longer).is_err(), "trailing bytes");
     }
 
     #[test]
