@@ -106,17 +106,15 @@ pub struct TreeEnsemble {
     compact: Vec<Compact>,
     /// The comparison every branch uses, when they all use one.
     uniform: Option<Mode>,
-    /// Per root, the length of its longest path: every row takes that many steps (a leaf
-    /// steps to itself), so rows advance level by level without a branch on reaching a leaf.
-    depths: Vec<u32>,
     /// Per node, the range of a leaf's votes in `weights`.
     spans: Vec<(u32, u32)>,
 }
 
 impl Eq for TreeEnsemble {}
 
-/// A node as evaluation reads it: a branch's children by outcome (`[false, true]`); a leaf
-/// points at itself both ways (its votes are in `spans`).
+/// A node as evaluation reads it: a branch's children by outcome (`[false, true]`), each with
+/// [`LEAF_CHILD`] set when it is a leaf; a leaf points at itself both ways (its votes are in
+/// `spans`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Compact {
     feature: u32,
@@ -125,6 +123,10 @@ struct Compact {
     missing_true: bool,
     mode: Mode,
 }
+
+/// Set in a branch's child index when the child is a leaf, so that a walk knows a row has ended
+/// without reading the child.
+const LEAF_CHILD: u32 = 1 << 31;
 
 /// Rows evaluated together: each tree is walked for a block of rows before the next tree, so
 /// the tree stays in cache.
@@ -274,7 +276,14 @@ impl TreeEnsemble {
             });
         }
         let roots: Vec<usize> = (0..n).filter(|&i| !is_child[i]).collect();
-        let small = |v: usize| u32::try_from(v).map_err(|_| "too many nodes".to_string());
+        let small = |v: usize| match u32::try_from(v) {
+            Ok(v) if v < LEAF_CHILD => Ok(v),
+            _ => Err("too many nodes".to_string()),
+        };
+        let child = |v: usize| -> Result<u32, String> {
+            let leaf = nodes[v].mode == Mode::Leaf;
+            Ok(small(v)? | if leaf { LEAF_CHILD } else { 0 })
+        };
         let mut compact = Vec::with_capacity(n);
         let mut spans = Vec::with_capacity(n);
         for (i, node) in nodes.iter().enumerate() {
@@ -291,7 +300,7 @@ impl TreeEnsemble {
                 Compact {
                     feature: small(node.feature)?,
                     threshold: node.threshold,
-                    next: [small(node.false_child)?, small(node.true_child)?],
+                    next: [child(node.false_child)?, child(node.true_child)?],
                     missing_true: node.missing_true,
                     mode: node.mode,
                 }
@@ -302,22 +311,19 @@ impl TreeEnsemble {
             .filter(|n| n.mode != Mode::Leaf)
             .map(|n| n.mode as u8)
             .collect();
-        // Depth of each tree, walking its nodes once; a cycle (a malformed model) is an error.
-        let mut depths = Vec::with_capacity(roots.len());
+        // Each tree walked once to its leaves: a cycle (a malformed model) is an error, since
+        // evaluation walks until every row is at a leaf.
         for &root in &roots {
-            let mut deepest = 0u32;
-            let mut stack = vec![(root, 0u32)];
+            let mut stack = vec![(root, 0usize)];
             while let Some((i, d)) = stack.pop() {
-                if d as usize > n {
+                if d > n {
                     return Err(format!("the tree at node {i} has a cycle"));
                 }
-                deepest = deepest.max(d);
                 if nodes[i].mode != Mode::Leaf {
                     stack.push((nodes[i].true_child, d + 1));
                     stack.push((nodes[i].false_child, d + 1));
                 }
             }
-            depths.push(deepest);
         }
         let uniform = match branch_modes.len() {
             1 => nodes.iter().find(|n| n.mode != Mode::Leaf).map(|n| n.mode),
@@ -338,7 +344,6 @@ impl TreeEnsemble {
             n_features,
             compact,
             uniform,
-            depths,
             spans,
         })
     }
@@ -460,6 +465,8 @@ impl TreeEnsemble {
         let mut acc = vec![0f32; BLOCK * c];
         let mut has = vec![false; BLOCK * c];
         let mut at = [0u32; BLOCK];
+        // The rows of the block not yet at a leaf of the current tree.
+        let mut active = [0u8; BLOCK];
         for ((rows, l), sc) in data
             .chunks(BLOCK * f)
             .zip(labels.chunks_mut(BLOCK))
@@ -468,20 +475,34 @@ impl TreeEnsemble {
             let m = l.len();
             acc[..m * c].fill(0.0);
             has[..m * c].fill(false);
-            for (&root, &depth) in self.roots.iter().zip(&self.depths) {
+            for &root in &self.roots {
                 at[..m].fill(root as u32);
-                // Level by level: the rows' walks are independent, so they overlap in the CPU.
-                for _ in 0..depth {
-                    for (i, x) in rows.chunks_exact(f).enumerate() {
+                // Level by level: the rows' walks are independent, so they overlap in the CPU;
+                // a row leaves the walk at its leaf (most end well above the deepest one).
+                let mut live = match self.compact[root].mode {
+                    Mode::Leaf => 0,
+                    _ => m,
+                };
+                for (j, a) in active[..live].iter_mut().enumerate() {
+                    *a = j as u8;
+                }
+                while live > 0 {
+                    let mut kept = 0;
+                    for j in 0..live {
+                        let i = usize::from(active[j]);
                         let node = &self.compact[at[i] as usize];
-                        let v = x[node.feature as usize];
+                        let v = rows[i * f + node.feature as usize];
                         let go = if general {
                             general_outcome(node, v)
                         } else {
                             cmp(v, node.threshold) | (v.is_nan() & node.missing_true)
                         };
-                        at[i] = node.next[usize::from(go)];
+                        let next = node.next[usize::from(go)];
+                        at[i] = next & !LEAF_CHILD;
+                        active[kept] = active[j];
+                        kept += usize::from(next & LEAF_CHILD == 0);
                     }
+                    live = kept;
                 }
                 for i in 0..m {
                     let (a, b) = self.spans[at[i] as usize];

@@ -339,7 +339,12 @@ impl OnlineWriter for RedbWriter {
             && self.pending >= REDB_COMMIT_RECORDS
         {
             // One write transaction at a time: the next begins once this one has committed.
-            if let Some(tx) = self.tx.take() {
+            // A chunk's commit is not synced to disk: the writer's last commit is, and a
+            // process that dies before it leaves the store as the last synced commit left it
+            // (the run is then repeated whole).
+            if let Some(mut tx) = self.tx.take() {
+                tx.set_durability(redb::Durability::None)
+                    .map_err(|e| io("online commit")(&e))?;
                 tx.commit().map_err(|e| io("online commit")(&e))?;
             }
             self.tx = Some(db.begin_write().map_err(|e| io("online write")(&e))?);
