@@ -131,6 +131,8 @@ const LEAF_CHILD: u32 = 1 << 31;
 /// Rows evaluated together: each tree is walked for a block of rows before the next tree, so
 /// the tree stays in cache.
 const BLOCK: usize = 128;
+// A block's rows are numbered in a byte while they walk a tree.
+const _: () = assert!(BLOCK <= 256);
 
 /// Rows below which one thread scores everything.
 const PARALLEL_ROWS: usize = 16_384;
