@@ -938,6 +938,73 @@ mod tests {
         assert_eq!(s.get("transaction.is_fraud", "3").expect("get"), None);
     }
 
+    /// A process that dies in a large write, after its first chunk committed (unsynced) and
+    /// before its last commit, leaves the store as it was before the write: the test runs
+    /// itself as a child that writes and aborts, then opens the store the child left.
+    #[test]
+    fn a_write_killed_after_a_chunk_commit_leaves_the_store_as_before() {
+        const CHILD: &str = "SLATE_ONLINE_KILLED_WRITE_DIR";
+        let feature = "transaction.fraud_score";
+        let rows = |start: usize, end: usize| {
+            let keys = StringArray::from_iter_values((start..end).map(|i| format!("{i:08}")));
+            let values = StringArray::from_iter_values((start..end).map(|i| i.to_string()));
+            (
+                keys,
+                (start..end).map(|i| i as i64).collect::<Vec<i64>>(),
+                values,
+            )
+        };
+        if let Ok(dir) = std::env::var(CHILD) {
+            let s = RedbOnlineStore::open(&Path::new(&dir).join("online.redb")).expect("open");
+            let mut w = s.writer().expect("writer");
+            let (keys, times, values) = rows(0, REDB_COMMIT_RECORDS + 10);
+            let r = OnlineRows {
+                keys: &keys,
+                times: &times,
+                values: vec![(feature, &values)],
+            };
+            let order: Vec<u32> = (0..keys.len() as u32).collect();
+            w.put_ordered(&r, &order).expect("put");
+            // The write passed a chunk's size, so it is committed (visible, not synced),
+            // beside the value written before.
+            assert_eq!(s.count(feature).expect("count"), REDB_COMMIT_RECORDS + 11);
+            // Dies before the writer's last commit, as a killed run does.
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("online.redb");
+        {
+            let s = RedbOnlineStore::open(&path).expect("open");
+            s.put(feature, vec![("before".into(), 1, "1".into())])
+                .expect("put");
+        }
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "online::tests::a_write_killed_after_a_chunk_commit_leaves_the_store_as_before",
+                "--nocapture",
+            ])
+            .env(CHILD, dir.path())
+            .status()
+            .expect("child");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "the child dies by SIGABRT after its checks: {status}"
+        );
+        let s = RedbOnlineStore::open(&path).expect("reopen");
+        assert_eq!(s.count(feature).expect("count"), 1, "only the synced value");
+        assert_eq!(s.get(feature, "00000000").expect("get"), None);
+        assert_eq!(
+            s.get(feature, "before").expect("get"),
+            Some(OnlineValue {
+                feature_time: 1,
+                json: "1".into()
+            })
+        );
+    }
+
     /// A write of more than [`REDB_COMMIT_RECORDS`] records commits in chunks: the first chunk
     /// is visible before the writer commits, and after it every record is there once.
     #[test]
