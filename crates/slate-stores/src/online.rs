@@ -4,8 +4,9 @@
 //! the class written for that key, so a run writes each output row once whatever the number of
 //! its outputs. The embedded store keeps the records of consecutive keys together, in blocks
 //! of a few records keyed by their first key: a backfill of millions of keys, written in key
-//! order, makes a tree operation per block instead of per key. Writes are upserts per feature: a value with an older feature time never
-//! replaces a newer one, an equal one replaces it. Keys are the entity's primary key as text
+//! order, makes a tree operation per block instead of per key. Writes are upserts per
+//! feature: a value with an older feature time never replaces a newer one, an equal one
+//! replaces it. Keys are the entity's primary key as text
 //! (`42`, `u-17`), so every key type is stored exactly; values are JSON. A feature's class is
 //! the part of its name before the first `.` (`transaction` of `transaction.user.count__1d`).
 
@@ -163,12 +164,15 @@ const BLOCK_BYTES: usize = 4096;
 
 type BlockTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
+/// A stored block: its first key and its bytes.
+type Block = (String, Vec<u8>);
+
 /// The block `key` belongs in: the last whose first key is not greater, else the first (a key
 /// before every block); none in an empty table. Returns its first key and its bytes.
 fn block_of(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
-) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+) -> Result<Option<Block>, StoreError> {
     let fail = |e: &dyn std::fmt::Display| io("online read")(e);
     let floor = t.range::<&str>(..=key).map_err(|e| fail(&e))?.next_back();
     let found = match floor {
@@ -178,16 +182,25 @@ fn block_of(
     Ok(found.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
 }
 
-/// The first key of the block after the one starting at `first`.
-fn next_block(t: &BlockTable<'_>, first: &str) -> Result<Option<String>, StoreError> {
+/// Where a write of keys from `key` on goes: the block `key` belongs in (as [`block_of`]) and
+/// the first key of the block after it, below which every key belongs in the same block.
+fn locate(t: &BlockTable<'_>, key: &str) -> Result<(Option<Block>, Option<String>), StoreError> {
     let fail = |e: &dyn std::fmt::Display| io("online write")(e);
+    let found = block_of(t, key)?;
+    let Some((first, _)) = &found else {
+        return Ok((None, None));
+    };
     let mut after = t
-        .range::<&str>((std::ops::Bound::Excluded(first), std::ops::Bound::Unbounded))
+        .range::<&str>((
+            std::ops::Bound::Excluded(first.as_str()),
+            std::ops::Bound::Unbounded,
+        ))
         .map_err(|e| fail(&e))?;
-    match after.next() {
-        Some(row) => Ok(Some(row.map_err(|e| fail(&e))?.0.value().to_string())),
-        None => Ok(None),
-    }
+    let upper = match after.next() {
+        Some(row) => Some(row.map_err(|e| fail(&e))?.0.value().to_string()),
+        None => None,
+    };
+    Ok((found, upper))
 }
 
 /// Replaces the block that started at `first` (none: a new one) with `records` (key order,
@@ -205,13 +218,13 @@ fn rewrite_block(
         t.remove(first).map_err(|e| fail(&e))?;
     }
     let size: usize = records.iter().map(|(k, r)| k.len() + r.len() + 2).sum();
+    // At least one block, and no more blocks than records.
     let blocks = records
         .len()
         .div_ceil(BLOCK_RECORDS)
         .max(size.div_ceil(BLOCK_BYTES))
         .clamp(1, records.len().max(1));
-    let per = records.len().div_ceil(blocks);
-    for block in records.chunks(per.max(1)) {
+    for block in records.chunks(records.len().div_ceil(blocks).max(1)) {
         bytes.clear();
         record::encode_block(block, bytes);
         t.insert(block[0].0, bytes.as_slice())
@@ -258,11 +271,7 @@ fn store_records(t: &mut BlockTable<'_>, fresh: &[(&str, &[u8])]) -> Result<(), 
     let mut bytes = Vec::new();
     let mut at = 0;
     while at < fresh.len() {
-        let found = block_of(t, fresh[at].0)?;
-        let upper = match &found {
-            Some((first, _)) => next_block(t, first)?,
-            None => None,
-        };
+        let (found, upper) = locate(t, fresh[at].0)?;
         let end =
             at + fresh[at..].partition_point(|(k, _)| upper.as_deref().is_none_or(|u| *k < u));
         let old = match &found {
@@ -433,11 +442,7 @@ impl RedbWriter {
         // block holds (or the key's earlier row in this write), then the block rewritten once.
         let mut at = 0;
         while at < order.len() {
-            let found = block_of(&t, rows.keys.value(order[at] as usize))?;
-            let upper = match &found {
-                Some((first, _)) => next_block(&t, first)?,
-                None => None,
-            };
+            let (found, upper) = locate(&t, rows.keys.value(order[at] as usize))?;
             let old = match &found {
                 Some((_, b)) => record::decode_block(b)?,
                 None => vec![],
@@ -851,6 +856,33 @@ impl OnlineStore for RedbOnlineStore {
 mod tests {
     use super::*;
 
+    /// A store of an earlier layout at `path`: `records:transaction` holding the record
+    /// `record` encodes for each of `keys` keys (`000000`, `000001`, ...), and whatever `more`
+    /// writes in the same transaction.
+    fn per_key_store(
+        path: &Path,
+        keys: usize,
+        record: impl Fn(usize, &mut Vec<u8>),
+        more: impl FnOnce(&redb::WriteTransaction),
+    ) {
+        let db = redb::Database::create(path).expect("create");
+        let tx = db.begin_write().expect("write");
+        {
+            let mut t = tx
+                .open_table(records("records:transaction"))
+                .expect("table");
+            let mut bytes = Vec::new();
+            for k in 0..keys {
+                bytes.clear();
+                record(k, &mut bytes);
+                t.insert(format!("{k:06}").as_str(), bytes.as_slice())
+                    .expect("insert");
+            }
+        }
+        more(&tx);
+        tx.commit().expect("commit");
+    }
+
     /// A stored value as `get_features` returns it.
     fn v(feature_time: i64, json: &str) -> Option<OnlineValue> {
         Some(OnlineValue {
@@ -1078,37 +1110,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("online.redb");
         let keys = 70_000usize;
-        {
-            let db = redb::Database::create(&path).expect("create");
-            let tx = db.begin_write().expect("write");
-            {
-                let mut t = tx
-                    .open_table(records("records:transaction"))
-                    .expect("table");
-                let mut bytes = Vec::new();
-                for k in 0..keys {
-                    let time = k as i64 * 7;
-                    let amount = format!("{k}.5");
-                    let mut entries = vec![record::EntryV1 {
-                        feature: "transaction.amount",
-                        time,
-                        json: &amount,
-                    }];
-                    if k % 3 == 0 {
-                        entries.push(record::EntryV1 {
-                            feature: "transaction.is_fraud",
-                            time: time - 1,
-                            json: "true",
-                        });
-                    }
-                    bytes.clear();
-                    record::encode_v1(&entries, &mut bytes).expect("encode");
-                    t.insert(format!("{k:06}").as_str(), bytes.as_slice())
-                        .expect("insert");
+        per_key_store(
+            &path,
+            keys,
+            |k, bytes| {
+                let time = k as i64 * 7;
+                let amount = format!("{k}.5");
+                let mut entries = vec![record::EntryV1 {
+                    feature: "transaction.amount",
+                    time,
+                    json: &amount,
+                }];
+                if k % 3 == 0 {
+                    entries.push(record::EntryV1 {
+                        feature: "transaction.is_fraud",
+                        time: time - 1,
+                        json: "true",
+                    });
                 }
-            }
-            tx.commit().expect("commit");
-        }
+                record::encode_v1(&entries, bytes).expect("encode");
+            },
+            |_| {},
+        );
         let s = RedbOnlineStore::open(&path).expect("open");
         for k in [0usize, 1, 65_536, keys - 1] {
             assert_eq!(
@@ -1346,37 +1369,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("online.redb");
         let keys = 70_000usize;
-        {
-            let db = redb::Database::create(&path).expect("create");
-            let tx = db.begin_write().expect("write");
-            {
-                let mut t = tx
-                    .open_table(records("records:transaction"))
-                    .expect("table");
-                let mut bytes = Vec::new();
-                for k in 0..keys {
-                    let json = k.to_string();
-                    bytes.clear();
-                    record::encode(
-                        &[Entry {
-                            id: 0,
-                            time: k as i64,
-                            json: &json,
-                        }],
-                        &mut bytes,
-                    );
-                    t.insert(format!("{k:06}").as_str(), bytes.as_slice())
-                        .expect("insert");
-                }
+        per_key_store(
+            &path,
+            keys,
+            |k, bytes| {
+                let json = k.to_string();
+                let entry = Entry {
+                    id: 0,
+                    time: k as i64,
+                    json: &json,
+                };
+                record::encode(&[entry], bytes);
+            },
+            |tx| {
                 let mut n = tx.open_table(names("names:transaction")).expect("names");
                 n.insert(0, "transaction.score").expect("name");
                 tx.open_table(META)
                     .expect("meta")
                     .insert("records", 2)
                     .expect("format");
-            }
-            tx.commit().expect("commit");
-        }
+            },
+        );
         let s = RedbOnlineStore::open(&path).expect("open");
         assert_eq!(s.count("transaction.score").expect("count"), keys);
         for k in [0usize, 1, 65_535, 65_536, keys - 1] {

@@ -1,7 +1,7 @@
 //! The online record of one entity key: the latest value of each of its class's features,
-//! as the embedded store keeps it (in a block of records of consecutive keys, [`encode_block`]). Features are numbered per class
-//! (the store's `names:{class}` table), and entries are sorted by number, so equal contents are
-//! equal bytes. A record is the number of entries, then each entry: the feature's number, its
+//! as the embedded store keeps it (in a block of records of consecutive keys,
+//! [`encode_block`]). Features are numbered per class (the store's `names:{class}` table), and
+//! entries are sorted by number, so equal contents are equal bytes. A record is the number of entries, then each entry: the feature's number, its
 //! time (microseconds) as the difference from the previous entry's (the first entry's from 0;
 //! the features of one row share a time, so it is one byte), and the value as JSON (length,
 //! UTF-8); numbers are LEB128 varints, differences zigzag-encoded. About a quarter of the bytes
