@@ -43,24 +43,33 @@ impl Drop for Cleanup {
     }
 }
 
-/// A Redis store under a prefix of its own; its keys are deleted first and when the returned
-/// guard drops.
+/// A prefix no other test process uses: test processes of concurrent runs on one server may
+/// share a process id (each in its own PID namespace), so the clock is part of it.
+fn unique_prefix(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("slate-test:{tag}:{}:{nanos}", std::process::id())
+}
+
+/// A Redis store under a prefix of its own (returned with it); its keys are deleted first and
+/// when the returned guard drops.
 fn redis_store(tag: &str, ttl: &[(&str, i64)]) -> (RedisOnlineStore, Cleanup) {
-    let prefix = format!("slate-test:{tag}:{}", std::process::id());
+    let prefix = unique_prefix(tag);
     let settings = RedisSettings {
         url: redis_url(),
         target: "test server".into(),
         prefix: prefix.clone(),
         ttl_secs: ttl.iter().map(|(f, s)| (f.to_string(), *s)).collect(),
     };
+    let cleanup = Cleanup(prefix);
+    cleanup.delete();
     let store = RedisOnlineStore::open(settings).unwrap_or_else(|e| {
         panic!(
             "Redis must run at {} for this test (start it with `scripts/services`): {e}",
             redis_url()
         )
     });
-    let cleanup = Cleanup(prefix);
-    cleanup.delete();
     (store, cleanup)
 }
 
@@ -159,7 +168,20 @@ fn conformance(store: &dyn OnlineStore) {
         };
         let written = w.put_ordered(&rows, &order).expect("put_ordered");
         w.commit().expect("commit");
-        assert_eq!(written, expected, "round {round}");
+        if written != expected {
+            // Which keys the store holds otherwise than the model, to tell a lost write from a
+            // miscount.
+            let names: Vec<&str> = model.keys().map(|k| k.as_str()).collect();
+            let got = store.get_many(h, &names).expect("get_many");
+            let differ: Vec<String> = names
+                .iter()
+                .zip(got)
+                .filter(|(k, g)| *g != v(model[**k].0, &model[**k].1))
+                .take(5)
+                .map(|(k, g)| format!("{k}: store {g:?}, model {:?}", model[*k]))
+                .collect();
+            panic!("round {round}: wrote {written} values, the model {expected}; {differ:?}");
+        }
         assert_eq!(store.count(h).expect("count"), model.len(), "round {round}");
     }
     let sorted: BTreeMap<&String, &(i64, String)> = model.iter().collect();
@@ -234,13 +256,13 @@ fn redis_online_store_conforms() {
 /// lives as long as its last value.
 #[test]
 fn redis_values_expire_after_their_feature_ttl() {
-    let (store, _cleanup) = redis_store("ttl", &[("transaction.is_fraud", 1), ("default", 3_600)]);
+    let (store, cleanup) = redis_store("ttl", &[("transaction.is_fraud", 1), ("default", 3_600)]);
     let put = |f: &str, k: &str, json: &str| {
         store.put(f, vec![(k.into(), 1, json.into())]).expect("put");
     };
     let client = redis::Client::open(redis_url()).expect("client");
     let mut c = client.get_connection().expect("connection");
-    let prefix = format!("slate-test:ttl:{}", std::process::id());
+    let prefix = cleanup.0.clone();
     let mut pttl = |k: &str| -> i64 {
         redis::cmd("PTTL")
             .arg(format!("{prefix}:{k}"))
@@ -273,14 +295,16 @@ fn redis_values_expire_after_their_feature_ttl() {
 /// what to do, rather than read as if it were empty.
 #[test]
 fn redis_keys_of_the_earlier_layout_are_refused_at_open() {
-    let (store, _cleanup) = redis_store("layout", &[]);
+    let (store, cleanup) = redis_store("layout", &[]);
     drop(store);
-    let prefix = format!("slate-test:layout:{}", std::process::id());
+    // A prefix this release never opened: without its layout marker.
+    cleanup.delete();
+    let prefix = cleanup.0.clone();
     let client = redis::Client::open(redis_url()).expect("client");
     let mut c = client.get_connection().expect("connection");
     // Other keys on the same server, more than a few SCAN calls visit: the check still finds
     // the old key wherever it is.
-    let noise = Cleanup(format!("slate-test:layout-noise:{}", std::process::id()));
+    let noise = Cleanup(unique_prefix("layout-noise"));
     for chunk in 0..10 {
         let mut pipe = redis::pipe();
         for i in 0..5_000 {
