@@ -135,6 +135,8 @@ fn permute<T: Copy>(order: &[usize], v: &[T]) -> Vec<T> {
 
 fn permute_values(order: &[usize], v: &Values) -> Values {
     match v {
+        // Absent values stay absent.
+        Values::Int(v) if v.is_empty() => Values::absent(),
         // No values (counts, times since the latest): nothing to gather.
         Values::Int(v) if v.len() == order.len() && v.iter().all(Option::is_none) => {
             Values::Int(vec![None; order.len()])
@@ -206,6 +208,13 @@ impl Prepared {
         let ts = &self.sorted.ts;
         if n == 0 {
             return Ok(windows.iter().map(|_| self.empty(agg)).collect());
+        }
+        let reads_values = !matches!(agg, Agg::Count | Agg::TimeSinceLatest);
+        if reads_values && self.value.len() != ts.len() {
+            return Err(AggError::NoValues {
+                agg,
+                events: ts.len(),
+            });
         }
         let run = Run {
             prepared: self,

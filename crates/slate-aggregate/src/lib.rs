@@ -55,6 +55,13 @@ impl Values {
     pub fn nulls(n: usize) -> Self {
         Values::Int(vec![None; n])
     }
+
+    /// No values at all, whatever the number of events: for the aggregations that read none
+    /// (`count`, time since latest), without a value per event. Any other aggregation over
+    /// events with absent values is refused ([`AggError::NoValues`]).
+    pub fn absent() -> Self {
+        Values::Int(Vec::new())
+    }
 }
 
 /// Related events, one per row: the entity they belong to, their time (microseconds) and the
@@ -118,6 +125,8 @@ pub enum AggError {
         "the sum of entity code {entity}'s values before {now} does not fit a 64-bit int ({sum})"
     )]
     SumOverflow { entity: i64, now: i64, sum: i128 },
+    #[error("{agg:?} reads values, and {events} events came without them")]
+    NoValues { agg: Agg, events: usize },
 }
 
 /// A float's position in the total order used by `min`, `max` and `latest`, as an int that

@@ -81,12 +81,30 @@ fn queries() -> impl Strategy<Value = Vec<Query>> {
 fn check(ev: &Events, qs: &[Query], window: Option<i64>) -> Result<(), TestCaseError> {
     // Sorted once without values, then given the values: the engine's path.
     let bare = Events {
-        value: Values::nulls(ev.ts.len()),
+        value: Values::absent(),
         ..ev.clone()
     };
-    let prepared = kernel::Prepared::new(&bare).with_values(&ev.value);
+    let sorted = kernel::Prepared::new(&bare);
+    let prepared = sorted.with_values(&ev.value);
     let order = kernel::QueryOrder::new(qs);
     for agg in AGGS {
+        // Without values: the aggregations that read none answer as with them; the others
+        // are refused when there are events to read.
+        let bare_result = sorted.aggregate_ordered(qs, &order, agg, window);
+        if matches!(agg, Agg::Count | Agg::TimeSinceLatest) {
+            let with = prepared.aggregate_ordered(qs, &order, agg, window);
+            prop_assert_eq!(
+                bare_result.map(|o| bits(&o)).ok(),
+                with.map(|o| bits(&o)).ok(),
+                "{:?} without values",
+                agg
+            );
+        } else if !ev.ts.is_empty() && !qs.is_empty() {
+            prop_assert!(
+                matches!(bare_result, Err(slate_aggregate::AggError::NoValues { .. })),
+                "{agg:?} without values: {bare_result:?}"
+            );
+        }
         let fast = prepared.aggregate_ordered(qs, &order, agg, window);
         let slow = reference::aggregate(ev, qs, agg, window);
         match (fast, slow) {

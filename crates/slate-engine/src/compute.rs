@@ -225,7 +225,6 @@ pub(crate) enum Decode {
 }
 
 pub(crate) fn kernel_values(col: &ArrayRef, how: Use) -> Result<(Values, Decode), EngineError> {
-    let n = col.len();
     let ints = |a: &ArrayRef| -> Result<Values, EngineError> {
         let a = strict_cast(a, &DataType::Int64)?;
         Ok(Values::Int(a.as_primitive::<Int64Type>().iter().collect()))
@@ -240,7 +239,7 @@ pub(crate) fn kernel_values(col: &ArrayRef, how: Use) -> Result<(Values, Decode)
     };
     let ty = col.data_type();
     Ok(match how {
-        Use::None => (Values::nulls(n), Decode::Plain),
+        Use::None => (Values::absent(), Decode::Plain),
         Use::Distinct => {
             let mut d = Dictionary::new(ty)?;
             let codes = d.encode(col)?;
@@ -414,32 +413,35 @@ pub(crate) async fn aggregates(
         })
         .collect();
     let order = QueryOrder::new(&queries);
-    let (keep, entity, ts) = match &batch {
+    let (kept, entity, ts) = match &batch {
         Some(b) => {
-            let ts = ts_column(b, table_time)?;
-            // Sized up front: these are the history's length (millions of rows a daily run).
-            let n = ts
-                .iter()
-                .zip(&table_codes)
-                .filter(|(t, c)| t.is_some() && c.is_some())
-                .count();
-            let mut keep = Vec::with_capacity(n);
-            let mut entity = Vec::with_capacity(n);
-            let mut times = Vec::with_capacity(n);
-            for (i, (t, c)) in ts.iter().zip(&table_codes).enumerate() {
-                if let (Some(t), Some(c)) = (t, c) {
-                    keep.push(i);
+            let ts = crate::frame::ts_array(b, table_time)?;
+            if u32::try_from(ts.len()).is_err() {
+                return Err(EngineError::Internal(format!(
+                    "{} rows of {table} history in one read",
+                    ts.len()
+                )));
+            }
+            // Reserved, not touched: only the kept rows' pages are ever written.
+            let mut keep: Vec<u32> = Vec::with_capacity(ts.len());
+            let mut entity = Vec::with_capacity(ts.len());
+            let mut times = Vec::with_capacity(ts.len());
+            let micros = ts.values();
+            for (i, c) in table_codes.iter().enumerate() {
+                if let Some(c) = c
+                    && ts.is_valid(i)
+                {
+                    keep.push(i as u32);
                     entity.push(i64::from(*c));
-                    times.push(*t);
+                    times.push(micros[i]);
                 }
             }
-            (keep, entity, times)
+            (UInt32Array::from(keep), entity, times)
         }
-        None => (vec![], vec![], vec![]),
+        None => (UInt32Array::from(Vec::<u32>::new()), vec![], vec![]),
     };
-    let kept = UInt32Array::from_iter_values(keep.iter().map(|&i| i as u32));
     let base = Prepared::new(&Events {
-        value: Values::nulls(keep.len()),
+        value: Values::absent(),
         entity,
         ts,
     });
@@ -454,21 +456,14 @@ pub(crate) async fn aggregates(
     };
     let wanted = wanted(nodes, |f| f.to_string())?;
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    crate::windows::aggregate(
-        &base,
-        keep.len(),
-        &values,
-        &queries,
-        &order,
-        &wanted,
-        threads,
-    )
-    .map_err(|e| match e {
-        WindowsError::Kernel(reason) => EngineError::Plan {
-            query: query.into(),
-            reason,
-        },
-        WindowsError::Engine(e) => e,
+    crate::windows::aggregate(&base, &values, &queries, &order, &wanted, threads).map_err(|e| {
+        match e {
+            WindowsError::Kernel(reason) => EngineError::Plan {
+                query: query.into(),
+                reason,
+            },
+            WindowsError::Engine(e) => e,
+        }
     })
 }
 

@@ -108,6 +108,14 @@ pub(crate) fn to_class_batch_at(
 }
 
 pub(crate) fn ts_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, EngineError> {
+    Ok(ts_array(b, name)?.iter().collect())
+}
+
+/// Column `name` of `b` as microseconds since the epoch (UTC).
+pub(crate) fn ts_array(
+    b: &RecordBatch,
+    name: &str,
+) -> Result<arrow::array::TimestampMicrosecondArray, EngineError> {
     let c = b
         .column_by_name(name)
         .ok_or_else(|| EngineError::Internal(format!("missing column {name}")))?;
@@ -118,9 +126,7 @@ pub(crate) fn ts_column(b: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>,
             Some("UTC".into()),
         ),
     )?;
-    Ok(c.as_primitive::<TimestampMicrosecondType>()
-        .iter()
-        .collect())
+    Ok(c.as_primitive::<TimestampMicrosecondType>().clone())
 }
 
 /// Keeps one row per key (the one with the latest time; the first such among equals), or with

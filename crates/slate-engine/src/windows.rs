@@ -35,10 +35,10 @@ type Slot = (Option<String>, Use);
 
 /// The result column of each wanted aggregation, in order, one value per query. `values` gives
 /// a field's values, one per event of `base` in the events' original order (`None`: there are
-/// no events to read values from); `events` is their number. With `threads` above one, the passes run on that many threads.
+/// no events to read values from). With `threads` above one, the passes run on that many
+/// threads.
 pub(crate) fn aggregate(
     base: &Prepared,
-    events: usize,
     values: &dyn Fn(&str) -> Result<Option<ArrayRef>, EngineError>,
     queries: &[Query],
     order: &QueryOrder,
@@ -61,7 +61,7 @@ pub(crate) fn aggregate(
                     let (v, decoder) = kernel_values(&c, how)?;
                     (base.with_values(&v), decoder)
                 }
-                None => (base.with_values(&Values::nulls(events)), Decode::Plain),
+                None => (base.with_values(&Values::absent()), Decode::Plain),
             };
             prepared.insert(slot.clone(), entry);
         }

@@ -569,6 +569,9 @@ impl OfflineStore {
             table: table.into(),
             reason: e.to_string(),
         };
+        if keys.len() > JOINED_KEYS {
+            return self.filtered(table, df, columns, key, &keys).await;
+        }
         // The touched keys join as a table (a hash semi-join), not as an IN list, so that any
         // number of keys plans in constant stack and time.
         let key_schema = Arc::new(Schema::new(vec![Field::new(
@@ -583,6 +586,42 @@ impl OfflineStore {
             .and_then(|d| d.select(columns.iter().map(|c| quoted(c)).collect::<Vec<_>>()))
             .map_err(|e| err(&e))?;
         df.collect().await.map_err(|e| err(&e))
+    }
+
+    /// [`OfflineStore::keyed`] of many keys: each batch read keeps its rows whose key is in
+    /// `keys` as it arrives, so that rows of other keys are never held.
+    async fn filtered(
+        &self,
+        table: &str,
+        df: deltalake::datafusion::dataframe::DataFrame,
+        columns: &[&str],
+        key: &str,
+        keys: &ArrayRef,
+    ) -> Result<Vec<RecordBatch>, StoreError> {
+        use futures::StreamExt;
+        let err = |e: &dyn std::fmt::Display| StoreError::Offline {
+            table: table.into(),
+            reason: e.to_string(),
+        };
+        let df = df
+            .select(columns.iter().map(|c| quoted(c)).collect::<Vec<_>>())
+            .map_err(|e| err(&e))?;
+        let mut stream = df.execute_stream().await.map_err(|e| err(&e))?;
+        let schema = stream.schema();
+        let index = schema
+            .index_of(key)
+            .map_err(|_| err(&format!("the read lacks its key column {key}")))?;
+        let set = KeySet::new(keys, schema.field(index).data_type()).map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| err(&e))?;
+            let mask = set.contains(batch.column(index)).map_err(|e| err(&e))?;
+            let batch = arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| err(&e))?;
+            if batch.num_rows() > 0 {
+                out.push(batch);
+            }
+        }
+        Ok(out)
     }
 
     /// The number of distinct `distinct` tuples among `table`'s rows whose `column` lies in
@@ -642,6 +681,63 @@ impl OfflineStore {
         df.collect().await.map_err(|e| StoreError::Offline {
             table: table.into(),
             reason: e.to_string(),
+        })
+    }
+}
+
+/// Up to this many keys, a keyed read joins them with the table as a table of their own (a
+/// scan may skip what their bounds rule out); above, [`KeySet`] filters the rows read.
+const JOINED_KEYS: usize = 4096;
+
+/// A set of keys, to keep the rows of a read whose key is in it. Integer keys compare as
+/// integers; any other type in Arrow's row format, after a cast to the type the table stores
+/// (a string key read back from Delta Lake is a `Utf8View`).
+enum KeySet {
+    Ints(std::collections::HashSet<i64, foldhash::fast::RandomState>),
+    Rows(
+        RowConverter,
+        std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    ),
+}
+
+impl KeySet {
+    fn new(keys: &ArrayRef, stored: &DataType) -> Result<Self, ArrowError> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Int64Type;
+        if stored.is_integer() && keys.data_type().is_integer() {
+            let ints = arrow::compute::cast(keys, &DataType::Int64)?;
+            return Ok(KeySet::Ints(
+                ints.as_primitive::<Int64Type>().iter().flatten().collect(),
+            ));
+        }
+        let keys = arrow::compute::cast(keys, stored)?;
+        let converter = RowConverter::new(vec![SortField::new(stored.clone())])?;
+        let rows = converter.convert_columns(std::slice::from_ref(&keys))?;
+        let set = (0..keys.len())
+            .filter(|&i| keys.is_valid(i))
+            .map(|i| Box::<[u8]>::from(rows.row(i).as_ref()))
+            .collect();
+        Ok(KeySet::Rows(converter, set))
+    }
+
+    /// Which of `column`'s values are in the set (a null never is).
+    fn contains(&self, column: &ArrayRef) -> Result<arrow::array::BooleanArray, ArrowError> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Int64Type;
+        Ok(match self {
+            KeySet::Ints(set) => {
+                let ints = arrow::compute::cast(column, &DataType::Int64)?;
+                ints.as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|v| Some(v.is_some_and(|v| set.contains(&v))))
+                    .collect()
+            }
+            KeySet::Rows(converter, set) => {
+                let rows = converter.convert_columns(std::slice::from_ref(column))?;
+                (0..column.len())
+                    .map(|i| Some(column.is_valid(i) && set.contains(rows.row(i).as_ref())))
+                    .collect()
+            }
         })
     }
 }

@@ -676,3 +676,49 @@ async fn a_state_builder_refuses_rows_out_of_key_order() {
         .expect_err("a smaller key after");
     assert!(e.to_string().contains("not ordered by key"), "{e}");
 }
+
+/// Reads for a few keys (joined with the table) and for many (each batch filtered) give the
+/// rows of exactly those keys from the start time on, for integer and text keys, with null
+/// and unknown keys among those asked; against brute force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_for_few_and_many_keys_keep_exactly_their_rows() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = OfflineStore::new(tmp.path());
+    let all = rows(11, 60_000, 20_000, 10);
+    store
+        .write("ints", vec![batch(&all)], None, Some("ts"))
+        .await
+        .expect("write ints");
+    store
+        .write("texts", vec![text_keys(batch(&all))], None, Some("ts"))
+        .await
+        .expect("write texts");
+    let mut r = Rng(5);
+    for asked in [3usize, 100, 4_096, 4_097, 12_000] {
+        // Keys beyond the table's (20,000 and up) match nothing.
+        let keys: Vec<Option<i64>> = (0..asked)
+            .map(|i| (i % 97 != 0).then(|| r.below(24_000)))
+            .collect();
+        let from = r.below(5) * DAY + 7 * HOUR;
+        let set: std::collections::HashSet<i64> = keys.iter().flatten().copied().collect();
+        let want = expected(
+            &all.iter()
+                .filter(|x| set.contains(&x.0) && x.1 >= from)
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let ints: ArrayRef = Arc::new(Int64Array::from(keys.clone()));
+        let got = store
+            .read_for_keys("ints", &["k", "ts", "v"], "k", ints.clone(), "ts", Some(from))
+            .await
+            .expect("read ints");
+        assert_eq!(read_rows(&got), want, "{asked} integer keys");
+        let texts = arrow::compute::cast(&ints, &DataType::Utf8).expect("text keys");
+        let got = store
+            .read_for_keys("texts", &["k", "ts", "v"], "k", texts, "ts", Some(from))
+            .await
+            .expect("read texts");
+        let got: Vec<RecordBatch> = got.into_iter().map(int_keys).collect();
+        assert_eq!(read_rows(&got), want, "{asked} text keys");
+    }
+}

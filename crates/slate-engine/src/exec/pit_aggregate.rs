@@ -414,7 +414,7 @@ fn aggregate_chunk(spec: &PitSpec, schema: &SchemaRef, chunk: &RecordBatch) -> R
             .iter()
             .map(|&i| times[i].unwrap_or_default())
             .collect(),
-        value: Values::nulls(events.len()),
+        value: Values::absent(),
     });
     let values = |f: &str| -> std::result::Result<Option<ArrayRef>, crate::EngineError> {
         let c = chunk
@@ -423,19 +423,11 @@ fn aggregate_chunk(spec: &PitSpec, schema: &SchemaRef, chunk: &RecordBatch) -> R
         Ok(Some(take(c, &event_idx, None)?))
     };
     // Partitions run on their own threads: one here.
-    let outputs = crate::windows::aggregate(
-        &base,
-        events.len(),
-        &values,
-        &qs,
-        &order,
-        &spec.aggregations,
-        1,
-    )
-    .map_err(|e| match e {
-        WindowsError::Kernel(reason) => DataFusionError::Execution(reason),
-        WindowsError::Engine(e) => engine_err(e),
-    })?;
+    let outputs = crate::windows::aggregate(&base, &values, &qs, &order, &spec.aggregations, 1)
+        .map_err(|e| match e {
+            WindowsError::Kernel(reason) => DataFusionError::Execution(reason),
+            WindowsError::Engine(e) => engine_err(e),
+        })?;
     let query_idx = UInt32Array::from_iter_values(queries.iter().map(|&i| i as u32));
     let mut columns: Vec<ArrayRef> = Vec::new();
     for c in &spec.carry {
