@@ -709,7 +709,14 @@ async fn reads_for_few_and_many_keys_keep_exactly_their_rows() {
         );
         let ints: ArrayRef = Arc::new(Int64Array::from(keys.clone()));
         let got = store
-            .read_for_keys("ints", &["k", "ts", "v"], "k", ints.clone(), "ts", Some(from))
+            .read_for_keys(
+                "ints",
+                &["k", "ts", "v"],
+                "k",
+                ints.clone(),
+                "ts",
+                Some(from),
+            )
             .await
             .expect("read ints");
         assert_eq!(read_rows(&got), want, "{asked} integer keys");
