@@ -51,11 +51,6 @@ impl Values {
         self.len() == 0
     }
 
-    /// No values (for `count` and time since latest), `n` rows long.
-    pub fn nulls(n: usize) -> Self {
-        Values::Int(vec![None; n])
-    }
-
     /// No values at all, whatever the number of events: for the aggregations that read none
     /// (`count`, time since latest), without a value per event. Any other aggregation over
     /// events with absent values is refused ([`AggError::NoValues`]).

@@ -689,9 +689,10 @@ impl OfflineStore {
 /// scan may skip what their bounds rule out); above, [`KeySet`] filters the rows read.
 const JOINED_KEYS: usize = 4096;
 
-/// A set of keys, to keep the rows of a read whose key is in it. Integer keys compare as
-/// integers; any other type in Arrow's row format, after a cast to the type the table stores
-/// (a string key read back from Delta Lake is a `Utf8View`).
+/// A set of keys, to keep the rows of a read whose key is in it. Integers of at most 64 signed
+/// bits compare as `i64`; any other type (`UInt64` too, whose values may pass `i64::MAX`) in
+/// Arrow's row format, after a cast to the type the table stores (a string key read back from
+/// Delta Lake is a `Utf8View`; a key the stored type cannot hold matches nothing).
 enum KeySet {
     Ints(std::collections::HashSet<i64, foldhash::fast::RandomState>),
     Rows(
@@ -704,7 +705,11 @@ impl KeySet {
     fn new(keys: &ArrayRef, stored: &DataType) -> Result<Self, ArrowError> {
         use arrow::array::AsArray;
         use arrow::datatypes::Int64Type;
-        if stored.is_integer() && keys.data_type().is_integer() {
+        let fits_i64 = |ty: &DataType| {
+            use DataType::*;
+            matches!(ty, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32)
+        };
+        if fits_i64(stored) && fits_i64(keys.data_type()) {
             let ints = arrow::compute::cast(keys, &DataType::Int64)?;
             return Ok(KeySet::Ints(
                 ints.as_primitive::<Int64Type>().iter().flatten().collect(),
@@ -862,6 +867,57 @@ fn mostly_distinct(a: &ArrayRef) -> bool {
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray};
+
+    /// Keys match exactly whatever the stored type: unsigned 64-bit keys past `i64::MAX`,
+    /// integers of another width, text read back as views; nulls and unknown keys never match.
+    #[test]
+    fn a_key_set_matches_exactly_across_key_types() {
+        use arrow::array::{Int32Array, StringViewArray, UInt64Array};
+        let big = u64::MAX - 1;
+        let keys: ArrayRef = Arc::new(UInt64Array::from(vec![Some(big), Some(5), None]));
+        let set = KeySet::new(&keys, &DataType::UInt64).expect("set");
+        let column: ArrayRef = Arc::new(UInt64Array::from(vec![
+            Some(big),
+            Some(u64::MAX),
+            Some(5),
+            None,
+            Some(big - 1),
+        ]));
+        let got: Vec<bool> = set
+            .contains(&column)
+            .expect("contains")
+            .values()
+            .iter()
+            .collect();
+        assert_eq!(got, [true, false, true, false, false]);
+
+        let keys: ArrayRef = Arc::new(Int64Array::from(vec![Some(-3), Some(1 << 40), None]));
+        let set = KeySet::new(&keys, &DataType::Int32).expect("set");
+        let column: ArrayRef = Arc::new(Int32Array::from(vec![Some(-3), Some(0), None]));
+        let got: Vec<bool> = set
+            .contains(&column)
+            .expect("contains")
+            .values()
+            .iter()
+            .collect();
+        assert_eq!(got, [true, false, false]);
+
+        let keys: ArrayRef = Arc::new(StringArray::from(vec![Some("u-1"), Some(""), None]));
+        let set = KeySet::new(&keys, &DataType::Utf8View).expect("set");
+        let column: ArrayRef = Arc::new(StringViewArray::from(vec![
+            Some("u-1"),
+            Some("u-2"),
+            Some(""),
+            None,
+        ]));
+        let got: Vec<bool> = set
+            .contains(&column)
+            .expect("contains")
+            .values()
+            .iter()
+            .collect();
+        assert_eq!(got, [true, false, true, false]);
+    }
 
     #[test]
     fn dictionary_encoding_only_for_columns_that_repeat_values() {
