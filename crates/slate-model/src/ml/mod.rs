@@ -2,12 +2,16 @@
 //! arithmetic (the reference every model is checked against), and plugged into tract's op
 //! registry in place of tract's own, so the standard-domain parts of a graph still run on tract.
 //!
+//! A few standard-domain operators are Slate's too ([`standard`]): where tract's answer differs
+//! from onnxruntime's, or where tract's general implementation costs a model's time.
+//!
 //! Each operator is a [`Kernel`]: its output facts from its input facts, and its evaluation.
 //! [`Ml`] adapts any kernel to tract (inference rules, typed op, evaluation).
 
 mod encode;
 mod linear;
 mod preprocess;
+mod standard;
 mod svm;
 mod trees;
 
@@ -22,63 +26,8 @@ pub(crate) fn register(reg: &mut OnnxOpRegister) {
     preprocess::register(reg);
     encode::register(reg);
     svm::register(reg);
+    standard::register(reg);
     reg.insert("ZipMap", zipmap);
-    reg.insert("Sigmoid", sigmoid);
-}
-
-/// The standard `Sigmoid`, as onnxruntime computes it on a CPU (its vectorized rational
-/// approximation), and NaN in, NaN out: tract's own maps NaN to a probability near 1, a
-/// confident score for a row whose features overflowed.
-fn sigmoid(
-    _ctx: &ParsingContext,
-    _node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    op(Sigmoid)
-}
-
-#[derive(Debug)]
-struct Sigmoid;
-
-impl Kernel for Sigmoid {
-    fn name(&self) -> &'static str {
-        "Sigmoid"
-    }
-
-    fn output_types(&self) -> Vec<Option<DatumType>> {
-        vec![None]
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(inputs[0].without_value()))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
-        let shape = input.shape().to_vec();
-        match input.datum_type() {
-            DatumType::F64 => {
-                let out: Vec<f64> = input
-                    .to_plain_array_view::<f64>()?
-                    .iter()
-                    .map(|&x| 1.0 / (1.0 + (-x).exp()))
-                    .collect();
-                tensor(&shape, out).map(|t| tvec!(t))
-            }
-            DatumType::F32 => {
-                let (_, _, x) = float_rows(input)?;
-                let out: Vec<f32> = x.iter().map(|&x| crate::tree::mlas_logistic(x)).collect();
-                tensor(&shape, out).map(|t| tvec!(t))
-            }
-            // Other float types (f16): through f32, and back.
-            other => {
-                let (_, _, x) = float_rows(input)?;
-                let out: Vec<f32> = x.iter().map(|&x| crate::tree::mlas_logistic(x)).collect();
-                let out =
-                    tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), out)?.into_tensor();
-                Ok(tvec!(out.cast_to_dt(other)?.into_owned().into_tvalue()))
-            }
-        }
-    }
 }
 
 /// One ai.onnx.ml operator.
