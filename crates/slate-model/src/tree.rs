@@ -108,13 +108,16 @@ pub struct TreeEnsemble {
     uniform: Option<Mode>,
     /// Per node, the range of a leaf's votes in `weights`.
     spans: Vec<(u32, u32)>,
+    /// Per root, the depth of every leaf when the tree has all its leaves at one depth: a walk
+    /// then takes that many steps, with no test for the end.
+    even_depths: Vec<Option<u32>>,
 }
 
 impl Eq for TreeEnsemble {}
 
 /// A node as evaluation reads it: a branch's children by outcome (`[false, true]`), each with
-/// [`LEAF_CHILD`] set when it is a leaf; a leaf points at itself both ways (its votes are in
-/// `spans`).
+/// [`LEAF_CHILD`] set when it is a leaf; a leaf points at itself both ways, flagged (its votes are
+/// in `spans`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Compact {
     feature: u32,
@@ -124,15 +127,13 @@ struct Compact {
     mode: Mode,
 }
 
-/// Set in a branch's child index when the child is a leaf, so that a walk knows a row has ended
-/// without reading the child.
+/// Set in a child index when the child is a leaf (and in a leaf's own self-pointers), so that a
+/// walk knows a row has ended without reading the child.
 const LEAF_CHILD: u32 = 1 << 31;
 
 /// Rows evaluated together: each tree is walked for a block of rows before the next tree, so
 /// the tree stays in cache.
 const BLOCK: usize = 128;
-// A block's rows are numbered in a byte while they walk a tree.
-const _: () = assert!(BLOCK <= 256);
 
 /// Rows below which one thread scores everything.
 const PARALLEL_ROWS: usize = 16_384;
@@ -294,7 +295,7 @@ impl TreeEnsemble {
                 Compact {
                     feature: 0,
                     threshold: 0.0,
-                    next: [small(i)?, small(i)?],
+                    next: [small(i)? | LEAF_CHILD; 2],
                     missing_true: false,
                     mode: Mode::Leaf,
                 }
@@ -315,17 +316,22 @@ impl TreeEnsemble {
             .collect();
         // Each tree walked once to its leaves: a cycle (a malformed model) is an error, since
         // evaluation walks until every row is at a leaf.
+        let mut even_depths = Vec::with_capacity(roots.len());
         for &root in &roots {
             let mut stack = vec![(root, 0usize)];
+            let (mut shallowest, mut deepest) = (usize::MAX, 0);
             while let Some((i, d)) = stack.pop() {
                 if d > n {
                     return Err(format!("the tree at node {i} has a cycle"));
                 }
-                if nodes[i].mode != Mode::Leaf {
+                if nodes[i].mode == Mode::Leaf {
+                    (shallowest, deepest) = (shallowest.min(d), deepest.max(d));
+                } else {
                     stack.push((nodes[i].true_child, d + 1));
                     stack.push((nodes[i].false_child, d + 1));
                 }
             }
+            even_depths.push((shallowest == deepest).then(|| deepest as u32));
         }
         let uniform = match branch_modes.len() {
             1 => nodes.iter().find(|n| n.mode != Mode::Leaf).map(|n| n.mode),
@@ -347,6 +353,7 @@ impl TreeEnsemble {
             compact,
             uniform,
             spans,
+            even_depths,
         })
     }
 
@@ -467,8 +474,6 @@ impl TreeEnsemble {
         let mut acc = vec![0f32; BLOCK * c];
         let mut has = vec![false; BLOCK * c];
         let mut at = [0u32; BLOCK];
-        // The rows of the block not yet at a leaf of the current tree.
-        let mut active = [0u8; BLOCK];
         for ((rows, l), sc) in data
             .chunks(BLOCK * f)
             .zip(labels.chunks_mut(BLOCK))
@@ -477,23 +482,32 @@ impl TreeEnsemble {
             let m = l.len();
             acc[..m * c].fill(0.0);
             has[..m * c].fill(false);
-            for &root in &self.roots {
+            for (&root, &even) in self.roots.iter().zip(&self.even_depths) {
                 at[..m].fill(root as u32);
-                // Level by level: the rows' walks are independent, so they overlap in the CPU;
-                // a row leaves the walk at its leaf (most end well above the deepest one).
-                let mut live = match self.compact[root].mode {
-                    Mode::Leaf => 0,
-                    _ => m,
-                };
-                for (j, a) in active[..live].iter_mut().enumerate() {
-                    *a = j as u8;
+                // Level by level: the rows' walks are independent, so they overlap in the CPU.
+                if let Some(depth) = even {
+                    // Every row reaches a leaf at the same step.
+                    for _ in 0..depth {
+                        for (i, x) in rows.chunks_exact(f).enumerate() {
+                            let node = &self.compact[at[i] as usize];
+                            let v = x[node.feature as usize];
+                            let go = if general {
+                                general_outcome(node, v)
+                            } else {
+                                cmp(v, node.threshold) | (v.is_nan() & node.missing_true)
+                            };
+                            at[i] = node.next[usize::from(go)] & !LEAF_CHILD;
+                        }
+                    }
                 }
-                while live > 0 {
-                    let mut kept = 0;
-                    for j in 0..live {
-                        let i = usize::from(active[j]);
+                // Otherwise a row at its leaf stays there (a leaf is its own child), and the walk
+                // ends with the level where every row of the block has reached one.
+                let mut live = even.is_none() && self.compact[root].mode != Mode::Leaf;
+                while live {
+                    let mut branches = 0u32;
+                    for (i, x) in rows.chunks_exact(f).enumerate() {
                         let node = &self.compact[at[i] as usize];
-                        let v = rows[i * f + node.feature as usize];
+                        let v = x[node.feature as usize];
                         let go = if general {
                             general_outcome(node, v)
                         } else {
@@ -501,10 +515,9 @@ impl TreeEnsemble {
                         };
                         let next = node.next[usize::from(go)];
                         at[i] = next & !LEAF_CHILD;
-                        active[kept] = active[j];
-                        kept += usize::from(next & LEAF_CHILD == 0);
+                        branches |= !next & LEAF_CHILD;
                     }
-                    live = kept;
+                    live = branches != 0;
                 }
                 for i in 0..m {
                     let (a, b) = self.spans[at[i] as usize];
@@ -810,6 +823,7 @@ mod tests {
         features: i64,
         n_classes: usize,
         one_class: bool,
+        full: bool,
     ) -> i64 {
         let id = *next_id;
         *next_id += 1;
@@ -817,7 +831,7 @@ mod tests {
         a.nodes_treeids.push(tree);
         a.nodes_nodeids.push(id);
         a.nodes_missing_value_tracks_true.push(r.below(2) as i64);
-        if depth == 0 || r.below(4) == 0 {
+        if depth == 0 || (!full && r.below(4) == 0) {
             a.nodes_modes.push("LEAF".into());
             a.nodes_featureids.push(0);
             a.nodes_values.push(0.0);
@@ -848,6 +862,7 @@ mod tests {
             features,
             n_classes,
             one_class,
+            full,
         );
         let f = grow(
             a,
@@ -859,13 +874,14 @@ mod tests {
             features,
             n_classes,
             one_class,
+            full,
         );
         a.nodes_truenodeids[i] = t;
         a.nodes_falsenodeids[i] = f;
         id
     }
 
-    /// A random ensemble of unbalanced trees.
+    /// A random ensemble of unbalanced trees, or of trees with every leaf at one depth.
     fn ensemble(r: &mut Rng) -> TreeEnsemble {
         let modes = [
             "BRANCH_LEQ",
@@ -880,6 +896,7 @@ mod tests {
         let n_classes = 2 + r.below(2) as usize;
         let one_class = n_classes == 2 && r.below(2) == 0;
         let features = 1 + r.below(6) as i64;
+        let full = r.below(3) == 0;
         let mut a = Attributes {
             classlabels_int64s: (0..n_classes as i64).map(|c| c * 10).collect(),
             post_transform: ["NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO"][r.below(4) as usize]
@@ -908,6 +925,7 @@ mod tests {
                 features,
                 n_classes,
                 one_class,
+                full,
             );
         }
         TreeEnsemble::build(a).expect("valid ensemble")
