@@ -331,7 +331,7 @@ impl TreeEnsemble {
                     stack.push((nodes[i].false_child, d + 1));
                 }
             }
-            even_depths.push((shallowest == deepest).then(|| deepest as u32));
+            even_depths.push((shallowest == deepest).then_some(deepest as u32));
         }
         let uniform = match branch_modes.len() {
             1 => nodes.iter().find(|n| n.mode != Mode::Leaf).map(|n| n.mode),

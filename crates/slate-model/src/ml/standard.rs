@@ -290,9 +290,15 @@ mod tests {
             let rank = 1 + (next() % 3) as usize;
             let shape: Vec<usize> = (0..rank).map(|_| 1 + (next() % 4) as usize).collect();
             let n: usize = shape.iter().product();
-            let x: Vec<f32> = (0..n).map(|_| pool[(next() % pool.len() as u64) as usize]).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|_| pool[(next() % pool.len() as u64) as usize])
+                .collect();
             let arg = Arg {
-                extreme: if case % 2 == 0 { Extreme::Max } else { Extreme::Min },
+                extreme: if case % 2 == 0 {
+                    Extreme::Max
+                } else {
+                    Extreme::Min
+                },
                 axis: (next() % (2 * rank as u64)) as i64 - rank as i64,
                 keepdims: next() % 2 == 0,
                 last: next() % 2 == 0,
@@ -306,9 +312,22 @@ mod tests {
             } else {
                 want_shape.remove(axis);
             }
-            assert_eq!(out.shape(), want_shape.as_slice(), "case {case}: {arg:?} {shape:?}");
-            let got = out.try_as_plain_ram().unwrap().as_slice::<i64>().unwrap().to_vec();
-            assert_eq!(got, reference(&x, &shape, &arg), "case {case}: {arg:?} {shape:?} {x:?}");
+            assert_eq!(
+                out.shape(),
+                want_shape.as_slice(),
+                "case {case}: {arg:?} {shape:?}"
+            );
+            let got = out
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<i64>()
+                .unwrap()
+                .to_vec();
+            assert_eq!(
+                got,
+                reference(&x, &shape, &arg),
+                "case {case}: {arg:?} {shape:?} {x:?}"
+            );
         }
     }
 
@@ -325,7 +344,10 @@ mod tests {
             [1.0, 5.0, f32::NAN],
         ];
         let flat: Vec<f32> = x.iter().flatten().copied().collect();
-        for (last, want) in [(false, [0, 0, 0, 0, 0, 0, 1]), (true, [0, 0, 2, 0, 1, 2, 1])] {
+        for (last, want) in [
+            (false, [0, 0, 0, 0, 0, 0, 1]),
+            (true, [0, 0, 2, 0, 1, 2, 1]),
+        ] {
             let arg = Arg {
                 extreme: Extreme::Max,
                 axis: 1,
@@ -337,7 +359,12 @@ mod tests {
                 .unwrap()
                 .remove(0);
             assert_eq!(out.shape(), &[7, 1]);
-            let got = out.try_as_plain_ram().unwrap().as_slice::<i64>().unwrap().to_vec();
+            let got = out
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<i64>()
+                .unwrap()
+                .to_vec();
             assert_eq!(got, want, "select_last_index {last}");
         }
     }
