@@ -7,6 +7,24 @@ mod ml;
 mod signature;
 pub mod tree;
 
+/// A small deterministic generator (xorshift) for the unit tests' random cases.
+#[cfg(test)]
+pub(crate) struct Rng(pub(crate) u64);
+
+#[cfg(test)]
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 pub use signature::{Elem, Signature, TensorSpec};
 
 use arrow_array::{

@@ -474,6 +474,17 @@ impl TreeEnsemble {
         let mut acc = vec![0f32; BLOCK * c];
         let mut has = vec![false; BLOCK * c];
         let mut at = [0u32; BLOCK];
+        // The child (flagged when a leaf) a row at node `at` with features `x` goes to.
+        let step = |at: u32, x: &[f32]| -> u32 {
+            let node = &self.compact[at as usize];
+            let v = x[node.feature as usize];
+            let go = if general {
+                general_outcome(node, v)
+            } else {
+                cmp(v, node.threshold) | (v.is_nan() & node.missing_true)
+            };
+            node.next[usize::from(go)]
+        };
         for ((rows, l), sc) in data
             .chunks(BLOCK * f)
             .zip(labels.chunks_mut(BLOCK))
@@ -489,14 +500,7 @@ impl TreeEnsemble {
                     // Every row reaches a leaf at the same step.
                     for _ in 0..depth {
                         for (i, x) in rows.chunks_exact(f).enumerate() {
-                            let node = &self.compact[at[i] as usize];
-                            let v = x[node.feature as usize];
-                            let go = if general {
-                                general_outcome(node, v)
-                            } else {
-                                cmp(v, node.threshold) | (v.is_nan() & node.missing_true)
-                            };
-                            at[i] = node.next[usize::from(go)] & !LEAF_CHILD;
+                            at[i] = step(at[i], x) & !LEAF_CHILD;
                         }
                     }
                 }
@@ -506,14 +510,7 @@ impl TreeEnsemble {
                 while live {
                     let mut branches = 0u32;
                     for (i, x) in rows.chunks_exact(f).enumerate() {
-                        let node = &self.compact[at[i] as usize];
-                        let v = x[node.feature as usize];
-                        let go = if general {
-                            general_outcome(node, v)
-                        } else {
-                            cmp(v, node.threshold) | (v.is_nan() & node.missing_true)
-                        };
-                        let next = node.next[usize::from(go)];
+                        let next = step(at[i], x);
                         at[i] = next & !LEAF_CHILD;
                         branches |= !next & LEAF_CHILD;
                     }
@@ -790,24 +787,13 @@ pub(crate) fn transform_scores(row: &mut [f32], t: PostTransform) {
 mod tests {
     use super::*;
 
-    struct Rng(u64);
+    use crate::Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        /// Values on a small grid, so that rows often equal thresholds; NaN now and then.
-        fn value(&mut self) -> f32 {
-            match self.below(12) {
-                0 => f32::NAN,
-                k => (k as f32 - 6.0) * 0.5,
-            }
+    /// Values on a small grid, so that rows often equal thresholds; NaN now and then.
+    fn value(r: &mut Rng) -> f32 {
+        match r.below(12) {
+            0 => f32::NAN,
+            k => (k as f32 - 6.0) * 0.5,
         }
     }
 
@@ -904,7 +890,7 @@ mod tests {
             ..Attributes::default()
         };
         a.base_values = (0..[0, 1, 2, n_classes][r.below(4) as usize])
-            .map(|_| r.value().max(-1.0))
+            .map(|_| value(r).max(-1.0))
             .collect();
         for tree in 0..1 + r.below(20) as i64 {
             let depth = 1 + r.below(6) as u32;
@@ -938,7 +924,7 @@ mod tests {
             let e = ensemble(&mut r);
             let f = e.n_features + r.below(2) as usize;
             let n = [1, 5, 127, 128, 129, 300, 20_000][r.below(7) as usize];
-            let data: Vec<f32> = (0..n * f).map(|_| r.value()).collect();
+            let data: Vec<f32> = (0..n * f).map(|_| value(&mut r)).collect();
             let c = e.n_classes();
             let mut labels = vec![0i64; n];
             let mut scores = vec![0f32; n * c];

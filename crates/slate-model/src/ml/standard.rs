@@ -264,16 +264,20 @@ mod tests {
             .collect()
     }
 
+    /// `arg` over `x` of `shape`: the output's shape and indices.
+    fn evaluate(arg: &Arg, shape: &[usize], x: Vec<f32>) -> (Vec<usize>, Vec<i64>) {
+        let out = arg
+            .eval(tvec!(tensor(shape, x).unwrap()))
+            .unwrap()
+            .remove(0);
+        let indices = out.try_as_plain_ram().unwrap().as_slice::<i64>().unwrap();
+        (out.shape().to_vec(), indices.to_vec())
+    }
+
     #[test]
     fn arg_extremes_match_brute_force_on_every_axis() {
-        // A small deterministic generator: values with many ties, NaN, infinities, signed zeros.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        // Values with many ties, NaN, infinities, signed zeros.
+        let mut r = crate::Rng(0x2545_f491_4f6c_dd1d);
         let pool = [
             f32::NAN,
             f32::INFINITY,
@@ -287,11 +291,11 @@ mod tests {
             f32::MAX,
         ];
         for case in 0..300 {
-            let rank = 1 + (next() % 3) as usize;
-            let shape: Vec<usize> = (0..rank).map(|_| 1 + (next() % 4) as usize).collect();
+            let rank = 1 + r.below(3) as usize;
+            let shape: Vec<usize> = (0..rank).map(|_| 1 + r.below(4) as usize).collect();
             let n: usize = shape.iter().product();
             let x: Vec<f32> = (0..n)
-                .map(|_| pool[(next() % pool.len() as u64) as usize])
+                .map(|_| pool[r.below(pool.len() as u64) as usize])
                 .collect();
             let arg = Arg {
                 extreme: if case % 2 == 0 {
@@ -299,12 +303,11 @@ mod tests {
                 } else {
                     Extreme::Min
                 },
-                axis: (next() % (2 * rank as u64)) as i64 - rank as i64,
-                keepdims: next() % 2 == 0,
-                last: next() % 2 == 0,
+                axis: r.below(2 * rank as u64) as i64 - rank as i64,
+                keepdims: r.below(2) == 0,
+                last: r.below(2) == 0,
             };
-            let input = tensor(&shape, x.clone()).unwrap();
-            let out = arg.eval(tvec!(input)).unwrap().remove(0);
+            let (out_shape, got) = evaluate(&arg, &shape, x.clone());
             let axis = arg.axis_of(rank).unwrap();
             let mut want_shape = shape.clone();
             if arg.keepdims {
@@ -312,17 +315,7 @@ mod tests {
             } else {
                 want_shape.remove(axis);
             }
-            assert_eq!(
-                out.shape(),
-                want_shape.as_slice(),
-                "case {case}: {arg:?} {shape:?}"
-            );
-            let got = out
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<i64>()
-                .unwrap()
-                .to_vec();
+            assert_eq!(out_shape, want_shape, "case {case}: {arg:?} {shape:?}");
             assert_eq!(
                 got,
                 reference(&x, &shape, &arg),
@@ -354,17 +347,8 @@ mod tests {
                 keepdims: true,
                 last,
             };
-            let out = arg
-                .eval(tvec!(tensor(&[7, 3], flat.clone()).unwrap()))
-                .unwrap()
-                .remove(0);
-            assert_eq!(out.shape(), &[7, 1]);
-            let got = out
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<i64>()
-                .unwrap()
-                .to_vec();
+            let (shape, got) = evaluate(&arg, &[7, 3], flat.clone());
+            assert_eq!(shape, [7, 1]);
             assert_eq!(got, want, "select_last_index {last}");
         }
     }
