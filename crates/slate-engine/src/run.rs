@@ -1201,6 +1201,37 @@ impl OutputColumns {
         RecordBatch::try_new(self.schema.clone(), cols)
     }
 
+    /// The columns of `rows` that vary by row (all but the run id and the model hashes), and
+    /// what turns such a batch into the record's: a record regrouped through files on disk
+    /// writes each repeated string once instead of once a row.
+    pub(crate) fn varying(
+        &self,
+        rows: std::ops::Range<usize>,
+    ) -> Result<(RecordBatch, Repeats), arrow::error::ArrowError> {
+        let n = rows.len();
+        let mut fields = Vec::new();
+        let mut cols = Vec::new();
+        let mut repeated = Vec::new();
+        for (c, f) in self.columns.iter().zip(self.schema.fields()) {
+            match c {
+                OutputColumn::Array(a) => {
+                    fields.push(f.clone());
+                    cols.push(a.slice(rows.start, n));
+                    repeated.push(None);
+                }
+                OutputColumn::Repeat(s) => repeated.push(Some(s.clone())),
+            }
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+        Ok((
+            batch,
+            Repeats {
+                schema: self.schema.clone(),
+                repeated,
+            },
+        ))
+    }
+
     /// The record in batches of at most `chunk` rows, each built when it is asked for (one
     /// empty batch for no rows).
     pub(crate) fn batches(
@@ -1215,6 +1246,41 @@ impl OutputColumns {
             let end = (start + chunk).min(self.rows);
             self.batch(start..end)
         })
+    }
+}
+
+/// The record's repeated columns, added back to its varying ones ([`OutputColumns::varying`]).
+#[derive(Clone)]
+pub(crate) struct Repeats {
+    schema: Arc<Schema>,
+    /// Per record column: its one value when repeated, else `None` (the next varying column).
+    repeated: Vec<Option<String>>,
+}
+
+impl Repeats {
+    /// The record of `varying`'s rows.
+    pub(crate) fn fill(
+        &self,
+        varying: &RecordBatch,
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let n = varying.num_rows();
+        let mut next = varying.columns().iter();
+        let cols = self
+            .repeated
+            .iter()
+            .map(|r| match r {
+                Some(s) => Ok(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    s.as_str(),
+                    n,
+                ))) as ArrayRef),
+                None => next.next().cloned().ok_or_else(|| {
+                    arrow::error::ArrowError::SchemaError(
+                        "a record batch lacks a varying column".into(),
+                    )
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        RecordBatch::try_new(self.schema.clone(), cols)
     }
 }
 

@@ -89,6 +89,18 @@ impl WriteRows {
             batches: crate::buckets::by_day(self.batches, time, dir),
         }
     }
+
+    /// The same rows, each batch passed through `f` as the write takes it (columns added
+    /// after a [`Self::by_day`] regrouping, say, that the files on disk need not hold).
+    pub fn map(
+        self,
+        f: impl Fn(RecordBatch) -> Result<RecordBatch, ArrowError> + Send + 'static,
+    ) -> Self {
+        use futures::StreamExt;
+        WriteRows {
+            batches: self.batches.map(move |b| b.and_then(&f)).boxed(),
+        }
+    }
 }
 
 impl From<Vec<RecordBatch>> for WriteRows {

@@ -538,12 +538,22 @@ impl Engine {
                     .await
             })
         };
+        // The record's files on disk hold its varying columns; the repeated ones (run id, model
+        // hashes) are added as the write takes the rows back, from the first batch's.
+        let repeats: Arc<std::sync::OnceLock<super::Repeats>> = Arc::default();
         let (record_tx, record_write) = match plan.query.store_offline {
             true => {
                 let (tx, rx) = channel();
                 let (offline, table) = (offline.clone(), plan.query.name.clone());
+                let filler = repeats.clone();
                 let rows = slate_stores::WriteRows::from_stream(receive(rx))
-                    .by_day("feature_time", exec.spill_dir.join("write-record"));
+                    .by_day("feature_time", exec.spill_dir.join("write-record"))
+                    .map(move |b| match filler.get() {
+                        Some(r) => r.fill(&b),
+                        None => Err(arrow::error::ArrowError::SchemaError(
+                            "record rows before their first batch".into(),
+                        )),
+                    });
                 let task = tokio::spawn(async move {
                     offline
                         .write_rows(&table, rows, None, Some("feature_time"))
@@ -758,7 +768,9 @@ impl Engine {
                     }
                     if record_tx.is_some() {
                         let record = OutputColumns::new(plan, &frame, Some(run_id), models)?;
-                        sends.push((1, record.batch(0..n)));
+                        let (varying, filler) = record.varying(0..n)?;
+                        let _ = repeats.set(filler);
+                        sends.push((1, Ok(varying)));
                     }
                     if let Some((_, schema)) = &online_tx {
                         let mut columns: Vec<ArrayRef> = vec![
