@@ -1193,9 +1193,7 @@ impl OutputColumns {
             .iter()
             .map(|c| match c {
                 OutputColumn::Array(a) => a.slice(rows.start, n),
-                OutputColumn::Repeat(s) => Arc::new(StringArray::from_iter_values(
-                    std::iter::repeat_n(s.as_str(), n),
-                )) as ArrayRef,
+                OutputColumn::Repeat(s) => Arc::new(repeated(s, n)) as ArrayRef,
             })
             .collect();
         RecordBatch::try_new(self.schema.clone(), cols)
@@ -1269,10 +1267,7 @@ impl Repeats {
             .repeated
             .iter()
             .map(|r| match r {
-                Some(s) => Ok(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    s.as_str(),
-                    n,
-                ))) as ArrayRef),
+                Some(s) => Ok(Arc::new(repeated(s, n)) as ArrayRef),
                 None => next.next().cloned().ok_or_else(|| {
                     arrow::error::ArrowError::SchemaError(
                         "a record batch lacks a varying column".into(),
@@ -1282,6 +1277,13 @@ impl Repeats {
             .collect::<Result<Vec<_>, _>>()?;
         RecordBatch::try_new(self.schema.clone(), cols)
     }
+}
+
+/// `s` `n` times: its bytes copied once into a buffer of the final size.
+fn repeated(s: &str, n: usize) -> StringArray {
+    let offsets = arrow::buffer::OffsetBuffer::from_lengths(std::iter::repeat_n(s.len(), n));
+    let values = arrow::buffer::Buffer::from_vec(s.repeat(n).into_bytes());
+    StringArray::new(offsets, values, None)
 }
 
 /// Rows per batch of a run's offline record and per chunk of its online write: string columns

@@ -587,15 +587,28 @@ impl Engine {
                     .boxed();
                 let source =
                     source_exec(online_schema.clone(), rows).map_err(|e| failed(e, &errors))?;
-                let order = LexOrdering::new(vec![
-                    PhysicalSortExpr::new_default(
-                        col("__key", &online_schema).map_err(|e| failed(e, &errors))?,
-                    ),
-                    PhysicalSortExpr::new_default(
+                // The rows are one per primary key (deduplicated); an integer or text key's
+                // text is as unique, so the key alone orders them, and a sort on one text
+                // column compares the strings themselves (two columns would be converted to
+                // Arrow's row format first). Other keys' texts may coincide: time breaks ties.
+                let unique_text = {
+                    let ty = schema.field_with_name(&pk)?.data_type();
+                    ty.is_integer()
+                        || matches!(
+                            ty,
+                            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                        )
+                };
+                let mut order = vec![PhysicalSortExpr::new_default(
+                    col("__key", &online_schema).map_err(|e| failed(e, &errors))?,
+                )];
+                if !unique_text {
+                    order.push(PhysicalSortExpr::new_default(
                         col("__time", &online_schema).map_err(|e| failed(e, &errors))?,
-                    ),
-                ])
-                .ok_or_else(|| EngineError::Internal("an empty order".into()))?;
+                    ));
+                }
+                let order = LexOrdering::new(order)
+                    .ok_or_else(|| EngineError::Internal("an empty order".into()))?;
                 let sort: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(order, source));
                 let sorted =
                     datafusion::physical_plan::execute_stream(sort.clone(), ctx.task_ctx())
