@@ -1199,35 +1199,38 @@ impl OutputColumns {
         RecordBatch::try_new(self.schema.clone(), cols)
     }
 
-    /// The columns of `rows` that vary by row (all but the run id and the model hashes), and
-    /// what turns such a batch into the record's: a record regrouped through files on disk
-    /// writes each repeated string once instead of once a row.
+    /// The columns of `rows` that vary by row (all but the run id and the model hashes): a
+    /// record regrouped through files on disk holds these, and [`Self::repeats`] adds the
+    /// repeated strings back once it is read.
     pub(crate) fn varying(
         &self,
         rows: std::ops::Range<usize>,
-    ) -> Result<(RecordBatch, Repeats), arrow::error::ArrowError> {
-        let n = rows.len();
-        let mut fields = Vec::new();
-        let mut cols = Vec::new();
-        let mut repeated = Vec::new();
-        for (c, f) in self.columns.iter().zip(self.schema.fields()) {
-            match c {
-                OutputColumn::Array(a) => {
-                    fields.push(f.clone());
-                    cols.push(a.slice(rows.start, n));
-                    repeated.push(None);
-                }
-                OutputColumn::Repeat(s) => repeated.push(Some(s.clone())),
-            }
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let (fields, cols): (Vec<_>, Vec<_>) = self
+            .columns
+            .iter()
+            .zip(self.schema.fields())
+            .filter_map(|(c, f)| match c {
+                OutputColumn::Array(a) => Some((f.clone(), a.slice(rows.start, rows.len()))),
+                OutputColumn::Repeat(_) => None,
+            })
+            .unzip();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+    }
+
+    /// What turns a batch of [`Self::varying`] columns into the record's.
+    pub(crate) fn repeats(&self) -> Repeats {
+        Repeats {
+            schema: self.schema.clone(),
+            repeated: self
+                .columns
+                .iter()
+                .map(|c| match c {
+                    OutputColumn::Array(_) => None,
+                    OutputColumn::Repeat(s) => Some(s.clone()),
+                })
+                .collect(),
         }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
-        Ok((
-            batch,
-            Repeats {
-                schema: self.schema.clone(),
-                repeated,
-            },
-        ))
     }
 
     /// The record in batches of at most `chunk` rows, each built when it is asked for (one

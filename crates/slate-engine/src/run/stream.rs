@@ -781,9 +781,8 @@ impl Engine {
                     }
                     if record_tx.is_some() {
                         let record = OutputColumns::new(plan, &frame, Some(run_id), models)?;
-                        let (varying, filler) = record.varying(0..n)?;
-                        let _ = repeats.set(filler);
-                        sends.push((1, Ok(varying)));
+                        repeats.get_or_init(|| record.repeats());
+                        sends.push((1, record.varying(0..n)));
                     }
                     if let Some((_, schema)) = &online_tx {
                         let mut columns: Vec<ArrayRef> = vec![
