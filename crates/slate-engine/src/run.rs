@@ -574,38 +574,55 @@ impl Engine {
         };
         let exec = self.execution(RUN_SPILL);
         let (root_bound, root_before) = self.bound_of(plan, &plan.scans[0], ledger_exists)?;
-        let (ingested, rows_ingested, rows_scored, outputs) =
-            if root_bound.is_none() && stream::streamable(plan) {
-                let s = self
-                    .run_streamed(
-                        plan,
-                        &run_id,
-                        started,
-                        root_before,
-                        &models,
-                        early_online,
-                        &exec,
-                        progress,
-                        &mut took,
-                    )
-                    .await?;
-                (vec![s.ingested], s.rows, s.rows, s.outputs)
-            } else {
-                self.run_framed(
+        let (ingested, rows_ingested, rows_scored, outputs) = if stream::streamable(plan) {
+            // A daily run ingests and stores its new rows first; a backfill streams them.
+            let daily = match root_bound {
+                None => None,
+                Some(_) => {
+                    let t = Instant::now();
+                    let scan = &plan.scans[0];
+                    let (rows, i) = self
+                        .ingest(plan, scan, ledger_exists, started, previous.as_ref())
+                        .await?;
+                    let read = t.elapsed();
+                    store_scan(&self.offline(), scan, &i, &rows).await?;
+                    let detail =
+                        ingest_detail(plan, std::slice::from_ref(&i), read, t.elapsed() - read);
+                    took("ingest", detail, t.elapsed());
+                    Some((rows, i))
+                }
+            };
+            let s = self
+                .run_streamed(
                     plan,
                     &run_id,
                     started,
-                    tick,
-                    previous.as_ref(),
-                    ledger_exists,
+                    root_before,
                     &models,
                     early_online,
                     &exec,
                     progress,
                     &mut took,
+                    daily,
                 )
-                .await?
-            };
+                .await?;
+            (vec![s.ingested], s.rows, s.rows, s.outputs)
+        } else {
+            self.run_framed(
+                plan,
+                &run_id,
+                started,
+                tick,
+                previous.as_ref(),
+                ledger_exists,
+                &models,
+                early_online,
+                &exec,
+                progress,
+                &mut took,
+            )
+            .await?
+        };
 
         // 4. Commit: the run record and the watermarks move together, last.
         let t = Instant::now();
@@ -714,43 +731,15 @@ impl Engine {
         // Stored, each scan's rows are released, but the root rows, which become the frame.
         let mut root_rows = None;
         for (k, ((scan, i), rows)) in plan.scans.iter().zip(&ingested).zip(scanned).enumerate() {
-            let replace = i.bound.as_ref().map(|b| ReplaceRange {
-                column: b.column.clone(),
-                from_micros: b.micros,
-            });
-            offline
-                .write(
-                    &scan.table(),
-                    vec![rows.clone()],
-                    replace.as_ref(),
-                    scan.class.feature_time.as_deref(),
-                )
-                .await?;
+            store_scan(&offline, scan, i, &rows).await?;
             if k == 0 {
                 root_rows = Some(rows);
             }
         }
         let rows = root_rows.ok_or_else(|| EngineError::Internal("a plan without scans".into()))?;
-        let detail: Vec<String> = plan
-            .scans
-            .iter()
-            .zip(&ingested)
-            .map(|(s, i)| match i.late {
-                Some(l) if l > 0 => format!(
-                    "{} rows from {} ({l} late rows missed)",
-                    i.count, s.resolver.name
-                ),
-                _ => format!("{} rows from {}", i.count, s.resolver.name),
-            })
-            .collect();
         took(
             "ingest",
-            format!(
-                "{} (read {:.2}s, stored {:.2}s)",
-                detail.join(", "),
-                read_time.as_secs_f64(),
-                (t.elapsed() - read_time).as_secs_f64()
-            ),
+            ingest_detail(plan, &ingested, read_time, t.elapsed() - read_time),
             t.elapsed(),
         );
 
@@ -1306,6 +1295,56 @@ struct Ingested {
     after: Option<i64>,
     /// Rows that arrived too late to be read (see `ScanRecord::late_rows`).
     late: Option<usize>,
+}
+
+/// Stores one scan's ingested `rows` in its class's table: they replace the table's rows from
+/// the scan's incremental bound on (every row, for a scan that read everything).
+async fn store_scan(
+    offline: &OfflineStore,
+    scan: &Scan,
+    ingested: &Ingested,
+    rows: &RecordBatch,
+) -> Result<(), EngineError> {
+    let replace = ingested.bound.as_ref().map(|b| ReplaceRange {
+        column: b.column.clone(),
+        from_micros: b.micros,
+    });
+    offline
+        .write(
+            &scan.table(),
+            vec![rows.clone()],
+            replace.as_ref(),
+            scan.class.feature_time.as_deref(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The ingest stage's line: rows per scan, late rows, and the times to read and to store them.
+fn ingest_detail(
+    plan: &QueryPlan,
+    ingested: &[Ingested],
+    read: Duration,
+    stored: Duration,
+) -> String {
+    let detail: Vec<String> = plan
+        .scans
+        .iter()
+        .zip(ingested)
+        .map(|(s, i)| match i.late {
+            Some(l) if l > 0 => format!(
+                "{} rows from {} ({l} late rows missed)",
+                i.count, s.resolver.name
+            ),
+            _ => format!("{} rows from {}", i.count, s.resolver.name),
+        })
+        .collect();
+    format!(
+        "{} (read {:.2}s, stored {:.2}s)",
+        detail.join(", "),
+        read.as_secs_f64(),
+        stored.as_secs_f64()
+    )
 }
 
 /// How a first run or backfill of `plan` runs, as DataFusion's EXPLAIN shows a physical plan

@@ -66,6 +66,30 @@ impl OfflineStore {
         from: i64,
         advance_to: i64,
     ) -> Result<Vec<RecordBatch>, StoreError> {
+        use futures::TryStreamExt;
+        let out = self
+            .stream_latest_for_keys(table, columns, key, keys, time, from)
+            .await?
+            .try_collect()
+            .await?;
+        self.advance_latest_state(table, key, time, advance_to)
+            .await?;
+        Ok(out)
+    }
+
+    /// The read of [`OfflineStore::read_latest_for_keys`] as a stream (the entity state's rows,
+    /// then the table's as they are read), without moving the state on: a reader that consumes
+    /// the rows later moves it with [`OfflineStore::advance_latest_state`] once it has.
+    pub async fn stream_latest_for_keys(
+        &self,
+        table: &str,
+        columns: &[&str],
+        key: &str,
+        keys: ArrayRef,
+        time: &str,
+        from: i64,
+    ) -> Result<crate::KeyedRows, StoreError> {
+        use futures::StreamExt;
         let dir = self.state_dir(table, key, time);
         let state = state_files(&dir)
             .into_iter()
@@ -80,17 +104,13 @@ impl OfflineStore {
         };
         // Without a state holding every asked column, the read starts at the table's first row.
         let since = held.as_ref().map(|(c, _)| *c);
-        let mut out = held.map(|(_, rows)| rows).unwrap_or_default();
-        out.extend(
-            self.read_for_keys(table, columns, key, keys, time, since)
-                .await?,
-        );
-        let target = i64::from(day_of(advance_to)) * 86_400_000_000;
-        let current = state_files(&dir).into_iter().map(|(c, _)| c).max();
-        if current.is_none_or(|c| c < target) {
-            self.advance(table, key, time, &dir, target).await?;
-        }
-        Ok(out)
+        let held = held.map(|(_, rows)| rows).unwrap_or_default();
+        let rest = self
+            .stream_for_keys(table, columns, key, keys, time, since)
+            .await?;
+        Ok(futures::stream::iter(held.into_iter().map(Ok))
+            .chain(rest)
+            .boxed())
     }
 
     /// Moves the entity state of `table` (by `key`, `time`) on to `advance_to`'s day, as

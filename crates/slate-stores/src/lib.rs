@@ -13,7 +13,7 @@ mod redis;
 
 pub use latest::LatestStateBuilder;
 pub use ledger::{Ledger, OutputRecord, RedbLedger, RunRecord, RunStatus, ScanRecord, Watermark};
-pub use offline::{DAY_COLUMN, OfflineStore, ReplaceRange, WriteRows, day_of};
+pub use offline::{DAY_COLUMN, KeyedRows, OfflineStore, ReplaceRange, WriteRows, day_of};
 pub use online::{
     OnlineRows, OnlineStore, OnlineValue, OnlineWriter, RedbOnlineStore, class_of, key_order,
 };

@@ -47,6 +47,9 @@ const TABLE_PROPERTIES: [(&str, Option<&str>); 1] = [("delta.checkpointInterval"
 /// Rows per Parquet row group (see [`writer_properties`]).
 const ROW_GROUP_ROWS: usize = 1 << 16;
 
+/// Rows of a keyed read (see [`OfflineStore::stream_for_keys`]) as they are read.
+pub type KeyedRows = futures::stream::BoxStream<'static, Result<RecordBatch, StoreError>>;
+
 /// Batches of a write as they are produced.
 type Batches = futures::stream::BoxStream<'static, Result<RecordBatch, ArrowError>>;
 
@@ -549,13 +552,31 @@ impl OfflineStore {
         time: &str,
         from: Option<i64>,
     ) -> Result<Vec<RecordBatch>, StoreError> {
+        use futures::TryStreamExt;
+        self.stream_for_keys(table, columns, key, keys, time, from)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// [`OfflineStore::read_for_keys`] as a stream: the rows come as the table's files are
+    /// read, so that a reader holds a batch at a time, not the history of its keys.
+    pub async fn stream_for_keys(
+        &self,
+        table: &str,
+        columns: &[&str],
+        key: &str,
+        keys: ArrayRef,
+        time: &str,
+        from: Option<i64>,
+    ) -> Result<KeyedRows, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Offline {
             table: table.into(),
             reason: e.to_string(),
         };
         let ctx = self.session(&[table]).await?;
         let Ok(mut df) = ctx.table(table).await else {
-            return Ok(vec![]);
+            return Ok(Box::pin(futures::stream::empty()));
         };
         if let Some(f) = from {
             let mut cond = quoted(time).gt_eq(ts_lit(f));
@@ -564,7 +585,7 @@ impl OfflineStore {
             }
             df = df.filter(cond).map_err(|e| err(&e))?;
         }
-        self.keyed(table, &ctx, df, columns, key, keys).await
+        self.keyed_stream(table, &ctx, df, columns, key, keys).await
     }
 
     /// `columns` of `df`'s rows whose `key` is among `keys`.
@@ -577,63 +598,75 @@ impl OfflineStore {
         key: &str,
         keys: ArrayRef,
     ) -> Result<Vec<RecordBatch>, StoreError> {
-        let err = |e: &dyn std::fmt::Display| StoreError::Offline {
-            table: table.into(),
-            reason: e.to_string(),
-        };
-        if keys.len() > JOINED_KEYS {
-            return self.filtered(table, df, columns, key, &keys).await;
-        }
-        // The touched keys join as a table (a hash semi-join), not as an IN list, so that any
-        // number of keys plans in constant stack and time.
-        let key_schema = Arc::new(Schema::new(vec![Field::new(
-            "slate_key",
-            keys.data_type().clone(),
-            true,
-        )]));
-        let key_batch = RecordBatch::try_new(key_schema, vec![keys]).map_err(|e| err(&e))?;
-        let keys_df = ctx.read_batch(key_batch).map_err(|e| err(&e))?;
-        let df = df
-            .join(keys_df, JoinType::LeftSemi, &[key], &["slate_key"], None)
-            .and_then(|d| d.select(columns.iter().map(|c| quoted(c)).collect::<Vec<_>>()))
-            .map_err(|e| err(&e))?;
-        df.collect().await.map_err(|e| err(&e))
+        use futures::TryStreamExt;
+        self.keyed_stream(table, ctx, df, columns, key, keys)
+            .await?
+            .try_collect()
+            .await
     }
 
-    /// [`OfflineStore::keyed`] of many keys: each batch read keeps its rows whose key is in
-    /// `keys` as it arrives, so that rows of other keys are never held.
-    async fn filtered(
+    /// [`OfflineStore::keyed`] as a stream. Few keys join as a table (a hash semi-join, not an
+    /// IN list, so that any number of keys plans in constant stack and time); many keys filter
+    /// each batch as it is read, so that rows of other keys are never held.
+    async fn keyed_stream(
         &self,
         table: &str,
+        ctx: &SessionContext,
         df: deltalake::datafusion::dataframe::DataFrame,
         columns: &[&str],
         key: &str,
-        keys: &ArrayRef,
-    ) -> Result<Vec<RecordBatch>, StoreError> {
+        keys: ArrayRef,
+    ) -> Result<KeyedRows, StoreError> {
         use futures::StreamExt;
-        let err = |e: &dyn std::fmt::Display| StoreError::Offline {
-            table: table.into(),
-            reason: e.to_string(),
+        let table = table.to_string();
+        let err = {
+            let table = table.clone();
+            move |e: &dyn std::fmt::Display| StoreError::Offline {
+                table: table.clone(),
+                reason: e.to_string(),
+            }
         };
-        let df = df
-            .select(columns.iter().map(|c| quoted(c)).collect::<Vec<_>>())
+        let projection = columns.iter().map(|c| quoted(c)).collect::<Vec<_>>();
+        if keys.len() <= JOINED_KEYS {
+            let key_schema = Arc::new(Schema::new(vec![Field::new(
+                "slate_key",
+                keys.data_type().clone(),
+                true,
+            )]));
+            let key_batch = RecordBatch::try_new(key_schema, vec![keys]).map_err(|e| err(&e))?;
+            let keys_df = ctx.read_batch(key_batch).map_err(|e| err(&e))?;
+            let stream = df
+                .join(keys_df, JoinType::LeftSemi, &[key], &["slate_key"], None)
+                .and_then(|d| d.select(projection))
+                .map_err(|e| err(&e))?
+                .execute_stream()
+                .await
+                .map_err(|e| err(&e))?;
+            return Ok(stream.map(move |b| b.map_err(|e| err(&e))).boxed());
+        }
+        let stream = df
+            .select(projection)
+            .map_err(|e| err(&e))?
+            .execute_stream()
+            .await
             .map_err(|e| err(&e))?;
-        let mut stream = df.execute_stream().await.map_err(|e| err(&e))?;
         let schema = stream.schema();
         let index = schema
             .index_of(key)
             .map_err(|_| err(&format!("the read lacks its key column {key}")))?;
-        let set = KeySet::new(keys, schema.field(index).data_type()).map_err(|e| err(&e))?;
-        let mut out = Vec::new();
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| err(&e))?;
-            let mask = set.contains(batch.column(index)).map_err(|e| err(&e))?;
-            let batch = arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| err(&e))?;
-            if batch.num_rows() > 0 {
-                out.push(batch);
-            }
-        }
-        Ok(out)
+        let set = KeySet::new(&keys, schema.field(index).data_type()).map_err(|e| err(&e))?;
+        Ok(stream
+            .filter_map(move |batch| {
+                let kept = batch.map_err(|e| err(&e)).and_then(|batch| {
+                    let mask = set.contains(batch.column(index)).map_err(|e| err(&e))?;
+                    arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| err(&e))
+                });
+                futures::future::ready(match kept {
+                    Ok(b) if b.num_rows() == 0 => None,
+                    other => Some(other),
+                })
+            })
+            .boxed())
     }
 
     /// The number of distinct `distinct` tuples among `table`'s rows whose `column` lies in

@@ -319,8 +319,9 @@ async fn fraud_pipeline_end_to_end() {
     }
 }
 
-/// A backfill computes the same stores whatever the number of partitions of its point-in-time
-/// operator (rows hash-partitioned by user).
+/// A backfill, and the daily runs after it, compute the same stores whatever the number of
+/// partitions of their point-in-time operator (rows hash-partitioned by user) and whatever
+/// their memory budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_partitions_do_not_change_the_stores() {
     let cfg = Config {
@@ -330,25 +331,10 @@ async fn backfill_partitions_do_not_change_the_stores() {
         activity: 1.0,
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("warehouse");
-    write_warehouse(&data, &cfg, 0, 20).expect("data");
     let plan = plan_query(&project(), "run_fraud_model").expect("plan");
     let now = START_MICROS + 21 * DAY;
-    let mut first: Option<(RecordBatch, Vec<Option<slate_stores::OnlineValue>>)> = None;
-    // The last one under a memory limit small enough that the sorts spill.
-    for (n, limit) in [(1, None), (3, None), (16, None), (2, Some(2usize << 20))] {
-        let state = tmp.path().join(format!("state{n}"));
-        let mut e = engine(&data, &state, now).with_partitions(n);
-        if let Some(l) = limit {
-            e = e.with_memory_limit(l);
-        }
-        let s = e.run(&plan, &SilentProgress).await.expect("run");
-        assert_eq!(
-            s.spilled_bytes > 0,
-            limit.is_some(),
-            "{n} partitions under {limit:?} bytes: spilled {} bytes",
-            s.spilled_bytes
-        );
+    type Stores = (RecordBatch, Vec<Option<slate_stores::OnlineValue>>);
+    let stores = |state: std::path::PathBuf, e: Engine| async move {
         let p = common::without_run_id_by_id(&predictions(&state).await);
         let ids: Vec<String> = i64s(&p, "id").iter().map(|k| k.to_string()).collect();
         let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -357,6 +343,32 @@ async fn backfill_partitions_do_not_change_the_stores() {
             .expect("online")
             .get_many("transaction.is_fraud", &keys)
             .expect("online values");
+        (p, online)
+    };
+    let mut first: Option<Stores> = None;
+    let mut first_daily: Option<Stores> = None;
+    // The last one under a memory limit small enough that the sorts spill.
+    for (n, limit) in [(1, None), (3, None), (16, None), (2, Some(2usize << 20))] {
+        // A warehouse of its own, which grows after the backfill.
+        let data = tmp.path().join(format!("warehouse{n}"));
+        write_warehouse(&data, &cfg, 0, 20).expect("data");
+        let state = tmp.path().join(format!("state{n}"));
+        let configured = |now: i64| {
+            let e = engine(&data, &state, now).with_partitions(n);
+            match limit {
+                Some(l) => e.with_memory_limit(l),
+                None => e,
+            }
+        };
+        let e = configured(now);
+        let s = e.run(&plan, &SilentProgress).await.expect("run");
+        assert_eq!(
+            s.spilled_bytes > 0,
+            limit.is_some(),
+            "{n} partitions under {limit:?} bytes: spilled {} bytes",
+            s.spilled_bytes
+        );
+        let (p, online) = stores(state.clone(), e).await;
         match &first {
             None => {
                 check_features_against_reference(&p, &source_rows(&cfg, 20));
@@ -370,8 +382,37 @@ async fn backfill_partitions_do_not_change_the_stores() {
                 );
             }
         }
+
+        // Two daily runs, the warehouse growing by a day before each.
+        for d in 20..22 {
+            write_warehouse(&data, &cfg, d, d + 1).expect("day");
+            let s = configured(START_MICROS + (d + 2) * DAY)
+                .run(&plan, &SilentProgress)
+                .await
+                .expect("daily run");
+            assert!(s.watermark_before.is_some(), "an incremental run");
+        }
+        let (p, online) = stores(state.clone(), configured(now)).await;
+        match &first_daily {
+            None => {
+                check_features_against_reference(&p, &source_rows(&cfg, 22));
+                first_daily = Some((p, online));
+            }
+            Some((p1, o1)) => {
+                assert_eq!(
+                    &p, p1,
+                    "daily runs, {n} partitions, {limit:?}: the same record"
+                );
+                assert_eq!(
+                    &online, o1,
+                    "daily runs, {n} partitions, {limit:?}: the same online values"
+                );
+            }
+        }
     }
 
+    let data = tmp.path().join("warehouse");
+    write_warehouse(&data, &cfg, 0, 20).expect("data");
     // A budget too small to hold one batch fails the run with the operator and the bytes it
     // asked for, and commits nothing: the same run with memory to spare then ends as the others.
     let state = tmp.path().join("tiny");

@@ -76,7 +76,7 @@ pub(super) fn explain(plan: &QueryPlan, partitions: usize) -> Option<String> {
     let source = source_exec(schema, futures::stream::empty().boxed()).ok()?;
     let (physical, _) = physical_plan(
         plan,
-        source,
+        PlanInput::Backfill(source),
         Arc::new(HashMap::new()),
         crate::compute::Functions::new(),
         partitions,
@@ -137,12 +137,25 @@ impl Clocks {
     }
 }
 
-/// The streamed plan of `plan` over `source` (the shaped root rows, with [`POS`], [`NOW`] and
-/// [`ROLE`]), and the columns its output is ordered by.
+/// What a streamed plan reads.
+enum PlanInput {
+    /// Every root row (the shaped rows, with [`POS`], [`NOW`] and [`ROLE`]), each an event and
+    /// a query, deduplicated by primary key in the plan.
+    Backfill(Arc<dyn ExecutionPlan>),
+    /// A daily run's new root rows, deduplicated at ingest and already stored, as queries;
+    /// and per aggregation key, the stored history of their entities (the new rows included),
+    /// as events: the key, the time and the aggregated fields of each row.
+    Daily {
+        rows: Arc<dyn ExecutionPlan>,
+        history: HashMap<String, slate_stores::KeyedRows>,
+    },
+}
+
+/// The streamed plan of `plan` over `input`, and the columns its output is ordered by.
 #[allow(clippy::too_many_arguments)]
 fn physical_plan(
     plan: &QueryPlan,
-    source: Arc<dyn ExecutionPlan>,
+    input: PlanInput,
     models: Arc<HashMap<String, OnnxModel>>,
     functions: crate::compute::Functions,
     partitions: usize,
@@ -159,14 +172,20 @@ fn physical_plan(
         .root_time
         .clone()
         .ok_or_else(|| EngineError::Internal("a streamed plan without a feature time".into()))?;
-    let mut current = dedupe_plan(
-        source,
-        std::slice::from_ref(&pk),
-        &[(time, true), (POS.into(), false)],
-        partitions,
-        clocks.ingest.clone(),
-    )
-    .map_err(failed)?;
+    let (mut current, mut history) = match input {
+        PlanInput::Backfill(source) => (
+            dedupe_plan(
+                source,
+                std::slice::from_ref(&pk),
+                &[(time.clone(), true), (POS.into(), false)],
+                partitions,
+                clocks.ingest.clone(),
+            )
+            .map_err(failed)?,
+            None,
+        ),
+        PlanInput::Daily { rows, history } => (rows, Some(history)),
+    };
     let mut order = vec![pk.clone()];
     let mut pending: Vec<Node> = Vec::new();
     // Where the time of polling a NodesExec's input goes: the point-in-time operator's, or
@@ -228,6 +247,27 @@ fn physical_plan(
                 });
                 done[j] = true;
             }
+        }
+        // A daily run's queries meet their entities' stored rows, as events.
+        if let Some(history) = &mut history {
+            let events = history
+                .remove(key)
+                .unwrap_or_else(|| futures::stream::empty().boxed());
+            let schema = nullable(&current.schema());
+            let (target, time, errors) = (schema.clone(), time.clone(), errors.clone());
+            // In batches of the plan's size, as its other rows (a small budget makes them small).
+            let events = events
+                .map(move |b| {
+                    b.map_err(|e| errors.keep(e.into()))
+                        .and_then(|b| as_events(&b, &target, &time).map_err(|e| errors.keep(e)))
+                })
+                .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
+                .boxed();
+            current = datafusion::physical_plan::union::UnionExec::try_new(vec![
+                current,
+                source_exec(schema, events).map_err(failed)?,
+            ])
+            .map_err(failed)?;
         }
         let carry = current
             .schema()
@@ -319,6 +359,74 @@ fn with_extras(
     )?)
 }
 
+/// A batch (or an error) as slices of at most `rows` rows.
+fn sliced<E>(batch: Result<RecordBatch, E>, rows: usize) -> Vec<Result<RecordBatch, E>> {
+    match batch {
+        Ok(b) => (0..b.num_rows())
+            .step_by(rows.max(1))
+            .map(|s| Ok(b.slice(s, rows.min(b.num_rows() - s))))
+            .collect(),
+        Err(e) => vec![Err(e)],
+    }
+}
+
+/// About the bytes of a row of the plan's output, for rows of `schema`: the computed columns
+/// make it about twice the input's.
+fn row_bytes(schema: &Schema) -> usize {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type().primitive_width().unwrap_or(24))
+        .sum::<usize>()
+        * 2
+}
+
+/// `schema` with every field nullable: the schema of rows that lack some columns.
+fn nullable(schema: &Schema) -> Arc<Schema> {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `rows` (shaped by [`with_extras`]) as queries only, in `schema` (theirs, made nullable).
+fn as_queries(rows: RecordBatch, schema: &Arc<Schema>) -> Result<RecordBatch, EngineError> {
+    let mut columns = rows.columns().to_vec();
+    let role = rows.schema().index_of(ROLE)?;
+    columns[role] = Arc::new(UInt8Array::from_value(QUERY, rows.num_rows()));
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Stored rows of a history read (key, `time` and aggregated fields) as events in `schema`:
+/// [`NOW`] is their time, the columns they lack are null.
+fn as_events(
+    rows: &RecordBatch,
+    schema: &Arc<Schema>,
+    time: &str,
+) -> Result<RecordBatch, EngineError> {
+    let n = rows.num_rows();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| -> Result<ArrayRef, EngineError> {
+            let from = match f.name().as_str() {
+                ROLE => return Ok(Arc::new(UInt8Array::from_value(EVENT, n))),
+                NOW => rows.column_by_name(time),
+                name => rows.column_by_name(name),
+            };
+            Ok(match from {
+                Some(c) if c.data_type() == f.data_type() => c.clone(),
+                Some(c) => arrow::compute::cast(c, f.data_type())?,
+                None => arrow::array::new_null_array(f.data_type(), n),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
@@ -331,6 +439,113 @@ struct Tally {
 }
 
 impl Engine {
+    /// A daily run's plan input: its new `rows` (stored at ingest) as queries, in batches of the
+    /// plan's size, and per aggregation key the stored history of their entities (every row
+    /// the widest window needs, read as the plan consumes it); with their schema and the batch
+    /// size.
+    async fn daily_input(
+        &self,
+        plan: &QueryPlan,
+        rows: RecordBatch,
+        exec: &Execution,
+    ) -> Result<
+        (
+            arrow::datatypes::SchemaRef,
+            crate::exec::source::Batches,
+            usize,
+            HashMap<String, slate_stores::KeyedRows>,
+        ),
+        EngineError,
+    > {
+        let scan = plan.root_scan();
+        let time = plan.root_time.as_deref().ok_or_else(|| {
+            EngineError::Internal("a streamed plan without a feature time".into())
+        })?;
+        let shaped = with_extras(rows, &scan.class.primary_key, time, 0, &scan.resolver.name)?;
+        // Only the columns the plan reads or writes go through its sorts, with the extras.
+        let read: Vec<&str> = plan
+            .nodes
+            .iter()
+            .flat_map(|n| n.inputs().into_iter().chain(n.columns()))
+            .chain([scan.class.primary_key.as_str(), time, NOW, ROLE])
+            .collect();
+        let kept: Vec<usize> = shaped
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| read.contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let shaped = shaped.project(&kept)?;
+        let schema = nullable(&shaped.schema());
+        let shaped = as_queries(shaped, &schema)?;
+        let batch_rows = exec.batch_rows(row_bytes(&schema));
+        let now: Vec<i64> = ts_column(&shaped, NOW)?.into_iter().flatten().collect();
+        let offline = self.offline();
+        let mut events: HashMap<String, slate_stores::KeyedRows> = HashMap::new();
+        for n in &plan.nodes {
+            let Node::Aggregate {
+                key,
+                table,
+                table_key,
+                table_time,
+                ..
+            } = n
+            else {
+                continue;
+            };
+            if events.contains_key(key) {
+                continue;
+            }
+            if shaped.num_rows() == 0 {
+                events.insert(key.clone(), futures::stream::empty().boxed());
+                continue;
+            }
+            let group: Vec<&Node> = plan
+                .nodes
+                .iter()
+                .filter(|m| matches!(m, Node::Aggregate { key: k, .. } if k == key))
+                .collect();
+            let (fields, since) = history(&group, now.iter().min(), now.iter().max());
+            let mut columns = vec![table_key.as_str(), table_time.as_str()];
+            columns.extend(fields.iter().copied());
+            // The touched entities, each once.
+            let keys = shaped
+                .column_by_name(key)
+                .ok_or_else(|| EngineError::Internal(format!("the rows lack their key {key}")))?;
+            let mut dict = crate::encode::Dictionary::keeping_values(keys.data_type())?;
+            dict.encode(keys)?;
+            let keys = dict.values()?;
+            let read = match since {
+                // The entity state's rows and those since its cutoff (the state moves on once
+                // the plan has read them).
+                Since::Latest { from, .. } => {
+                    offline
+                        .stream_latest_for_keys(table, &columns, table_key, keys, table_time, from)
+                        .await?
+                }
+                Since::From(from) => {
+                    offline
+                        .stream_for_keys(table, &columns, table_key, keys, table_time, Some(from))
+                        .await?
+                }
+                Since::All => {
+                    offline
+                        .stream_for_keys(table, &columns, table_key, keys, table_time, None)
+                        .await?
+                }
+            };
+            events.insert(key.clone(), read);
+        }
+        Ok((
+            schema,
+            futures::stream::iter(sliced(Ok(shaped), batch_rows)).boxed(),
+            batch_rows,
+            events,
+        ))
+    }
+
     /// Runs `plan` (see [`streamable`]) as one streamed plan; returns what its record needs.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn run_streamed(
@@ -344,9 +559,16 @@ impl Engine {
         exec: &Execution,
         progress: &dyn Progress,
         took: &mut (dyn FnMut(&str, String, Duration) + Send),
+        daily: Option<(RecordBatch, Ingested)>,
     ) -> Result<Streamed, EngineError> {
         let t = Instant::now();
-        progress.stage("ingest");
+        let (new_rows, ingested) = match daily {
+            Some((rows, i)) => (Some(rows), Some(i)),
+            None => (None, None),
+        };
+        if new_rows.is_none() {
+            progress.stage("ingest");
+        }
         let scan = plan.root_scan();
         let r = &scan.resolver;
         let class = &scan.class;
@@ -355,142 +577,154 @@ impl Engine {
             EngineError::Internal("a streamed plan without a feature time".into())
         })?;
         let required = [pk.as_str(), time.as_str()];
-        let source = self.source(&r.source).await?;
-        let deadline = r
-            .timeout_secs
-            .map(|s| tokio::time::Instant::now() + Duration::from_secs(s as u64));
-        let timeout = || slate_sources::SourceError::Timeout {
-            resolver: r.name.clone(),
-            source_name: r.source.clone(),
-            seconds: r.timeout_secs.unwrap_or_default(),
-        };
         let clocks = Clocks::new();
-        let opened = source.query_stream(&r.name, &r.sql, None);
-        let raw = match deadline {
-            None => opened.await?,
-            Some(d) => tokio::time::timeout_at(d, opened)
-                .await
-                .map_err(|_| timeout())??,
-        };
-        // The source's own work (a read of local files) counts as ingest time.
-        let mut raw = crate::exec::busy_polls(raw, clocks.ingest.clone()).boxed();
-        // The first batch gives the shaped schema; no batch, the class's columns.
-        let first = match deadline {
-            None => raw.next().await,
-            Some(d) => tokio::time::timeout_at(d, raw.next())
-                .await
-                .map_err(|_| timeout())?,
-        }
-        .transpose()?;
-        let (first, schema) = match first {
-            Some(b) => {
-                let shaped = clocks.ingest.time(|| {
-                    to_class_batch_at(&r.name, class, vec![b], &required, 0)
-                        .and_then(|b| with_extras(b, &pk, &time, 0, &r.name))
-                })?;
-                let schema = shaped.schema();
-                (Some(shaped), schema)
-            }
-            None => {
-                let empty = to_class_batch(&r.name, class, vec![], &required)?;
-                (None, with_extras(empty, &pk, &time, 0, &r.name)?.schema())
-            }
-        };
-        let class_columns = schema.fields().len() - 3;
         let errors = FirstError::default();
-        let rest = {
-            let (resolver, class, pk, time) =
-                (r.name.clone(), class.clone(), pk.clone(), time.clone());
-            let (schema, errors, busy) = (schema.clone(), errors.clone(), clocks.ingest.clone());
-            let offset = first.as_ref().map_or(0, |b| b.num_rows());
-            let (source_name, seconds) = (r.source.clone(), r.timeout_secs.unwrap_or_default());
-            futures::stream::unfold(Some((raw, offset)), move |state| {
-                let (resolver, class, pk, time) =
-                    (resolver.clone(), class.clone(), pk.clone(), time.clone());
-                let (schema, errors, busy) = (schema.clone(), errors.clone(), busy.clone());
-                let timeout = slate_sources::SourceError::Timeout {
-                    resolver: resolver.clone(),
-                    source_name: source_name.clone(),
-                    seconds,
+        // The rows the plan reads (sliced to its batch size), their schema, and for a daily
+        // run the stored history of their entities.
+        let (schema, batches, batch_rows, latest_read, events) = match new_rows {
+            None => {
+                let source = self.source(&r.source).await?;
+                let deadline = r
+                    .timeout_secs
+                    .map(|s| tokio::time::Instant::now() + Duration::from_secs(s as u64));
+                let timeout = || slate_sources::SourceError::Timeout {
+                    resolver: r.name.clone(),
+                    source_name: r.source.clone(),
+                    seconds: r.timeout_secs.unwrap_or_default(),
                 };
-                async move {
-                    let (mut raw, start) = state?;
-                    let next = match deadline {
-                        None => raw.next().await,
-                        Some(d) => match tokio::time::timeout_at(d, raw.next()).await {
-                            Ok(n) => n,
-                            Err(_) => Some(Err(timeout)),
-                        },
-                    };
-                    let b = match next? {
-                        Ok(b) => b,
-                        Err(e) => return Some((Err(errors.keep(e.into())), None)),
-                    };
-                    let shaped = busy.time(|| {
-                        to_class_batch_at(&resolver, &class, vec![b], &[&pk, &time], start)
-                            .and_then(|b| with_extras(b, &pk, &time, start, &resolver))
-                    });
-                    match shaped {
-                        Ok(b) if b.schema() == schema => {
-                            let end = start + b.num_rows();
-                            Some((Ok(b), Some((raw, end))))
-                        }
-                        Ok(_) => Some((
-                            Err(errors.keep(EngineError::BadValue {
-                                resolver: resolver.clone(),
-                                reason: "the result's batches have different columns".into(),
-                            })),
-                            None,
-                        )),
-                        Err(e) => Some((Err(errors.keep(e)), None)),
-                    }
+                let opened = source.query_stream(&r.name, &r.sql, None);
+                let raw = match deadline {
+                    None => opened.await?,
+                    Some(d) => tokio::time::timeout_at(d, opened)
+                        .await
+                        .map_err(|_| timeout())??,
+                };
+                // The source's own work (a read of local files) counts as ingest time.
+                let mut raw = crate::exec::busy_polls(raw, clocks.ingest.clone()).boxed();
+                // The first batch gives the shaped schema; no batch, the class's columns.
+                let first = match deadline {
+                    None => raw.next().await,
+                    Some(d) => tokio::time::timeout_at(d, raw.next())
+                        .await
+                        .map_err(|_| timeout())?,
                 }
-            })
+                .transpose()?;
+                let (first, schema) = match first {
+                    Some(b) => {
+                        let shaped = clocks.ingest.time(|| {
+                            to_class_batch_at(&r.name, class, vec![b], &required, 0)
+                                .and_then(|b| with_extras(b, &pk, &time, 0, &r.name))
+                        })?;
+                        let schema = shaped.schema();
+                        (Some(shaped), schema)
+                    }
+                    None => {
+                        let empty = to_class_batch(&r.name, class, vec![], &required)?;
+                        (None, with_extras(empty, &pk, &time, 0, &r.name)?.schema())
+                    }
+                };
+                let rest = {
+                    let (resolver, class, pk, time) =
+                        (r.name.clone(), class.clone(), pk.clone(), time.clone());
+                    let (schema, errors, busy) =
+                        (schema.clone(), errors.clone(), clocks.ingest.clone());
+                    let offset = first.as_ref().map_or(0, |b| b.num_rows());
+                    let (source_name, seconds) =
+                        (r.source.clone(), r.timeout_secs.unwrap_or_default());
+                    futures::stream::unfold(Some((raw, offset)), move |state| {
+                        let (resolver, class, pk, time) =
+                            (resolver.clone(), class.clone(), pk.clone(), time.clone());
+                        let (schema, errors, busy) = (schema.clone(), errors.clone(), busy.clone());
+                        let timeout = slate_sources::SourceError::Timeout {
+                            resolver: resolver.clone(),
+                            source_name: source_name.clone(),
+                            seconds,
+                        };
+                        async move {
+                            let (mut raw, start) = state?;
+                            let next = match deadline {
+                                None => raw.next().await,
+                                Some(d) => match tokio::time::timeout_at(d, raw.next()).await {
+                                    Ok(n) => n,
+                                    Err(_) => Some(Err(timeout)),
+                                },
+                            };
+                            let b = match next? {
+                                Ok(b) => b,
+                                Err(e) => return Some((Err(errors.keep(e.into())), None)),
+                            };
+                            let shaped = busy.time(|| {
+                                to_class_batch_at(&resolver, &class, vec![b], &[&pk, &time], start)
+                                    .and_then(|b| with_extras(b, &pk, &time, start, &resolver))
+                            });
+                            match shaped {
+                                Ok(b) if b.schema() == schema => {
+                                    let end = start + b.num_rows();
+                                    Some((Ok(b), Some((raw, end))))
+                                }
+                                Ok(_) => Some((
+                                    Err(errors.keep(EngineError::BadValue {
+                                        resolver: resolver.clone(),
+                                        reason: "the result's batches have different columns"
+                                            .into(),
+                                    })),
+                                    None,
+                                )),
+                                Err(e) => Some((Err(errors.keep(e)), None)),
+                            }
+                        }
+                    })
+                };
+                // Rows per batch: the operators' batch size, which a small budget makes small (a sort
+                // must hold several batches within its share); the source's batches are sliced to it.
+                // The plan's output rows carry the computed columns too: about twice the input's bytes.
+                let batch_rows = exec.batch_rows(row_bytes(&schema));
+                // The greatest feature time read: final once the plan's first row comes out (the
+                // deduplication sorts every row first), where the entity state's cutoff is needed.
+                let latest_read = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
+                let seen = latest_read.clone();
+                let batches = futures::stream::iter(first.map(Ok))
+                    .chain(rest)
+                    .inspect(move |b| {
+                        if let Ok(b) = b
+                            && let Some(now) = b.column_by_name(NOW).and_then(|c| {
+                                c.as_any().downcast_ref::<TimestampMicrosecondArray>()
+                            })
+                            && let Some(m) = arrow::compute::max(now)
+                        {
+                            seen.fetch_max(m, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    })
+                    .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
+                    .boxed();
+                (schema, batches, batch_rows, Some(latest_read), None)
+            }
+            Some(rows) => {
+                let (schema, batches, batch_rows, events) =
+                    self.daily_input(plan, rows, exec).await?;
+                (schema, batches, batch_rows, None, Some(events))
+            }
         };
-        // Rows per batch: the operators' batch size, which a small budget makes small (a sort
-        // must hold several batches within its share); the source's batches are sliced to it.
-        // The plan's output rows carry the computed columns too: about twice the input's bytes.
-        let row_bytes = schema
+        // The class's columns come first, then the extras.
+        let class_columns = schema
             .fields()
             .iter()
-            .map(|f| f.data_type().primitive_width().unwrap_or(24))
-            .sum::<usize>()
-            * 2;
-        let batch_rows = exec.batch_rows(row_bytes);
-        // The greatest feature time read: final once the plan's first row comes out (the
-        // deduplication sorts every row first), where the entity state's cutoff is needed.
-        let latest_read = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
-        let seen = latest_read.clone();
-        let batches = futures::stream::iter(first.map(Ok))
-            .chain(rest)
-            .inspect(move |b| {
-                if let Ok(b) = b
-                    && let Some(now) = b
-                        .column_by_name(NOW)
-                        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-                    && let Some(m) = arrow::compute::max(now)
-                {
-                    seen.fetch_max(m, std::sync::atomic::Ordering::Relaxed);
-                }
-            })
-            .flat_map(move |b| {
-                let slices: Vec<_> = match b {
-                    Ok(b) => (0..b.num_rows())
-                        .step_by(batch_rows)
-                        .map(|s| Ok(b.slice(s, batch_rows.min(b.num_rows() - s))))
-                        .collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures::stream::iter(slices)
-            })
-            .boxed();
+            .filter(|f| ![POS, NOW, ROLE].contains(&f.name().as_str()))
+            .count();
         let source = source_exec(schema.clone(), batches)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let input = match events {
+            None => PlanInput::Backfill(source),
+            Some(history) => PlanInput::Daily {
+                rows: source,
+                history,
+            },
+        };
 
         let models_arc = Arc::new(models.clone());
         let (physical, order) = physical_plan(
             plan,
-            source,
+            input,
             models_arc,
             self.functions.clone(),
             exec.partitions,
@@ -521,23 +755,37 @@ impl Engine {
         let receive = |mut rx: tokio::sync::mpsc::Receiver<Sent>| {
             futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         };
-        let (scan_tx, scan_rx) = channel();
-        let scan_write = {
-            let (offline, table, time) =
-                (offline.clone(), scan.table(), class.feature_time.clone());
-            // Regrouped by day on disk: the rows come ordered by entity, and a writer holds a
-            // Parquet file open per day it has seen.
-            let rows = slate_stores::WriteRows::from_stream(receive(scan_rx));
-            let rows = match time.as_deref() {
-                Some(t) => rows.by_day(t, exec.spill_dir.join("write-table")),
-                None => rows,
-            };
-            tokio::spawn(async move {
-                offline
-                    .write_rows(&table, rows, None, time.as_deref())
-                    .await
-            })
+        // A daily run's rows were stored at ingest: only a backfill writes the class's table.
+        let (scan_tx, scan_write) = match ingested {
+            Some(_) => (None, None),
+            None => {
+                let (tx, rx) = channel();
+                let (offline, table, time) =
+                    (offline.clone(), scan.table(), class.feature_time.clone());
+                // Regrouped by day on disk: the rows come ordered by entity, and a writer holds
+                // a Parquet file open per day it has seen.
+                let rows = slate_stores::WriteRows::from_stream(receive(rx));
+                let rows = match time.as_deref() {
+                    Some(t) => rows.by_day(t, exec.spill_dir.join("write-table")),
+                    None => rows,
+                };
+                let task = tokio::spawn(async move {
+                    offline
+                        .write_rows(&table, rows, None, time.as_deref())
+                        .await
+                });
+                (Some(tx), Some(task))
+            }
         };
+        // A daily run's record replaces its rows from the root scan's bound on.
+        let record_replace =
+            ingested
+                .as_ref()
+                .and_then(|i| i.bound.as_ref())
+                .map(|b| slate_stores::ReplaceRange {
+                    column: "feature_time".into(),
+                    from_micros: b.micros,
+                });
         // The record's files on disk hold its varying columns; the repeated ones (run id, model
         // hashes) are added as the write takes the rows back, from the first batch's.
         let repeats: Arc<std::sync::OnceLock<super::Repeats>> = Arc::default();
@@ -546,17 +794,22 @@ impl Engine {
                 let (tx, rx) = channel();
                 let (offline, table) = (offline.clone(), plan.query.name.clone());
                 let filler = repeats.clone();
-                let rows = slate_stores::WriteRows::from_stream(receive(rx))
-                    .by_day("feature_time", exec.spill_dir.join("write-record"))
-                    .map(move |b| match filler.get() {
-                        Some(r) => r.fill(&b),
-                        None => Err(arrow::error::ArrowError::SchemaError(
-                            "record rows before their first batch".into(),
-                        )),
-                    });
+                // A backfill's many days are regrouped on disk (see the class's table).
+                let rows = slate_stores::WriteRows::from_stream(receive(rx));
+                let rows = match record_replace {
+                    Some(_) => rows,
+                    None => rows.by_day("feature_time", exec.spill_dir.join("write-record")),
+                };
+                let replace = record_replace.clone();
+                let rows = rows.map(move |b| match filler.get() {
+                    Some(r) => r.fill(&b),
+                    None => Err(arrow::error::ArrowError::SchemaError(
+                        "record rows before their first batch".into(),
+                    )),
+                });
                 let task = tokio::spawn(async move {
                     offline
-                        .write_rows(&table, rows, None, Some("feature_time"))
+                        .write_rows(&table, rows, replace.as_ref(), Some("feature_time"))
                         .await
                 });
                 (Some(tx), Some(task))
@@ -750,6 +1003,7 @@ impl Engine {
                     // At the plan's first rows, when the cutoff is known (see `latest_read`).
                     if rows == n
                         && let Some(key) = ordered_key
+                        && let Some(latest_read) = &latest_read
                         && let (_, Since::Latest { advance_to, .. }) = history(
                             &group_of(key),
                             Some(&0),
@@ -766,7 +1020,10 @@ impl Engine {
                     if let Some(s) = &mut state {
                         s.push(&table_rows)?;
                     }
-                    let mut sends = vec![(0, Ok(table_rows))];
+                    let mut sends = vec![];
+                    if scan_tx.is_some() {
+                        sends.push((0, Ok(table_rows)));
+                    }
                     let frame = Frame::new(&batch, now.clone());
                     for (t, (_, c)) in tallies.iter_mut().zip(&published) {
                         let a = frame.column(c)?;
@@ -805,7 +1062,7 @@ impl Engine {
             };
             for (to, b) in sends {
                 let tx = match to {
-                    0 => Some(&scan_tx),
+                    0 => scan_tx.as_ref(),
                     1 => record_tx.as_ref(),
                     _ => online_tx.as_ref().map(|(tx, _)| tx),
                 };
@@ -832,7 +1089,9 @@ impl Engine {
                     "the run failed".into(),
                 ))
             };
-            let _ = scan_tx.send(abort()).await;
+            if let Some(tx) = &scan_tx {
+                let _ = tx.send(abort()).await;
+            }
             if let Some(tx) = &record_tx {
                 let _ = tx.send(abort()).await;
             }
@@ -865,7 +1124,10 @@ impl Engine {
             r.map_err(|e| EngineError::Internal(format!("an offline write task: {e}")))?
                 .map_err(EngineError::from)
         };
-        let scan_written = joined(scan_write.await);
+        let scan_written = match scan_write {
+            Some(t) => joined(t.await),
+            None => Ok(()),
+        };
         let record_written = match record_write {
             Some(t) => joined(t.await),
             None => Ok(()),
@@ -883,8 +1145,9 @@ impl Engine {
         record_written?;
 
         // The table's entity state moves on, as a read of the history would have moved it.
-        // The state of the key the rows came ordered by was built from them (unless the
-        // cutoff moved, which the deduplication's full sort rules out); others read the table.
+        // The state of the key a backfill's rows came ordered by was built from them (unless
+        // the cutoff moved, which the deduplication's full sort rules out); others, and a daily
+        // run's, read the table.
         let mut seen: Vec<&str> = Vec::new();
         for n in &plan.nodes {
             if let Node::Aggregate { key, .. } = n
@@ -919,20 +1182,27 @@ impl Engine {
             None => String::new(),
         };
         let wall = t.elapsed();
-        took(
-            "ingest",
-            format!("{rows} rows from {} (streamed{spilled})", r.name),
-            clocks.ingest.get(),
-        );
+        if ingested.is_none() {
+            took(
+                "ingest",
+                format!("{rows} rows from {} (streamed{spilled})", r.name),
+                clocks.ingest.get(),
+            );
+        }
         let n_models = plan.models().count();
         let n_features = plan
             .nodes
             .iter()
             .filter(|n| !matches!(n, Node::Model { .. }))
             .count();
+        // (A backfill reports what it spilled with its ingest.)
+        let spilled = match ingested {
+            Some(_) => spilled,
+            None => String::new(),
+        };
         took(
             "compute",
-            format!("{n_features} features for {rows} rows"),
+            format!("{n_features} features for {rows} rows{spilled}"),
             clocks.compute.get(),
         );
         if n_models > 0 {
@@ -974,14 +1244,22 @@ impl Engine {
                 true_count: t.trues,
             })
             .collect();
+        if let Some(i) = &ingested
+            && i.count != rows
+        {
+            return Err(EngineError::Internal(format!(
+                "{} rows ingested, {rows} computed",
+                i.count
+            )));
+        }
         Ok(Streamed {
-            ingested: Ingested {
+            ingested: ingested.unwrap_or(Ingested {
                 count: rows,
                 bound: None,
                 before,
                 after,
                 late: None,
-            },
+            }),
             rows,
             outputs,
         })
