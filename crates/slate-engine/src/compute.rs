@@ -164,33 +164,42 @@ pub(crate) async fn lookup(
     };
     let times = match class_time {
         Some(t) => ts_column(&batch, t)?,
-        None => vec![Some(0); batch.num_rows()],
+        None => vec![Some(i64::MIN); batch.num_rows()],
     };
-    // (key code, time, row), sorted: each key's versions in time order.
-    let mut entries: Vec<(u32, i64, u32)> = table_codes
-        .iter()
-        .zip(&times)
-        .enumerate()
-        .filter_map(|(i, (c, t))| Some((((*c)?), (*t)?, i as u32)))
-        .collect();
-    entries.sort_unstable();
-    let pick: UInt32Array = codes
-        .iter()
-        .zip(&frame.now)
-        .map(|(c, &now)| {
-            let c = (*c)?;
-            let bound = if class_time.is_some() { now } else { i64::MAX };
-            // The last entry below (c, bound): the latest version before now.
-            let end = entries.partition_point(|e| (e.0, e.1) < (c, bound));
-            let e = entries.get(end.checked_sub(1)?)?;
-            (e.0 == c).then_some(e.2)
-        })
-        .collect();
+    let pick = latest_before(
+        table_codes.iter().copied().zip(times),
+        codes.iter().copied().zip(frame.now.iter().copied()),
+    );
     let values = batch
         .column_by_name(field)
         .ok_or_else(|| EngineError::Internal(format!("{table} read lacks {field}")))?;
     let picked = take(values, &pick, None)?;
     strict_cast(&picked, &ty.arrow())
+}
+
+/// For each query (key code, now), the index of the latest of `versions` (key code, time) of
+/// its key with a time strictly before now (of equal times, the last given), or null: what a
+/// has-one lookup takes. A version without a code or time, or a query without a code, matches
+/// nothing.
+pub(crate) fn latest_before(
+    versions: impl Iterator<Item = (Option<u32>, Option<i64>)>,
+    queries: impl Iterator<Item = (Option<u32>, i64)>,
+) -> UInt32Array {
+    // (key code, time, index), sorted: each key's versions in time order.
+    let mut entries: Vec<(u32, i64, u32)> = versions
+        .enumerate()
+        .filter_map(|(i, (c, t))| Some((c?, t?, i as u32)))
+        .collect();
+    entries.sort_unstable();
+    queries
+        .map(|(c, now)| {
+            let c = c?;
+            // The last entry below (c, now).
+            let end = entries.partition_point(|e| (e.0, e.1) < (c, now));
+            let e = entries.get(end.checked_sub(1)?)?;
+            (e.0 == c).then_some(e.2)
+        })
+        .collect()
 }
 
 /// How an aggregated field's values reach the kernel and its results come back.

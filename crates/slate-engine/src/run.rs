@@ -575,21 +575,51 @@ impl Engine {
         let exec = self.execution(RUN_SPILL);
         let (root_bound, root_before) = self.bound_of(plan, &plan.scans[0], ledger_exists)?;
         let (ingested, rows_ingested, rows_scored, outputs) = if stream::streamable(plan) {
-            // A daily run ingests and stores its new rows first; a backfill streams them.
+            // The looked-up classes' rows are ingested and stored first; then a daily run
+            // ingests and stores its new rows, and a backfill streams them.
+            let t = Instant::now();
+            let mut read = Duration::ZERO;
+            let mut related = Vec::new();
+            for scan in &plan.scans[1..] {
+                let r = Instant::now();
+                let (rows, i) = self
+                    .ingest(plan, scan, ledger_exists, started, previous.as_ref())
+                    .await?;
+                read += r.elapsed();
+                store_scan(&self.offline(), scan, &i, &rows).await?;
+                related.push(i);
+            }
             let daily = match root_bound {
                 None => None,
                 Some(_) => {
-                    let t = Instant::now();
                     let scan = &plan.scans[0];
+                    let r = Instant::now();
                     let (rows, i) = self
                         .ingest(plan, scan, ledger_exists, started, previous.as_ref())
                         .await?;
-                    let read = t.elapsed();
+                    read += r.elapsed();
                     store_scan(&self.offline(), scan, &i, &rows).await?;
-                    let detail =
-                        ingest_detail(plan, std::slice::from_ref(&i), read, t.elapsed() - read);
-                    took("ingest", detail, t.elapsed());
                     Some((rows, i))
+                }
+            };
+            let stored = t.elapsed() - read;
+            let related_ingest = match &daily {
+                Some((_, root)) => {
+                    let all: Vec<&Ingested> = std::iter::once(root).chain(&related).collect();
+                    took(
+                        "ingest",
+                        ingest_detail(&plan.scans, &all, read, stored),
+                        t.elapsed(),
+                    );
+                    None
+                }
+                None if related.is_empty() => None,
+                None => {
+                    let all: Vec<&Ingested> = related.iter().collect();
+                    Some((
+                        ingest_detail(&plan.scans[1..], &all, read, stored),
+                        t.elapsed(),
+                    ))
                 }
             };
             let s = self
@@ -604,9 +634,12 @@ impl Engine {
                     progress,
                     &mut took,
                     daily,
+                    related_ingest,
                 )
                 .await?;
-            (vec![s.ingested], s.rows, s.rows, s.outputs)
+            let mut ingested = vec![s.ingested];
+            ingested.extend(related);
+            (ingested, s.rows, s.rows, s.outputs)
         } else {
             self.run_framed(
                 plan,
@@ -739,7 +772,12 @@ impl Engine {
         let rows = root_rows.ok_or_else(|| EngineError::Internal("a plan without scans".into()))?;
         took(
             "ingest",
-            ingest_detail(plan, &ingested, read_time, t.elapsed() - read_time),
+            ingest_detail(
+                &plan.scans,
+                &ingested.iter().collect::<Vec<_>>(),
+                read_time,
+                t.elapsed() - read_time,
+            ),
             t.elapsed(),
         );
 
@@ -1322,13 +1360,12 @@ async fn store_scan(
 
 /// The ingest stage's line: rows per scan, late rows, and the times to read and to store them.
 fn ingest_detail(
-    plan: &QueryPlan,
-    ingested: &[Ingested],
+    scans: &[Scan],
+    ingested: &[&Ingested],
     read: Duration,
     stored: Duration,
 ) -> String {
-    let detail: Vec<String> = plan
-        .scans
+    let detail: Vec<String> = scans
         .iter()
         .zip(ingested)
         .map(|(s, i)| match i.late {

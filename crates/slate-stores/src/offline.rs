@@ -588,6 +588,30 @@ impl OfflineStore {
         self.keyed_stream(table, &ctx, df, columns, key, keys).await
     }
 
+    /// `columns` of every row of `table`, as the table's files are read (no rows when the
+    /// table was never written).
+    pub async fn stream_all(&self, table: &str, columns: &[&str]) -> Result<KeyedRows, StoreError> {
+        use futures::StreamExt;
+        let err = {
+            let table = table.to_string();
+            move |e: &dyn std::fmt::Display| StoreError::Offline {
+                table: table.clone(),
+                reason: e.to_string(),
+            }
+        };
+        let ctx = self.session(&[table]).await?;
+        let Ok(df) = ctx.table(table).await else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let stream = df
+            .select(columns.iter().map(|c| quoted(c)).collect::<Vec<_>>())
+            .map_err(|e| err(&e))?
+            .execute_stream()
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(stream.map(move |b| b.map_err(|e| err(&e))).boxed())
+    }
+
     /// `columns` of `df`'s rows whose `key` is among `keys`.
     pub(crate) async fn keyed(
         &self,

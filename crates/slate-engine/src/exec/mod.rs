@@ -3,6 +3,7 @@
 pub(crate) mod dedupe;
 pub(crate) mod nodes;
 pub mod pit_aggregate;
+pub mod pit_lookup;
 pub(crate) mod runtime;
 pub(crate) mod source;
 

@@ -137,9 +137,22 @@ pub fn pit_plan_ordered(
     partitions: usize,
     then_by: &[String],
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let sorted = partitioned_sorted(input, &spec.key, &spec.time, partitions, then_by)?;
+    Ok(Arc::new(PitAggregateExec::try_new(sorted, spec)?))
+}
+
+/// `input` hash-partitioned by `key` into `partitions`, each partition sorted by
+/// (key, time, `then_by`) with DataFusion's sort (which spills under memory pressure).
+pub(crate) fn partitioned_sorted(
+    input: Arc<dyn ExecutionPlan>,
+    key: &str,
+    time: &str,
+    partitions: usize,
+    then_by: &[String],
+) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = input.schema();
-    let key = col(&spec.key, &schema)?;
-    let time = col(&spec.time, &schema)?;
+    let key = col(key, &schema)?;
+    let time = col(time, &schema)?;
     let repartitioned = Arc::new(RepartitionExec::try_new(
         input,
         Partitioning::Hash(vec![key.clone()], partitions.max(1)),
@@ -153,8 +166,9 @@ pub fn pit_plan_ordered(
     }
     let ordering = LexOrdering::new(order)
         .ok_or_else(|| DataFusionError::Internal("empty ordering".into()))?;
-    let sorted = Arc::new(SortExec::new(ordering, repartitioned).with_preserve_partitioning(true));
-    Ok(Arc::new(PitAggregateExec::try_new(sorted, spec)?))
+    Ok(Arc::new(
+        SortExec::new(ordering, repartitioned).with_preserve_partitioning(true),
+    ))
 }
 
 impl DisplayAs for PitAggregateExec {
@@ -253,6 +267,7 @@ impl ExecutionPlan for PitAggregateExec {
             rows: 0,
             reservation,
             done: false,
+            ready: Default::default(),
         };
         let stream = futures::stream::try_unfold(state, |mut s| async move {
             match s.next_output().await? {
@@ -278,11 +293,35 @@ struct Chunker {
     /// Bytes the reservation may grow past a refusal to hold one entity (see `execute`).
     overdraft: usize,
     done: bool,
+    /// Output rows computed and not yet returned, in batches of about the chunk's size.
+    ready: std::collections::VecDeque<RecordBatch>,
 }
 
 impl Chunker {
     /// The next output batch, or `None` at the end of the input.
     async fn next_output(&mut self) -> Result<Option<RecordBatch>> {
+        if let Some(b) = self.ready.pop_front() {
+            return Ok(Some(b));
+        }
+        match self.next_chunk().await? {
+            None => Ok(None),
+            // A chunk of large entities (a looked-up store with many orders, say) leaves in
+            // pieces of about the chunk's size, each owning its rows, so that what follows
+            // (a repartition and a sort) takes batches of the size it expects.
+            Some(out) if out.num_rows() > 2 * self.spec.chunk_rows.max(1) => {
+                let size = self.spec.chunk_rows.max(1);
+                for start in (0..out.num_rows()).step_by(size) {
+                    let piece = out.slice(start, size.min(out.num_rows() - start));
+                    self.ready.push_back(compact(&piece)?);
+                }
+                Ok(self.ready.pop_front())
+            }
+            Some(out) => Ok(Some(out)),
+        }
+    }
+
+    /// The output of the next chunk of whole entities, or `None` at the end of the input.
+    async fn next_chunk(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if self.done {
                 if self.rows == 0 {

@@ -24,6 +24,7 @@ use crate::compute::{Frame, Since, history};
 use crate::exec::dedupe::dedupe_plan;
 use crate::exec::nodes::{NodesExec, RowNodes};
 use crate::exec::pit_aggregate::{EVENT, PitAggregation, PitSpec, QUERY, pit_plan_ordered};
+use crate::exec::pit_lookup::{LookupSpec, PitLookup, lookup_plan};
 use crate::exec::runtime::Execution;
 use crate::exec::source::source_exec;
 use crate::exec::{Busy, FirstError};
@@ -74,9 +75,14 @@ pub(super) fn explain(plan: &QueryPlan, partitions: usize) -> Option<String> {
         .ok()?
         .schema();
     let source = source_exec(schema, futures::stream::empty().boxed()).ok()?;
+    let input = PlanInput {
+        rows: source,
+        history: None,
+        lookups: HashMap::new(),
+    };
     let (physical, _) = physical_plan(
         plan,
-        PlanInput::Backfill(source),
+        input,
         Arc::new(HashMap::new()),
         crate::compute::Functions::new(),
         partitions,
@@ -92,14 +98,20 @@ pub(super) fn explain(plan: &QueryPlan, partitions: usize) -> Option<String> {
     )
 }
 
-/// Whether `plan` can run streamed once its root scan reads every row: one scan, a feature
-/// time, and every node either row-local or an aggregation over the root rows themselves.
+/// Whether `plan` runs as a streamed plan: a feature time, every node row-local, a has-one
+/// lookup or an aggregation over the root rows themselves, and every scan but the root's one
+/// of a looked-up class (stored before the plan runs).
 pub(super) fn streamable(plan: &QueryPlan) -> bool {
     let Some(time) = &plan.root_time else {
         return false;
     };
     let table = plan.root_table();
-    plan.scans.len() == 1
+    let looked_up = |scan: &crate::plan::Scan| {
+        plan.nodes
+            .iter()
+            .any(|n| matches!(n, Node::Lookup { table, .. } if *table == scan.table()))
+    };
+    plan.scans.iter().skip(1).all(looked_up)
         && plan.nodes.iter().all(|n| match n {
             Node::Aggregate {
                 key,
@@ -108,6 +120,7 @@ pub(super) fn streamable(plan: &QueryPlan) -> bool {
                 table_time,
                 ..
             } => t == &table && key == table_key && table_time == time,
+            Node::Lookup { .. } => true,
             n => RowNodes::is_row_local(n),
         })
 }
@@ -138,17 +151,27 @@ impl Clocks {
 }
 
 /// What a streamed plan reads.
-enum PlanInput {
-    /// Every root row (the shaped rows, with [`POS`], [`NOW`] and [`ROLE`]), each an event and
-    /// a query, deduplicated by primary key in the plan.
-    Backfill(Arc<dyn ExecutionPlan>),
-    /// A daily run's new root rows, deduplicated at ingest and already stored, as queries;
-    /// and per aggregation key, the stored history of their entities (the new rows included),
-    /// as events: the key, the time and the aggregated fields of each row.
-    Daily {
-        rows: Arc<dyn ExecutionPlan>,
-        history: HashMap<String, slate_stores::KeyedRows>,
-    },
+struct PlanInput {
+    /// A backfill's every root row (the shaped rows, with [`POS`], [`NOW`] and [`ROLE`]),
+    /// each an event and a query, deduplicated by primary key in the plan; or a daily run's
+    /// new root rows, deduplicated at ingest and already stored, as queries.
+    rows: Arc<dyn ExecutionPlan>,
+    /// A daily run's: per aggregation key, the stored history of its entities (the new rows
+    /// included), as events: the key, the time and the aggregated fields of each row.
+    history: Option<HashMap<String, slate_stores::KeyedRows>>,
+    /// Per lookup group (see [`lookup_group`]): the looked-up table's rows (key, time and
+    /// looked-up fields), of every key for a backfill, of the rows' keys for a daily run.
+    lookups: HashMap<String, slate_stores::KeyedRows>,
+}
+
+/// The lookups of one key column into one table share one read and one operator.
+fn lookup_group(key: &str, table: &str) -> String {
+    format!("{key}\u{0}{table}")
+}
+
+/// The column a lookup's value travels in through its operator's input.
+fn lookup_field(column: &str) -> String {
+    format!("__lookup.{column}")
 }
 
 /// The streamed plan of `plan` over `input`, and the columns its output is ordered by.
@@ -172,20 +195,23 @@ fn physical_plan(
         .root_time
         .clone()
         .ok_or_else(|| EngineError::Internal("a streamed plan without a feature time".into()))?;
-    let (mut current, mut history) = match input {
-        PlanInput::Backfill(source) => (
-            dedupe_plan(
-                source,
-                std::slice::from_ref(&pk),
-                &[(time.clone(), true), (POS.into(), false)],
-                partitions,
-                clocks.ingest.clone(),
-            )
-            .map_err(failed)?,
-            None,
-        ),
-        PlanInput::Daily { rows, history } => (rows, Some(history)),
+    let PlanInput {
+        rows,
+        mut history,
+        mut lookups,
+    } = input;
+    let mut current = match history {
+        None => dedupe_plan(
+            rows,
+            std::slice::from_ref(&pk),
+            &[(time.clone(), true), (POS.into(), false)],
+            partitions,
+            clocks.ingest.clone(),
+        )
+        .map_err(failed)?,
+        Some(_) => rows,
     };
+    let mut stage = 0usize;
     let mut order = vec![pk.clone()];
     let mut pending: Vec<Node> = Vec::new();
     // Where the time of polling a NodesExec's input goes: the point-in-time operator's, or
@@ -207,13 +233,16 @@ fn physical_plan(
         if done[i] {
             continue;
         }
-        let Node::Aggregate { key, .. } = &plan.nodes[i] else {
-            // A root column is already there.
-            if !matches!(plan.nodes[i], Node::Column { .. }) {
-                pending.push(plan.nodes[i].clone());
+        let key = match &plan.nodes[i] {
+            Node::Aggregate { key, .. } | Node::Lookup { key, .. } => key,
+            n => {
+                // A root column is already there.
+                if !matches!(n, Node::Column { .. }) {
+                    pending.push(n.clone());
+                }
+                done[i] = true;
+                continue;
             }
-            done[i] = true;
-            continue;
         };
         // A point-in-time operator right after another gets a pass-through that times it.
         if !pending.is_empty() || input_busy.is_counted() {
@@ -222,6 +251,37 @@ fn physical_plan(
                 row_nodes(std::mem::take(&mut pending)),
                 std::mem::take(&mut input_busy),
             )?);
+        }
+        if let Node::Lookup { table, .. } = &plan.nodes[i] {
+            // Every lookup of this key into this table, over one sort.
+            let mut group = Vec::new();
+            for (j, node) in plan.nodes.iter().enumerate().skip(i) {
+                if let Node::Lookup {
+                    key: k, table: t, ..
+                } = node
+                    && k == key
+                    && t == table
+                    && !done[j]
+                {
+                    group.push(node);
+                    done[j] = true;
+                }
+            }
+            stage += 1;
+            current = lookup_stage(
+                current,
+                &group,
+                lookups.remove(&lookup_group(key, table)),
+                &format!("__role.{stage}"),
+                &pk,
+                partitions,
+                batch_rows,
+                errors,
+            )
+            .map_err(failed)?;
+            order = vec![key.clone(), NOW.into(), pk.clone()];
+            input_busy = clocks.compute.clone();
+            continue;
         }
         // Every aggregation of the same entity, over one sort.
         let mut aggregations = Vec::new();
@@ -254,12 +314,29 @@ fn physical_plan(
                 .remove(key)
                 .unwrap_or_else(|| futures::stream::empty().boxed());
             let schema = nullable(&current.schema());
-            let (target, time, errors) = (schema.clone(), time.clone(), errors.clone());
+            let (target, errors) = (schema.clone(), errors.clone());
             // In batches of the plan's size, as its other rows (a small budget makes them small).
+            let mut map = vec![
+                (key.clone(), EventColumn::Column(key.clone())),
+                (time.clone(), EventColumn::Column(time.clone())),
+                (NOW.to_string(), EventColumn::Column(time.clone())),
+                (ROLE.to_string(), EventColumn::Role(EVENT)),
+            ];
+            for n in &plan.nodes {
+                if let Node::Aggregate {
+                    key: k,
+                    field: Some(f),
+                    ..
+                } = n
+                    && k == key
+                {
+                    map.push((f.clone(), EventColumn::Column(f.clone())));
+                }
+            }
             let events = events
                 .map(move |b| {
                     b.map_err(|e| errors.keep(e.into()))
-                        .and_then(|b| as_events(&b, &target, &time).map_err(|e| errors.keep(e)))
+                        .and_then(|b| as_events(&b, &target, &map).map_err(|e| errors.keep(e)))
                 })
                 .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
                 .boxed();
@@ -400,31 +477,150 @@ fn as_queries(rows: RecordBatch, schema: &Arc<Schema>) -> Result<RecordBatch, En
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Stored rows of a history read (key, `time` and aggregated fields) as events in `schema`:
-/// [`NOW`] is their time, the columns they lack are null.
+/// Where a column of events comes from (see [`as_events`]).
+#[derive(Clone)]
+enum EventColumn {
+    /// A column of the stored rows.
+    Column(String),
+    /// A role, the same for every row.
+    Role(u8),
+    /// The earliest time: a version of a class without a feature time precedes every query.
+    Earliest,
+}
+
+/// Stored rows (a history or a looked-up table) as events in `schema`: each column of `map`
+/// from where it says, every other column null.
 fn as_events(
     rows: &RecordBatch,
     schema: &Arc<Schema>,
-    time: &str,
+    map: &[(String, EventColumn)],
 ) -> Result<RecordBatch, EngineError> {
     let n = rows.num_rows();
     let columns = schema
         .fields()
         .iter()
         .map(|f| -> Result<ArrayRef, EngineError> {
-            let from = match f.name().as_str() {
-                ROLE => return Ok(Arc::new(UInt8Array::from_value(EVENT, n))),
-                NOW => rows.column_by_name(time),
-                name => rows.column_by_name(name),
+            let from = map.iter().find(|(c, _)| c == f.name()).map(|(_, e)| e);
+            let a: ArrayRef = match from {
+                None => return Ok(arrow::array::new_null_array(f.data_type(), n)),
+                Some(EventColumn::Role(r)) => Arc::new(UInt8Array::from_value(*r, n)),
+                Some(EventColumn::Earliest) => Arc::new(
+                    TimestampMicrosecondArray::from_value(i64::MIN, n).with_timezone("UTC"),
+                ),
+                Some(EventColumn::Column(c)) => rows
+                    .column_by_name(c)
+                    .ok_or_else(|| EngineError::Internal(format!("stored rows lack {c}")))?
+                    .clone(),
             };
-            Ok(match from {
-                Some(c) if c.data_type() == f.data_type() => c.clone(),
-                Some(c) => arrow::compute::cast(c, f.data_type())?,
-                None => arrow::array::new_null_array(f.data_type(), n),
-            })
+            crate::compute::strict_cast(&a, f.data_type())
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The point-in-time operator of has-one lookups `group` (one key column, one table): the
+/// rows of `current` as queries (in the stage's own `role` column, so that a backfill's rows
+/// are not versions of the looked-up class), the looked-up table's rows as events; each
+/// query takes each looked-up field from its key's latest version strictly before its now.
+#[allow(clippy::too_many_arguments)]
+fn lookup_stage(
+    current: Arc<dyn ExecutionPlan>,
+    group: &[&Node],
+    rows: Option<slate_stores::KeyedRows>,
+    role: &str,
+    pk: &str,
+    partitions: usize,
+    batch_rows: usize,
+    errors: &FirstError,
+) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+    use datafusion::physical_expr::expressions::Literal;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    let Some(Node::Lookup {
+        key,
+        class_key,
+        class_time,
+        ..
+    }) = group.first()
+    else {
+        return Err(DataFusionError::Internal("an empty lookup group".into()));
+    };
+    // The queries: every column, then a null value column per lookup and the stage's role.
+    let schema = current.schema();
+    let mut exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = Vec::new();
+    for f in schema.fields() {
+        exprs.push((col(f.name(), &schema)?, f.name().clone()));
+    }
+    let mut map = vec![
+        (key.clone(), EventColumn::Column(class_key.clone())),
+        (
+            NOW.to_string(),
+            match class_time {
+                Some(t) => EventColumn::Column(t.clone()),
+                None => EventColumn::Earliest,
+            },
+        ),
+        (role.to_string(), EventColumn::Role(EVENT)),
+    ];
+    let mut lookups = Vec::new();
+    for n in group {
+        if let Node::Lookup {
+            column, field, ty, ..
+        } = n
+        {
+            let ty = ty.arrow();
+            let travel = lookup_field(column);
+            exprs.push((
+                Arc::new(Literal::new(datafusion::common::ScalarValue::try_from(
+                    &ty,
+                )?)),
+                travel.clone(),
+            ));
+            map.push((travel.clone(), EventColumn::Column(field.clone())));
+            lookups.push(PitLookup {
+                name: column.clone(),
+                field: travel,
+                output: ty,
+            });
+        }
+    }
+    exprs.push((
+        Arc::new(Literal::new(datafusion::common::ScalarValue::UInt8(Some(
+            QUERY,
+        )))),
+        role.to_string(),
+    ));
+    let queries: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, current)?);
+    let target = nullable(&queries.schema());
+    let errors = errors.clone();
+    let events = rows
+        .unwrap_or_else(|| futures::stream::empty().boxed())
+        .map({
+            let target = target.clone();
+            move |b| {
+                b.map_err(|e| errors.keep(e.into()))
+                    .and_then(|b| as_events(&b, &target, &map).map_err(|e| errors.keep(e)))
+            }
+        })
+        .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
+        .boxed();
+    let current = datafusion::physical_plan::union::UnionExec::try_new(vec![
+        queries,
+        source_exec(target, events)?,
+    ])?;
+    let carry = current
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let spec = LookupSpec {
+        key: key.clone(),
+        time: NOW.into(),
+        role: role.into(),
+        carry,
+        lookups,
+    };
+    lookup_plan(current, spec, partitions, &[pk.to_string()])
 }
 
 fn ts_type() -> DataType {
@@ -439,6 +635,66 @@ struct Tally {
 }
 
 impl Engine {
+    /// The rows of the tables `plan` looks up, per lookup group (see [`lookup_group`]): of the
+    /// keys in `rows` (a daily run's new rows), or of every key.
+    async fn lookup_reads(
+        &self,
+        plan: &QueryPlan,
+        rows: Option<&RecordBatch>,
+    ) -> Result<HashMap<String, slate_stores::KeyedRows>, EngineError> {
+        let offline = self.offline();
+        let mut out = HashMap::new();
+        for n in &plan.nodes {
+            let Node::Lookup {
+                key,
+                table,
+                class_key,
+                class_time,
+                ..
+            } = n
+            else {
+                continue;
+            };
+            let id = lookup_group(key, table);
+            if out.contains_key(&id) {
+                continue;
+            }
+            let mut columns: Vec<&str> = vec![class_key];
+            columns.extend(class_time.as_deref());
+            for m in &plan.nodes {
+                if let Node::Lookup {
+                    key: k,
+                    table: t,
+                    field,
+                    ..
+                } = m
+                    && k == key
+                    && t == table
+                    && !columns.contains(&field.as_str())
+                {
+                    columns.push(field);
+                }
+            }
+            let read = match rows {
+                None => offline.stream_all(table, &columns).await?,
+                Some(rows) if rows.num_rows() == 0 => futures::stream::empty().boxed(),
+                Some(rows) => {
+                    let keys = rows.column_by_name(key).ok_or_else(|| {
+                        EngineError::Internal(format!("the rows lack their key {key}"))
+                    })?;
+                    let mut dict = crate::encode::Dictionary::keeping_values(keys.data_type())?;
+                    dict.encode(keys)?;
+                    let time = class_time.as_deref().unwrap_or(class_key);
+                    offline
+                        .stream_for_keys(table, &columns, class_key, dict.values()?, time, None)
+                        .await?
+                }
+            };
+            out.insert(id, read);
+        }
+        Ok(out)
+    }
+
     /// A daily run's plan input: its new `rows` (stored at ingest) as queries, in batches of the
     /// plan's size, and per aggregation key the stored history of their entities (every row
     /// the widest window needs, read as the plan consumes it); with their schema and the batch
@@ -453,6 +709,7 @@ impl Engine {
             arrow::datatypes::SchemaRef,
             crate::exec::source::Batches,
             usize,
+            HashMap<String, slate_stores::KeyedRows>,
             HashMap<String, slate_stores::KeyedRows>,
         ),
         EngineError,
@@ -538,11 +795,13 @@ impl Engine {
             };
             events.insert(key.clone(), read);
         }
+        let lookups = self.lookup_reads(plan, Some(&shaped)).await?;
         Ok((
             schema,
             futures::stream::iter(sliced(Ok(shaped), batch_rows)).boxed(),
             batch_rows,
             events,
+            lookups,
         ))
     }
 
@@ -560,6 +819,7 @@ impl Engine {
         progress: &dyn Progress,
         took: &mut (dyn FnMut(&str, String, Duration) + Send),
         daily: Option<(RecordBatch, Ingested)>,
+        related_ingest: Option<(String, Duration)>,
     ) -> Result<Streamed, EngineError> {
         let t = Instant::now();
         let (new_rows, ingested) = match daily {
@@ -581,7 +841,7 @@ impl Engine {
         let errors = FirstError::default();
         // The rows the plan reads (sliced to its batch size), their schema, and for a daily
         // run the stored history of their entities.
-        let (schema, batches, batch_rows, latest_read, events) = match new_rows {
+        let (schema, batches, batch_rows, latest_read, events, lookups) = match new_rows {
             None => {
                 let source = self.source(&r.source).await?;
                 let deadline = r
@@ -697,12 +957,20 @@ impl Engine {
                     })
                     .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
                     .boxed();
-                (schema, batches, batch_rows, Some(latest_read), None)
+                let lookups = self.lookup_reads(plan, None).await?;
+                (
+                    schema,
+                    batches,
+                    batch_rows,
+                    Some(latest_read),
+                    None,
+                    lookups,
+                )
             }
             Some(rows) => {
-                let (schema, batches, batch_rows, events) =
+                let (schema, batches, batch_rows, events, lookups) =
                     self.daily_input(plan, rows, exec).await?;
-                (schema, batches, batch_rows, None, Some(events))
+                (schema, batches, batch_rows, None, Some(events), lookups)
             }
         };
         // The class's columns come first, then the extras.
@@ -713,12 +981,10 @@ impl Engine {
             .count();
         let source = source_exec(schema.clone(), batches)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
-        let input = match events {
-            None => PlanInput::Backfill(source),
-            Some(history) => PlanInput::Daily {
-                rows: source,
-                history,
-            },
+        let input = PlanInput {
+            rows: source,
+            history: events,
+            lookups,
         };
 
         let models_arc = Arc::new(models.clone());
@@ -1183,10 +1449,15 @@ impl Engine {
         };
         let wall = t.elapsed();
         if ingested.is_none() {
+            // A backfill's looked-up classes were read and stored before its rows streamed.
+            let (related, related_time) = match related_ingest {
+                Some((detail, took)) => (format!(", {detail}"), took),
+                None => (String::new(), Duration::ZERO),
+            };
             took(
                 "ingest",
-                format!("{rows} rows from {} (streamed{spilled})", r.name),
-                clocks.ingest.get(),
+                format!("{rows} rows from {} (streamed{spilled}){related}", r.name),
+                clocks.ingest.get() + related_time,
             );
         }
         let n_models = plan.models().count();
