@@ -389,6 +389,36 @@ impl QueryPlan {
             "                each batch written as it comes: {}",
             sinks.join("; ")
         );
+        // A run that reads from a watermark streams its new rows against their entities'
+        // stored history.
+        let incremental = self.scans[0].incremental && self.scans[0].resolver.incremental.is_some();
+        let Some(daily) = crate::run::explain_daily(self, 2).filter(|_| incremental) else {
+            return;
+        };
+        let _ = writeln!(
+            s,
+            "              a later run (rows after the watermark, stored first) runs as one streamed plan: its rows as queries, their entities' stored rows as events:"
+        );
+        for line in daily.lines() {
+            let _ = writeln!(s, "                {line}");
+        }
+        let mut sinks = Vec::new();
+        if self.query.store_offline {
+            sinks.push(format!(
+                "the record to offline `{}` (its rows from the run's bound replaced)",
+                self.query.name
+            ));
+        }
+        if self.query.store_online {
+            sinks.push("the outputs to the online store, sorted by key (spilling)".into());
+        }
+        if !sinks.is_empty() {
+            let _ = writeln!(
+                s,
+                "                each batch written as it comes: {}",
+                sinks.join("; ")
+            );
+        }
     }
 }
 

@@ -1387,7 +1387,13 @@ fn ingest_detail(
 /// How a first run or backfill of `plan` runs, as DataFusion's EXPLAIN shows a physical plan
 /// (with `partitions` partitions); `None` for a plan that is computed over a frame of its rows.
 pub(crate) fn explain_streamed(plan: &QueryPlan, partitions: usize) -> Option<String> {
-    stream::explain(plan, partitions)
+    stream::explain(plan, partitions, false)
+}
+
+/// How a daily run of `plan` (its root rows after the watermark) runs, as
+/// [`explain_streamed`] shows a backfill; `None` for a plan computed over a frame.
+pub(crate) fn explain_daily(plan: &QueryPlan, partitions: usize) -> Option<String> {
+    stream::explain(plan, partitions, true)
 }
 
 /// The outputs a run publishes, with their frame columns: the query's outputs, and a model's

@@ -64,20 +64,25 @@ pub(super) struct Streamed {
 
 /// The streamed plan of a first run or backfill of `plan` with `partitions` partitions, as
 /// DataFusion's EXPLAIN shows a physical plan; `None` when `plan` does not stream.
-pub(super) fn explain(plan: &QueryPlan, partitions: usize) -> Option<String> {
+pub(super) fn explain(plan: &QueryPlan, partitions: usize, daily: bool) -> Option<String> {
     if !streamable(plan) {
         return None;
     }
     let scan = plan.root_scan();
     let time = plan.root_time.as_deref()?;
     let empty = to_class_batch(&scan.resolver.name, &scan.class, vec![], &[]).ok()?;
-    let schema = with_extras(empty, &scan.class.primary_key, time, 0, &scan.resolver.name)
-        .ok()?
-        .schema();
+    let shaped = with_extras(empty, &scan.class.primary_key, time, 0, &scan.resolver.name).ok()?;
+    let (schema, history) = match daily {
+        false => (shaped.schema(), None),
+        true => (
+            nullable(&daily_columns(plan, shaped).ok()?.schema()),
+            Some(HashMap::new()),
+        ),
+    };
     let source = source_exec(schema, futures::stream::empty().boxed()).ok()?;
     let input = PlanInput {
         rows: source,
-        history: None,
+        history,
         lookups: HashMap::new(),
     };
     let (physical, _) = physical_plan(
@@ -96,6 +101,33 @@ pub(super) fn explain(plan: &QueryPlan, partitions: usize) -> Option<String> {
             .indent(false)
             .to_string(),
     )
+}
+
+/// A daily run's shaped rows with only the columns its plan reads or writes (and the extras
+/// it needs: [`NOW`], [`ROLE`]): what goes through its sorts.
+fn daily_columns(plan: &QueryPlan, shaped: RecordBatch) -> Result<RecordBatch, EngineError> {
+    let scan = plan.root_scan();
+    let time = plan.root_time.as_deref().unwrap_or_default();
+    // What nodes read, and root columns the record holds (a computed column, say a model's
+    // label, comes later, not from the rows).
+    let read: Vec<&str> = plan
+        .nodes
+        .iter()
+        .flat_map(|n| match n {
+            Node::Column { column, .. } => vec![column.as_str()],
+            n => n.inputs(),
+        })
+        .chain([scan.class.primary_key.as_str(), time, NOW, ROLE])
+        .collect();
+    let kept: Vec<usize> = shaped
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| read.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    Ok(shaped.project(&kept)?)
 }
 
 /// Whether `plan` runs as a streamed plan: a feature time, every node row-local, a has-one
@@ -719,22 +751,7 @@ impl Engine {
             EngineError::Internal("a streamed plan without a feature time".into())
         })?;
         let shaped = with_extras(rows, &scan.class.primary_key, time, 0, &scan.resolver.name)?;
-        // Only the columns the plan reads or writes go through its sorts, with the extras.
-        let read: Vec<&str> = plan
-            .nodes
-            .iter()
-            .flat_map(|n| n.inputs().into_iter().chain(n.columns()))
-            .chain([scan.class.primary_key.as_str(), time, NOW, ROLE])
-            .collect();
-        let kept: Vec<usize> = shaped
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| read.contains(&f.name().as_str()))
-            .map(|(i, _)| i)
-            .collect();
-        let shaped = shaped.project(&kept)?;
+        let shaped = daily_columns(plan, shaped)?;
         let schema = nullable(&shaped.schema());
         let shaped = as_queries(shaped, &schema)?;
         let batch_rows = exec.batch_rows(row_bytes(&schema));
