@@ -575,33 +575,37 @@ impl Engine {
         let exec = self.execution(RUN_SPILL);
         let (root_bound, root_before) = self.bound_of(plan, &plan.scans[0], ledger_exists)?;
         let (ingested, rows_ingested, rows_scored, outputs) = if stream::streamable(plan) {
-            // The looked-up classes' rows are ingested and stored first; then a daily run
-            // ingests and stores its new rows, and a backfill streams them.
+            // The looked-up classes' rows (and a daily run's new rows) are read, then stored,
+            // before the plan starts; a backfill streams its root rows through the plan.
             let t = Instant::now();
-            let mut read = Duration::ZERO;
-            let mut related = Vec::new();
+            let mut scanned = Vec::new();
             for scan in &plan.scans[1..] {
-                let r = Instant::now();
                 let (rows, i) = self
                     .ingest(plan, scan, ledger_exists, started, previous.as_ref())
                     .await?;
-                read += r.elapsed();
-                store_scan(&self.offline(), scan, &i, &rows).await?;
-                related.push(i);
+                scanned.push((scan, rows, i));
             }
-            let daily = match root_bound {
+            let root = match root_bound {
                 None => None,
                 Some(_) => {
                     let scan = &plan.scans[0];
-                    let r = Instant::now();
-                    let (rows, i) = self
-                        .ingest(plan, scan, ledger_exists, started, previous.as_ref())
-                        .await?;
-                    read += r.elapsed();
-                    store_scan(&self.offline(), scan, &i, &rows).await?;
-                    Some((rows, i))
+                    Some(
+                        self.ingest(plan, scan, ledger_exists, started, previous.as_ref())
+                            .await?,
+                    )
                 }
             };
+            let read = t.elapsed();
+            let offline = self.offline();
+            let mut related = Vec::new();
+            for (scan, rows, i) in scanned {
+                store_scan(&offline, scan, &i, &rows).await?;
+                related.push(i);
+            }
+            if let Some((rows, i)) = &root {
+                store_scan(&offline, &plan.scans[0], i, rows).await?;
+            }
+            let daily = root;
             let stored = t.elapsed() - read;
             let related_ingest = match &daily {
                 Some((_, root)) => {

@@ -1,13 +1,20 @@
-//! A run whose root scan reads every row (a backfill, or a resolver that is not incremental)
-//! and whose nodes compute from the root rows alone, as one streamed physical plan:
+//! A run whose nodes compute from its root rows (row-local nodes, aggregations over the root
+//! class's own table by the rows' key, has-one lookups), as one streamed physical plan. A
+//! backfill (its root scan reads every row):
 //!
 //! ```text
 //! source stream ─ shape to the class ─ DedupeExec (hash by key, spilling sort: one row per key)
+//!   ─ for each lookup group: the looked-up table's rows unioned in as events ─ PitLookupExec
+//!     (hash by the key, spilling sort by key, time; the latest version before each row)
 //!   ─ for each aggregate group: PitAggregateExec (hash by entity, spilling sort by entity,
 //!     time, key; state for one entity at a time) ─ NodesExec (expressions, functions, models)
 //!   ─ SortPreservingMergeExec (entity, time, key: the same order whatever the partitions)
 //!   ─ sinks: the class's offline table, the query's offline record, the online store
 //! ```
+//!
+//! A later run (its root scan reads from the watermark) stores its new rows at ingest and
+//! streams them as queries only; each aggregate group unions in its entities' stored rows (a
+//! keyed read of the offline table) as events, and no dedupe or class-table sink is needed.
 //!
 //! No step holds the run's rows: sorts spill under the run's memory budget, the sinks write
 //! batches as they come (one Delta commit per table at the end, the online store's commit after
@@ -62,8 +69,9 @@ pub(super) struct Streamed {
     pub outputs: Vec<OutputSummary>,
 }
 
-/// The streamed plan of a first run or backfill of `plan` with `partitions` partitions, as
-/// DataFusion's EXPLAIN shows a physical plan; `None` when `plan` does not stream.
+/// The streamed plan of a first run or backfill of `plan` (with `daily`, of a later run) with
+/// `partitions` partitions, as DataFusion's EXPLAIN shows a physical plan; `None` when `plan`
+/// does not stream.
 pub(super) fn explain(plan: &QueryPlan, partitions: usize, daily: bool) -> Option<String> {
     if !streamable(plan) {
         return None;
