@@ -596,34 +596,32 @@ impl Engine {
                 }
             };
             let read = t.elapsed();
-            let offline = self.offline();
-            let mut related = Vec::new();
-            for (scan, rows, i) in scanned {
-                store_scan(&offline, scan, &i, &rows).await?;
-                related.push(i);
-            }
-            if let Some((rows, i)) = &root {
-                store_scan(&offline, &plan.scans[0], i, rows).await?;
-            }
-            let daily = root;
-            let stored = t.elapsed() - read;
-            let related_ingest = match &daily {
-                Some((_, root)) => {
-                    let all: Vec<&Ingested> = std::iter::once(root).chain(&related).collect();
+            // A daily run stores everything now; a backfill stores the looked-up classes'
+            // rows once its root source has answered (a dead source leaves the stores as they
+            // were).
+            let related: Vec<(RecordBatch, Ingested)> =
+                scanned.into_iter().map(|(_, rows, i)| (rows, i)).collect();
+            let (related, daily): (Vec<(Option<RecordBatch>, Ingested)>, _) = match root {
+                None => (
+                    related.into_iter().map(|(r, i)| (Some(r), i)).collect(),
+                    None,
+                ),
+                Some((rows, i)) => {
+                    let offline = self.offline();
+                    for (scan, (rows, i)) in plan.scans[1..].iter().zip(&related) {
+                        store_scan(&offline, scan, i, rows).await?;
+                    }
+                    store_scan(&offline, &plan.scans[0], &i, &rows).await?;
+                    let all: Vec<&Ingested> = std::iter::once(&i)
+                        .chain(related.iter().map(|(_, i)| i))
+                        .collect();
                     took(
                         "ingest",
-                        ingest_detail(&plan.scans, &all, read, stored),
+                        ingest_detail(&plan.scans, &all, read, t.elapsed() - read),
                         t.elapsed(),
                     );
-                    None
-                }
-                None if related.is_empty() => None,
-                None => {
-                    let all: Vec<&Ingested> = related.iter().collect();
-                    Some((
-                        ingest_detail(&plan.scans[1..], &all, read, stored),
-                        t.elapsed(),
-                    ))
+                    let stored = related.into_iter().map(|(_, i)| (None, i)).collect();
+                    (stored, Some((rows, i)))
                 }
             };
             let s = self
@@ -638,11 +636,12 @@ impl Engine {
                     progress,
                     &mut took,
                     daily,
-                    related_ingest,
+                    related,
+                    read,
                 )
                 .await?;
             let mut ingested = vec![s.ingested];
-            ingested.extend(related);
+            ingested.extend(s.related);
             (ingested, s.rows, s.rows, s.outputs)
         } else {
             self.run_framed(

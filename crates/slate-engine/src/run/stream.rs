@@ -65,6 +65,8 @@ const ROLE: &str = "__role";
 /// What a streamed run produced, for its record.
 pub(super) struct Streamed {
     pub ingested: Ingested,
+    /// What the looked-up classes' scans read (in the plan's scan order after the root's).
+    pub related: Vec<Ingested>,
     pub rows: usize,
     pub outputs: Vec<OutputSummary>,
 }
@@ -844,7 +846,8 @@ impl Engine {
         progress: &dyn Progress,
         took: &mut (dyn FnMut(&str, String, Duration) + Send),
         daily: Option<(RecordBatch, Ingested)>,
-        related_ingest: Option<(String, Duration)>,
+        related: Vec<(Option<RecordBatch>, Ingested)>,
+        related_read: Duration,
     ) -> Result<Streamed, EngineError> {
         let t = Instant::now();
         let (new_rows, ingested) = match daily {
@@ -866,6 +869,7 @@ impl Engine {
         let errors = FirstError::default();
         // The rows the plan reads (sliced to its batch size), their schema, and for a daily
         // run the stored history of their entities.
+        let mut related_stored = Duration::ZERO;
         let (schema, batches, batch_rows, latest_read, events, lookups) = match new_rows {
             None => {
                 let source = self.source(&r.source).await?;
@@ -982,6 +986,16 @@ impl Engine {
                     })
                     .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
                     .boxed();
+                // The root source answered: the looked-up classes' rows are stored, then read
+                // by key by the plan.
+                let w = Instant::now();
+                let offline = self.offline();
+                for (scan, (rows, i)) in plan.scans[1..].iter().zip(&related) {
+                    if let Some(rows) = rows {
+                        super::store_scan(&offline, scan, i, rows).await?;
+                    }
+                }
+                related_stored = w.elapsed();
                 let lookups = self.lookup_reads(plan, None).await?;
                 (
                     schema,
@@ -1475,9 +1489,14 @@ impl Engine {
         let wall = t.elapsed();
         if ingested.is_none() {
             // A backfill's looked-up classes were read and stored before its rows streamed.
-            let (related, related_time) = match related_ingest {
-                Some((detail, took)) => (format!(", {detail}"), took),
-                None => (String::new(), Duration::ZERO),
+            let (related, related_time) = match related.is_empty() {
+                true => (String::new(), Duration::ZERO),
+                false => {
+                    let all: Vec<&Ingested> = related.iter().map(|(_, i)| i).collect();
+                    let detail =
+                        super::ingest_detail(&plan.scans[1..], &all, related_read, related_stored);
+                    (format!(", {detail}"), related_read + related_stored)
+                }
             };
             took(
                 "ingest",
@@ -1549,6 +1568,7 @@ impl Engine {
             )));
         }
         Ok(Streamed {
+            related: related.into_iter().map(|(_, i)| i).collect(),
             ingested: ingested.unwrap_or(Ingested {
                 count: rows,
                 bound: None,
