@@ -734,9 +734,10 @@ impl Engine {
         })
     }
 
-    /// The run's ingest, compute and write stages over a frame of every root row (a daily run,
-    /// or a plan that reads other tables): returns what was ingested, the rows ingested and
-    /// scored, and the outputs' summaries.
+    /// The run's ingest, compute and write stages over a frame of every root row (a plan with
+    /// aggregations over another class's table, or a root class without a feature time; see
+    /// `stream::streamable`): returns what was ingested, the rows ingested and scored, and the
+    /// outputs' summaries.
     #[allow(clippy::too_many_arguments)]
     async fn run_framed(
         &self,
