@@ -585,3 +585,66 @@ async fn a_rust_function_resolver_runs_when_registered_and_is_refused_otherwise(
     }
     assert_eq!(classes.len(), 4, "every class and null occur: {classes:?}");
 }
+
+/// A run whose root source is dead writes nothing, though it reads other classes first: the
+/// first run of the order features (a backfill with lookups, in a state directory another
+/// query's run created) and a later one fail naming the table, and leave every table as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_root_source_leaves_the_stores_as_they_were() {
+    const TABLES: [&str; 4] = ["store", "customer", "order", "order_features"];
+    let w = generate(&Config::default());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, state) = (tmp.path().join("data"), tmp.path().join("state"));
+    write_warehouse(&data, &w, None).expect("write");
+    run(&data, &state, START_MICROS + 60 * DAY, "customer_features").await;
+    let offline = engine(&state, &state, 0).offline();
+    let versions = || {
+        let offline = offline.clone();
+        async move {
+            let mut v = Vec::new();
+            for table in TABLES {
+                v.push(offline.version(table).await.expect("version"));
+            }
+            v
+        }
+    };
+    let orders_file = data.join("SALES.ORDERS.parquet");
+    let moved = tmp.path().join("orders.parquet");
+    let fail = |now: i64| {
+        let (data, state) = (data.clone(), state.clone());
+        async move {
+            let plan = plan_query(&project(), "order_features").expect("plan");
+            engine(&data, &state, now)
+                .run(&plan, &SilentProgress)
+                .await
+                .expect_err("the orders are gone")
+                .to_string()
+        }
+    };
+
+    // The first run: the stores and customers read, the orders source dead.
+    let before = versions().await;
+    assert_eq!(before[0], None, "no store table before the first run");
+    std::fs::rename(&orders_file, &moved).expect("move");
+    let err = fail(START_MICROS + 61 * DAY).await;
+    assert!(err.contains("SALES.ORDERS"), "{err}");
+    assert_eq!(
+        versions().await,
+        before,
+        "tables written by a failed first run"
+    );
+
+    // A later run, after a first one that committed.
+    std::fs::rename(&moved, &orders_file).expect("move back");
+    run(&data, &state, START_MICROS + 62 * DAY, "order_features").await;
+    let before = versions().await;
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+    std::fs::rename(&orders_file, &moved).expect("move");
+    let err = fail(START_MICROS + 63 * DAY).await;
+    assert!(err.contains("SALES.ORDERS"), "{err}");
+    assert_eq!(
+        versions().await,
+        before,
+        "tables written by a failed later run"
+    );
+}
