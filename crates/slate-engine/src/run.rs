@@ -578,12 +578,12 @@ impl Engine {
             // The looked-up classes' rows (and a daily run's new rows) are read, then stored,
             // before the plan starts; a backfill streams its root rows through the plan.
             let t = Instant::now();
-            let mut scanned = Vec::new();
+            let mut related: Vec<(RecordBatch, Ingested)> = Vec::new();
             for scan in &plan.scans[1..] {
-                let (rows, i) = self
-                    .ingest(plan, scan, ledger_exists, started, previous.as_ref())
-                    .await?;
-                scanned.push((scan, rows, i));
+                related.push(
+                    self.ingest(plan, scan, ledger_exists, started, previous.as_ref())
+                        .await?,
+                );
             }
             let root = match root_bound {
                 None => None,
@@ -599,8 +599,6 @@ impl Engine {
             // A daily run stores everything now; a backfill stores the looked-up classes'
             // rows once its root source has answered (a dead source leaves the stores as they
             // were).
-            let related: Vec<(RecordBatch, Ingested)> =
-                scanned.into_iter().map(|(_, rows, i)| (rows, i)).collect();
             let (related, daily): (Vec<(Option<RecordBatch>, Ingested)>, _) = match root {
                 None => (
                     related.into_iter().map(|(r, i)| (Some(r), i)).collect(),

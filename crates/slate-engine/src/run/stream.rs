@@ -352,12 +352,6 @@ fn physical_plan(
         }
         // A daily run's queries meet their entities' stored rows, as events.
         if let Some(history) = &mut history {
-            let events = history
-                .remove(key)
-                .unwrap_or_else(|| futures::stream::empty().boxed());
-            let schema = nullable(&current.schema());
-            let (target, errors) = (schema.clone(), errors.clone());
-            // In batches of the plan's size, as its other rows (a small budget makes them small).
             let mut map = vec![
                 (key.clone(), EventColumn::Column(key.clone())),
                 (time.clone(), EventColumn::Column(time.clone())),
@@ -375,18 +369,8 @@ fn physical_plan(
                     map.push((f.clone(), EventColumn::Column(f.clone())));
                 }
             }
-            let events = events
-                .map(move |b| {
-                    b.map_err(|e| errors.keep(e.into()))
-                        .and_then(|b| as_events(&b, &target, &map).map_err(|e| errors.keep(e)))
-                })
-                .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
-                .boxed();
-            current = datafusion::physical_plan::union::UnionExec::try_new(vec![
-                current,
-                source_exec(schema, events).map_err(failed)?,
-            ])
-            .map_err(failed)?;
+            current = with_events(current, history.remove(key), map, batch_rows, errors)
+                .map_err(failed)?;
         }
         let carry = current
             .schema()
@@ -560,6 +544,32 @@ fn as_events(
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// `queries` unioned with stored `rows` as events, in `queries`' columns made nullable (each
+/// column of `map` from where it says, the others null; see [`as_events`]), in batches of the
+/// plan's size like its other rows (a small budget makes them small).
+fn with_events(
+    queries: Arc<dyn ExecutionPlan>,
+    rows: Option<slate_stores::KeyedRows>,
+    map: Vec<(String, EventColumn)>,
+    batch_rows: usize,
+    errors: &FirstError,
+) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+    let target = nullable(&queries.schema());
+    let (schema, errors) = (target.clone(), errors.clone());
+    let events = rows
+        .unwrap_or_else(|| futures::stream::empty().boxed())
+        .map(move |b| {
+            b.map_err(|e| errors.keep(e.into()))
+                .and_then(|b| as_events(&b, &target, &map).map_err(|e| errors.keep(e)))
+        })
+        .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
+        .boxed();
+    datafusion::physical_plan::union::UnionExec::try_new(vec![
+        queries,
+        source_exec(schema, events)?,
+    ])
+}
+
 /// The point-in-time operator of has-one lookups `group` (one key column, one table): the
 /// rows of `current` as queries (in the stage's own `role` column, so that a backfill's rows
 /// are not versions of the looked-up class), the looked-up table's rows as events; each
@@ -632,23 +642,7 @@ fn lookup_stage(
         role.to_string(),
     ));
     let queries: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, current)?);
-    let target = nullable(&queries.schema());
-    let errors = errors.clone();
-    let events = rows
-        .unwrap_or_else(|| futures::stream::empty().boxed())
-        .map({
-            let target = target.clone();
-            move |b| {
-                b.map_err(|e| errors.keep(e.into()))
-                    .and_then(|b| as_events(&b, &target, &map).map_err(|e| errors.keep(e)))
-            }
-        })
-        .flat_map(move |b| futures::stream::iter(sliced(b, batch_rows)))
-        .boxed();
-    let current = datafusion::physical_plan::union::UnionExec::try_new(vec![
-        queries,
-        source_exec(target, events)?,
-    ])?;
+    let current = with_events(queries, rows, map, batch_rows, errors)?;
     let carry = current
         .schema()
         .fields()
@@ -760,7 +754,22 @@ impl Engine {
         let time = plan.root_time.as_deref().ok_or_else(|| {
             EngineError::Internal("a streamed plan without a feature time".into())
         })?;
-        let shaped = with_extras(rows, &scan.class.primary_key, time, 0, &scan.resolver.name)?;
+        // The rows were deduplicated (reordered) at ingest: a row without a feature time is
+        // named by its key, not by a position.
+        let pk = &scan.class.primary_key;
+        if let (Some(key), Ok(times)) = (rows.column_by_name(pk), ts_column(&rows, time))
+            && let Some(i) = times.iter().position(|t| t.is_none())
+            && key.is_valid(i)
+        {
+            let value = arrow::util::display::array_value_to_string(key, i)?;
+            return Err(EngineError::BadValue {
+                resolver: scan.resolver.name.clone(),
+                reason: format!(
+                    "the row with `{pk}` {value} has a null `{time}`; keys and feature times must be set"
+                ),
+            });
+        }
+        let shaped = with_extras(rows, pk, time, 0, &scan.resolver.name)?;
         let shaped = daily_columns(plan, shaped)?;
         let schema = nullable(&shaped.schema());
         let shaped = as_queries(shaped, &schema)?;
