@@ -111,6 +111,159 @@ pub struct TreeEnsemble {
     /// Per root, the depth of every leaf when the tree has all its leaves at one depth: a walk
     /// then takes that many steps, with no test for the end.
     even_depths: Vec<Option<u32>>,
+    /// The branches by feature and threshold, when every branch is an order comparison and
+    /// every tree has at most 64 leaves (see [`Quick`]).
+    quick: Option<Quick>,
+}
+
+/// The ensemble as QuickScorer evaluates it (Lucchese et al., SIGIR 2015): each tree's leaves
+/// numbered left to right, where a branch's left child is the one its smaller values take; a
+/// row's leaf in a tree is the leftmost one that no branch the row passes to the right rules
+/// out. Each branch is a mask of the leaves it rules out (its left subtree's), and the branches
+/// of each feature are sorted by threshold, so that a row's right-going branches of a feature
+/// are a prefix of its list: scoring a row is a scan of those prefixes, ANDing masks into one
+/// 64-bit word per tree, with no walk from node to node.
+#[derive(Debug, Clone, PartialEq)]
+struct Quick {
+    /// Per feature, its branches' range in `branches` (`n_features + 1` offsets).
+    offsets: Vec<u32>,
+    /// By feature, then threshold, then strict comparisons before others.
+    branches: Vec<QuickBranch>,
+    /// Per feature, its range in `missing` (`n_features + 1` offsets).
+    missing_offsets: Vec<u32>,
+    /// Per feature, the (tree, mask) of the branches that send a missing value right.
+    missing: Vec<(u32, u64)>,
+    /// Per tree (in `roots` order), the start of its leaves in `leaves`.
+    leaf_starts: Vec<u32>,
+    /// The leaves' node indices, tree after tree, left to right.
+    leaves: Vec<u32>,
+    /// Whether branches compare strictly (`v < t` goes left), not (`v <= t`), or both occur.
+    strictness: Strictness,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct QuickBranch {
+    threshold: f32,
+    /// The tree's position in `roots`, with [`STRICT`] set for a strict comparison.
+    tree: u32,
+    /// The leaves the branch rules out for a row it sends right, as zeros.
+    mask: u64,
+}
+
+const STRICT: u32 = 1 << 31;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Strictness {
+    None,
+    All,
+    Mixed,
+}
+
+impl Quick {
+    /// The layout of `nodes` (reached from `roots`), or `None` when an equality comparison, a
+    /// tree of more than 64 leaves, a missing threshold or a node reached twice rules it out.
+    fn build(nodes: &[Node], roots: &[usize], n_features: usize) -> Option<Quick> {
+        // Per feature, (threshold, strict, tree, mask) of its branches.
+        let mut by_feature: Vec<Vec<(f32, bool, u32, u64)>> = vec![vec![]; n_features];
+        let mut missing: Vec<Vec<(u32, u64)>> = vec![vec![]; n_features];
+        let mut leaf_starts = Vec::with_capacity(roots.len());
+        let mut leaves: Vec<u32> = vec![];
+        let mut seen = vec![false; nodes.len()];
+        for (tree, &root) in roots.iter().enumerate() {
+            let tree = u32::try_from(tree).ok().filter(|t| *t < STRICT)?;
+            leaf_starts.push(u32::try_from(leaves.len()).ok()?);
+            let first = leaves.len();
+            // Depth first, left child first; a branch's left subtree's leaves are those numbered
+            // while it is open. (node, left child done)
+            let mut stack: Vec<(usize, Option<usize>)> = vec![(root, None)];
+            while let Some((i, opened)) = stack.pop() {
+                let node = &nodes[i];
+                // (left child, right child, strict, a missing value goes right)
+                let (left, right, strict, missing_right) = match node.mode {
+                    Mode::Leaf => {
+                        if std::mem::replace(&mut seen[i], true) {
+                            return None;
+                        }
+                        leaves.push(u32::try_from(i).ok()?);
+                        if leaves.len() - first > 64 {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Mode::Leq => (node.true_child, node.false_child, false, !node.missing_true),
+                    Mode::Lt => (node.true_child, node.false_child, true, !node.missing_true),
+                    Mode::Gte => (node.false_child, node.true_child, true, node.missing_true),
+                    Mode::Gt => (node.false_child, node.true_child, false, node.missing_true),
+                    Mode::Eq | Mode::Neq => return None,
+                };
+                match opened {
+                    None => {
+                        if std::mem::replace(&mut seen[i], true) || node.threshold.is_nan() {
+                            return None;
+                        }
+                        stack.push((i, Some(leaves.len() - first)));
+                        stack.push((left, None));
+                    }
+                    Some(lo) => {
+                        let hi = leaves.len() - first;
+                        let span = if hi - lo == 64 {
+                            u64::MAX
+                        } else {
+                            ((1u64 << (hi - lo)) - 1) << lo
+                        };
+                        let mask = !span;
+                        // -0 and 0 compare alike: one of them, so that the sort keeps ties.
+                        let threshold = if node.threshold == 0.0 {
+                            0.0
+                        } else {
+                            node.threshold
+                        };
+                        by_feature[node.feature].push((threshold, strict, tree, mask));
+                        if missing_right {
+                            missing[node.feature].push((tree, mask));
+                        }
+                        stack.push((right, None));
+                    }
+                }
+            }
+        }
+        let mut offsets = vec![0u32];
+        let mut branches = vec![];
+        let (mut strict, mut loose) = (false, false);
+        for mut list in by_feature {
+            // Ascending thresholds, strict first among equal ones: the branches a value sends
+            // right (t < v, or t == v when strict) are a prefix.
+            list.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+            for (threshold, s, tree, mask) in list {
+                (strict, loose) = (strict | s, loose | !s);
+                branches.push(QuickBranch {
+                    threshold,
+                    tree: tree | if s { STRICT } else { 0 },
+                    mask,
+                });
+            }
+            offsets.push(u32::try_from(branches.len()).ok()?);
+        }
+        let mut missing_offsets = vec![0u32];
+        let mut missing_flat = vec![];
+        for list in missing {
+            missing_flat.extend(list);
+            missing_offsets.push(u32::try_from(missing_flat.len()).ok()?);
+        }
+        Some(Quick {
+            offsets,
+            branches,
+            missing_offsets,
+            missing: missing_flat,
+            leaf_starts,
+            leaves,
+            strictness: match (strict, loose) {
+                (true, true) => Strictness::Mixed,
+                (true, false) => Strictness::All,
+                _ => Strictness::None,
+            },
+        })
+    }
 }
 
 impl Eq for TreeEnsemble {}
@@ -339,6 +492,7 @@ impl TreeEnsemble {
         };
         let classes_voted: std::collections::BTreeSet<usize> =
             weights.iter().map(|w| w.0).collect();
+        let quick = Quick::build(&nodes, &roots, n_features);
         Ok(TreeEnsemble {
             binary_case: n_classes == 2 && classes_voted.len() == 1,
             weights_all_positive: a.class_weights.iter().all(|w| *w >= 0.0),
@@ -352,6 +506,7 @@ impl TreeEnsemble {
             n_features,
             compact,
             uniform,
+            quick,
             spans,
             even_depths,
         })
@@ -450,6 +605,16 @@ impl TreeEnsemble {
     }
 
     fn predict_serial(&self, data: &[f32], f: usize, labels: &mut [i64], scores: &mut [f32]) {
+        if let Some(q) = &self.quick {
+            match q.strictness {
+                Strictness::None => self.quick_rows(q, data, f, labels, scores, |t, v, _| t < v),
+                Strictness::All => self.quick_rows(q, data, f, labels, scores, |t, v, _| t <= v),
+                Strictness::Mixed => self.quick_rows(q, data, f, labels, scores, |t, v, tree| {
+                    t < v || (t == v && tree & STRICT != 0)
+                }),
+            }
+            return;
+        }
         match self.uniform {
             Some(Mode::Leq) => self.blocks(data, f, labels, scores, |v, t| v <= t),
             Some(Mode::Lt) => self.blocks(data, f, labels, scores, |v, t| v < t),
@@ -527,6 +692,57 @@ impl TreeEnsemble {
                 let r = i * c..(i + 1) * c;
                 *label = self.finish(&mut acc[r.clone()], &mut has[r.clone()], &mut sc[r]);
             }
+        }
+    }
+
+    /// [`Self::blocks`] by QuickScorer's scan: `right(threshold, value, tree)` tells whether a
+    /// (non-missing) value goes right at a branch.
+    fn quick_rows(
+        &self,
+        q: &Quick,
+        data: &[f32],
+        f: usize,
+        labels: &mut [i64],
+        scores: &mut [f32],
+        right: impl Fn(f32, f32, u32) -> bool + Copy,
+    ) {
+        let c = self.n_classes();
+        let features = q.offsets.len() - 1;
+        let mut words = vec![u64::MAX; self.roots.len()];
+        let mut acc = vec![0f32; c];
+        let mut has = vec![false; c];
+        for ((x, label), sc) in data
+            .chunks_exact(f)
+            .zip(labels.iter_mut())
+            .zip(scores.chunks_mut(c))
+        {
+            words.fill(u64::MAX);
+            for (feature, &v) in x.iter().enumerate().take(features) {
+                if v.is_nan() {
+                    let (a, b) = (q.missing_offsets[feature], q.missing_offsets[feature + 1]);
+                    for &(tree, mask) in &q.missing[a as usize..b as usize] {
+                        words[tree as usize] &= mask;
+                    }
+                    continue;
+                }
+                let (a, b) = (q.offsets[feature], q.offsets[feature + 1]);
+                for branch in &q.branches[a as usize..b as usize] {
+                    if !right(branch.threshold, v, branch.tree) {
+                        break;
+                    }
+                    words[(branch.tree & !STRICT) as usize] &= branch.mask;
+                }
+            }
+            acc.fill(0.0);
+            has.fill(false);
+            for (&word, &start) in words.iter().zip(&q.leaf_starts) {
+                let leaf = q.leaves[start as usize + word.trailing_zeros() as usize];
+                let (a, b) = self.spans[leaf as usize];
+                for &(class, w) in &self.weights[a as usize..b as usize] {
+                    self.add(&mut acc[class], &mut has[class], w);
+                }
+            }
+            *label = self.finish(&mut acc, &mut has, sc);
         }
     }
 
@@ -791,8 +1007,10 @@ mod tests {
 
     /// Values on a small grid, so that rows often equal thresholds; NaN now and then.
     fn value(r: &mut Rng) -> f32 {
-        match r.below(12) {
+        match r.below(14) {
             0 => f32::NAN,
+            12 => -0.0,
+            13 => [f32::INFINITY, f32::NEG_INFINITY][r.below(2) as usize],
             k => (k as f32 - 6.0) * 0.5,
         }
     }
@@ -835,7 +1053,11 @@ mod tests {
         }
         a.nodes_modes.push(mode(r).into());
         a.nodes_featureids.push(r.below(features as u64) as i64);
-        a.nodes_values.push((r.below(9) as f32 - 4.0) * 0.5);
+        let threshold = (r.below(9) as f32 - 4.0) * 0.5;
+        a.nodes_values.push(match r.below(2) {
+            0 if threshold == 0.0 => -0.0,
+            _ => threshold,
+        });
         a.nodes_truenodeids.push(0);
         a.nodes_falsenodeids.push(0);
         let t = grow(
@@ -877,7 +1099,8 @@ mod tests {
             "BRANCH_EQ",
             "BRANCH_NEQ",
         ];
-        let uniform = r.below(2) == 0;
+        // One comparison for every branch, any of them, or any but the equalities.
+        let variety = r.below(3);
         let mode0 = modes[r.below(6) as usize];
         let n_classes = 2 + r.below(2) as usize;
         let one_class = n_classes == 2 && r.below(2) == 0;
@@ -893,7 +1116,8 @@ mod tests {
             .map(|_| value(r).max(-1.0))
             .collect();
         for tree in 0..1 + r.below(20) as i64 {
-            let depth = 1 + r.below(6) as u32;
+            // Up to 128 leaves: QuickScorer's layout takes trees of 64 at most.
+            let depth = 1 + r.below(7) as u32;
             let mut next_id = 0;
             grow(
                 &mut a,
@@ -901,12 +1125,10 @@ mod tests {
                 tree,
                 depth,
                 &mut next_id,
-                &|r: &mut Rng| {
-                    if uniform {
-                        mode0
-                    } else {
-                        modes[r.below(6) as usize]
-                    }
+                &|r: &mut Rng| match variety {
+                    0 => mode0,
+                    1 => modes[r.below(6) as usize],
+                    _ => modes[r.below(4) as usize],
                 },
                 features,
                 n_classes,
@@ -920,8 +1142,10 @@ mod tests {
     #[test]
     fn blocked_parallel_scoring_equals_the_row_by_row_reference_bit_for_bit() {
         let mut r = Rng(0x5eed_1234_abcd_ef01);
-        for case in 0..300 {
+        let mut quick = 0;
+        for case in 0..400 {
             let e = ensemble(&mut r);
+            quick += usize::from(e.quick.is_some());
             let f = e.n_features + r.below(2) as usize;
             let n = [1, 5, 127, 128, 129, 300, 20_000][r.below(7) as usize];
             let data: Vec<f32> = (0..n * f).map(|_| value(&mut r)).collect();
@@ -941,5 +1165,10 @@ mod tests {
                 assert_eq!(got, want, "case {case}, row {i}");
             }
         }
+        // Both evaluations are exercised.
+        assert!(
+            (100..300).contains(&quick),
+            "{quick} of 400 ensembles scored by QuickScorer"
+        );
     }
 }
