@@ -139,7 +139,25 @@ struct Quick {
     leaves: Vec<u32>,
     /// Whether branches compare strictly (`v < t` goes left), not (`v <= t`), or both occur.
     strictness: Strictness,
+    /// When small enough ([`PREFIX_BYTES`]): per feature, its distinct (threshold, strict)
+    /// pairs in the branches' order (`cut_offsets` gives each feature's range, `n_features + 1`
+    /// offsets), and per count `k` of them (0 to all), one word per tree: the AND of the masks
+    /// of the branches with the first `k` pairs. A row then finds its prefix of each feature's
+    /// cuts by binary search and ANDs one row of words, whatever the prefix's length. Row
+    /// `(f, k)` is row `cut_offsets[f] + f + k`.
+    prefix: Option<Prefix>,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+struct Prefix {
+    cut_offsets: Vec<u32>,
+    /// (threshold, [`STRICT`] or 0).
+    cuts: Vec<(f32, u32)>,
+    table: Vec<u64>,
+}
+
+/// The largest table of prefix masks kept (beyond it, a row's branches are scanned).
+const PREFIX_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct QuickBranch {
@@ -244,6 +262,40 @@ impl Quick {
             }
             offsets.push(u32::try_from(branches.len()).ok()?);
         }
+        let trees = roots.len();
+        let mut cut_offsets = vec![0u32];
+        let mut cuts: Vec<(f32, u32)> = vec![];
+        for f in 0..offsets.len() - 1 {
+            for b in &branches[offsets[f] as usize..offsets[f + 1] as usize] {
+                let cut = (b.threshold, b.tree & STRICT);
+                if cuts.len() == cut_offsets[f] as usize || cuts.last() != Some(&cut) {
+                    cuts.push(cut);
+                }
+            }
+            cut_offsets.push(u32::try_from(cuts.len()).ok()?);
+        }
+        let rows = cuts.len() + offsets.len() - 1;
+        let prefix = (rows.saturating_mul(trees).saturating_mul(8) <= PREFIX_BYTES).then(|| {
+            let mut table = Vec::with_capacity(rows * trees);
+            for f in 0..offsets.len() - 1 {
+                let mut words = vec![u64::MAX; trees];
+                table.extend_from_slice(&words);
+                let list = &branches[offsets[f] as usize..offsets[f + 1] as usize];
+                for (i, b) in list.iter().enumerate() {
+                    words[(b.tree & !STRICT) as usize] &= b.mask;
+                    // A row per cut: after the last branch of equal threshold and strictness.
+                    let next = list.get(i + 1).map(|n| (n.threshold, n.tree & STRICT));
+                    if next != Some((b.threshold, b.tree & STRICT)) {
+                        table.extend_from_slice(&words);
+                    }
+                }
+            }
+            Prefix {
+                cut_offsets,
+                cuts,
+                table,
+            }
+        });
         let mut missing_offsets = vec![0u32];
         let mut missing_flat = vec![];
         for list in missing {
@@ -262,6 +314,7 @@ impl Quick {
                 (true, false) => Strictness::All,
                 _ => Strictness::None,
             },
+            prefix,
         })
     }
 }
@@ -695,7 +748,9 @@ impl TreeEnsemble {
         }
     }
 
-    /// [`Self::blocks`] by QuickScorer's scan: `right(threshold, value, tree)` tells whether a
+    /// [`Self::blocks`] by QuickScorer's scan, a block of rows at a time: each row's leaves
+    /// first, then the leaves' votes tree by tree across the block, so that the rows' sums
+    /// (each in tree order) overlap in the CPU. `right(threshold, value, tree)` tells whether a
     /// (non-missing) value goes right at a branch.
     fn quick_rows(
         &self,
@@ -707,42 +762,36 @@ impl TreeEnsemble {
         right: impl Fn(f32, f32, u32) -> bool + Copy,
     ) {
         let c = self.n_classes();
-        let features = q.offsets.len() - 1;
-        let mut words = vec![u64::MAX; self.roots.len()];
-        let mut acc = vec![0f32; c];
-        let mut has = vec![false; c];
-        for ((x, label), sc) in data
-            .chunks_exact(f)
-            .zip(labels.iter_mut())
-            .zip(scores.chunks_mut(c))
+        let t = self.roots.len();
+        let mut words = vec![u64::MAX; QUICK_BLOCK * t];
+        let mut acc = vec![0f32; QUICK_BLOCK * c];
+        let mut has = vec![false; QUICK_BLOCK * c];
+        for ((rows, l), sc) in data
+            .chunks(QUICK_BLOCK * f)
+            .zip(labels.chunks_mut(QUICK_BLOCK))
+            .zip(scores.chunks_mut(QUICK_BLOCK * c))
         {
-            words.fill(u64::MAX);
-            for (feature, &v) in x.iter().enumerate().take(features) {
-                if v.is_nan() {
-                    let (a, b) = (q.missing_offsets[feature], q.missing_offsets[feature + 1]);
-                    for &(tree, mask) in &q.missing[a as usize..b as usize] {
-                        words[tree as usize] &= mask;
+            let m = l.len();
+            words[..m * t].fill(u64::MAX);
+            for (x, w) in rows.chunks_exact(f).zip(words.chunks_exact_mut(t)) {
+                quick_leaves(q, x, w, right);
+            }
+            acc[..m * c].fill(0.0);
+            has[..m * c].fill(false);
+            for (tree, &start) in q.leaf_starts.iter().enumerate() {
+                for i in 0..m {
+                    let word = words[i * t + tree];
+                    let leaf = q.leaves[start as usize + word.trailing_zeros() as usize];
+                    let (a, b) = self.spans[leaf as usize];
+                    for &(class, w) in &self.weights[a as usize..b as usize] {
+                        self.add(&mut acc[i * c + class], &mut has[i * c + class], w);
                     }
-                    continue;
-                }
-                let (a, b) = (q.offsets[feature], q.offsets[feature + 1]);
-                for branch in &q.branches[a as usize..b as usize] {
-                    if !right(branch.threshold, v, branch.tree) {
-                        break;
-                    }
-                    words[(branch.tree & !STRICT) as usize] &= branch.mask;
                 }
             }
-            acc.fill(0.0);
-            has.fill(false);
-            for (&word, &start) in words.iter().zip(&q.leaf_starts) {
-                let leaf = q.leaves[start as usize + word.trailing_zeros() as usize];
-                let (a, b) = self.spans[leaf as usize];
-                for &(class, w) in &self.weights[a as usize..b as usize] {
-                    self.add(&mut acc[class], &mut has[class], w);
-                }
+            for (i, label) in l.iter_mut().enumerate() {
+                let r = i * c..(i + 1) * c;
+                *label = self.finish(&mut acc[r.clone()], &mut has[r.clone()], &mut sc[r]);
             }
-            *label = self.finish(&mut acc, &mut has, sc);
         }
     }
 
@@ -853,6 +902,48 @@ impl TreeEnsemble {
                     }
                 }
                 out.iter_mut().for_each(|v| *v /= sum);
+            }
+        }
+    }
+}
+
+/// Rows QuickScorer takes together.
+const QUICK_BLOCK: usize = 32;
+
+/// One row's leaf words (`words`, one per tree, all ones on entry) under QuickScorer's layout.
+#[inline(always)]
+fn quick_leaves(q: &Quick, x: &[f32], words: &mut [u64], right: impl Fn(f32, f32, u32) -> bool) {
+    let features = q.offsets.len() - 1;
+    for (feature, &v) in x.iter().enumerate().take(features) {
+        if v.is_nan() {
+            let (a, b) = (q.missing_offsets[feature], q.missing_offsets[feature + 1]);
+            for &(tree, mask) in &q.missing[a as usize..b as usize] {
+                words[tree as usize] &= mask;
+            }
+            continue;
+        }
+        match &q.prefix {
+            Some(p) => {
+                let (a, b) = (
+                    p.cut_offsets[feature] as usize,
+                    p.cut_offsets[feature + 1] as usize,
+                );
+                let k = p.cuts[a..b].partition_point(|&(t, strict)| right(t, v, strict));
+                if k > 0 {
+                    let row = (a + feature + k) * words.len();
+                    for (w, m) in words.iter_mut().zip(&p.table[row..]) {
+                        *w &= m;
+                    }
+                }
+            }
+            None => {
+                let (a, b) = (q.offsets[feature] as usize, q.offsets[feature + 1] as usize);
+                for branch in &q.branches[a..b] {
+                    if !right(branch.threshold, v, branch.tree) {
+                        break;
+                    }
+                    words[(branch.tree & !STRICT) as usize] &= branch.mask;
+                }
             }
         }
     }
@@ -1144,8 +1235,15 @@ mod tests {
         let mut r = Rng(0x5eed_1234_abcd_ef01);
         let mut quick = 0;
         for case in 0..400 {
-            let e = ensemble(&mut r);
+            let mut e = ensemble(&mut r);
             quick += usize::from(e.quick.is_some());
+            // Every other ensemble QuickScorer scores by scanning, not by its prefix table.
+            if case % 2 == 1
+                && let Some(q) = &mut e.quick
+            {
+                assert!(q.prefix.is_some());
+                q.prefix = None;
+            }
             let f = e.n_features + r.below(2) as usize;
             let n = [1, 5, 127, 128, 129, 300, 20_000][r.below(7) as usize];
             let data: Vec<f32> = (0..n * f).map(|_| value(&mut r)).collect();
