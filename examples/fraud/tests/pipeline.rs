@@ -516,3 +516,93 @@ async fn daily_runs_for_five_months() {
         "the ingested table is the same"
     );
 }
+
+/// A warehouse that holds some transactions more than once (a corrected version later, with
+/// another user, merchant and time; an exact copy; an older version): a first run keeps, per
+/// transaction id, the version with the latest time, scores each id once, and computes every
+/// feature from the kept versions only (checked against the brute-force reference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_keeps_the_latest_version_of_each_transaction() {
+    let cfg = Config {
+        users: 400,
+        merchants: 30,
+        seed: 23,
+        activity: 1.0,
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, state) = (tmp.path().join("warehouse"), tmp.path().join("state"));
+    write_warehouse(&data, &cfg, 0, 10).expect("warehouse");
+    let original = fraud_example::transactions(&cfg, 10);
+    let mut extra = Vec::new();
+    // id -> (user, merchant, ts) of the version that must win.
+    let mut kept: BTreeMap<i64, (i64, i64, i64)> = original
+        .iter()
+        .filter(|t| t.category != "pending")
+        .map(|t| (t.id, (t.user_id, t.merchant_id, t.ts)))
+        .collect();
+    for (i, t) in original
+        .iter()
+        .filter(|t| t.category != "pending")
+        .enumerate()
+    {
+        match i % 9 {
+            // A corrected version, hours later, of another user and merchant.
+            0 => {
+                let mut c = t.clone();
+                c.user_id = 1 + t.user_id % cfg.users as i64;
+                c.merchant_id = 1 + t.merchant_id % cfg.merchants as i64;
+                c.ts = t.ts + 3_600_000_000 * (1 + (i as i64 % 5));
+                c.amount = t.amount + 1.0;
+                kept.insert(c.id, (c.user_id, c.merchant_id, c.ts));
+                extra.push(c);
+            }
+            // An exact copy.
+            3 => extra.push(t.clone()),
+            // An older version, which loses.
+            6 => {
+                let mut c = t.clone();
+                c.user_id = 1 + (t.user_id + 7) % cfg.users as i64;
+                c.ts = t.ts - 60_000_000;
+                extra.push(c);
+            }
+            _ => {}
+        }
+    }
+    // Versions later than the run's time would not be read: keep the corrections within it.
+    let now = START_MICROS + 10 * DAY;
+    extra.retain(|t| t.ts < now);
+    kept = kept
+        .into_iter()
+        .filter(|(_, v)| v.2 < now)
+        .collect::<BTreeMap<_, _>>();
+    for (id, v) in original
+        .iter()
+        .filter(|t| t.category != "pending")
+        .map(|t| (t.id, (t.user_id, t.merchant_id, t.ts)))
+    {
+        kept.entry(id).or_insert(v);
+    }
+    assert!(extra.len() > 100, "{} repeated transactions", extra.len());
+    fraud_example::write_parquet(
+        &data.join("ML.TRANSACTIONS/part-versions.parquet"),
+        &fraud_example::to_batch(&extra).expect("batch"),
+    )
+    .expect("write");
+
+    let summary = run(&data, &state, now).await;
+    assert_eq!(summary.rows_ingested, kept.len(), "one row per transaction");
+    let p = predictions(&state).await;
+    let ids = i64s(&p, "id");
+    let unique: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "each transaction scored once");
+    assert_eq!(
+        unique,
+        kept.keys().copied().collect(),
+        "every transaction scored"
+    );
+    let rows: Vec<(i64, i64, i64, i64)> = kept
+        .iter()
+        .map(|(id, (u, m, ts))| (*id, *u, *m, *ts))
+        .collect();
+    check_features_against_reference(&p, &rows);
+}

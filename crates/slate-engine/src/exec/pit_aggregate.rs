@@ -15,6 +15,7 @@
 //! the operator and the bytes it asked for.
 
 use crate::encode::Dictionary;
+use crate::exec::dedupe::NarrowDedupe;
 use crate::frame::ts_column;
 use crate::windows::WindowsError;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
@@ -126,7 +127,7 @@ pub fn pit_plan(
     spec: PitSpec,
     partitions: usize,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    pit_plan_ordered(input, spec, partitions, &[])
+    pit_plan_ordered(input, spec, partitions, &[], None)
 }
 
 /// [`pit_plan`] with the rows of an entity and time further ordered by `then_by` (a unique
@@ -136,8 +137,12 @@ pub fn pit_plan_ordered(
     spec: PitSpec,
     partitions: usize,
     then_by: &[String],
+    dedupe: Option<&NarrowDedupe>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let sorted = partitioned_sorted(input, &spec.key, &spec.time, partitions, then_by)?;
+    let mut sorted = partitioned_sorted(input, &spec.key, &spec.time, partitions, then_by)?;
+    if let Some(d) = dedupe {
+        sorted = d.filter(sorted)?;
+    }
     Ok(Arc::new(PitAggregateExec::try_new(sorted, spec)?))
 }
 

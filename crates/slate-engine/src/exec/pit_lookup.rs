@@ -9,6 +9,7 @@
 //! the latest), so its memory is a batch and two rows whatever a key's number of rows (a store
 //! looked up by millions of orders).
 
+use crate::exec::dedupe::NarrowDedupe;
 use crate::exec::pit_aggregate::{EVENT, QUERY, partitioned_sorted};
 use crate::frame::ts_column;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, new_null_array};
@@ -100,8 +101,12 @@ pub fn lookup_plan(
     spec: LookupSpec,
     partitions: usize,
     then_by: &[String],
+    dedupe: Option<&NarrowDedupe>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let sorted = partitioned_sorted(input, &spec.key, &spec.time, partitions, then_by)?;
+    let mut sorted = partitioned_sorted(input, &spec.key, &spec.time, partitions, then_by)?;
+    if let Some(d) = dedupe {
+        sorted = d.filter(sorted)?;
+    }
     Ok(Arc::new(PitLookupExec::try_new(sorted, spec)?))
 }
 
@@ -406,7 +411,8 @@ mod tests {
                     output: DataType::Float64,
                 }],
             };
-            let plan = lookup_plan(source, spec, partitions, &["pos".to_string()]).expect("plan");
+            let plan =
+                lookup_plan(source, spec, partitions, &["pos".to_string()], None).expect("plan");
             let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch));
             let out = collect(plan, ctx.task_ctx()).await.expect("run");
             let mut got = std::collections::BTreeMap::new();

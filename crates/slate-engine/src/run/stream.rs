@@ -3,11 +3,16 @@
 //! backfill (its root scan reads every row):
 //!
 //! ```text
-//! source stream ─ shape to the class ─ DedupeExec (hash by key, spilling sort: one row per key)
+//! source stream ─ shape to the class ─ TapExec (each row's key, time and position to a narrow
+//!     plan: hash by key, spilling sort by key, latest time, position: which rows lose to
+//!     another of their key)
 //!   ─ for each lookup group: the looked-up table's rows unioned in as events ─ PitLookupExec
 //!     (hash by the key, spilling sort by key, time; the latest version before each row)
 //!   ─ for each aggregate group: PitAggregateExec (hash by entity, spilling sort by entity,
 //!     time, key; state for one entity at a time) ─ NodesExec (expressions, functions, models)
+//!   ─ the first of these operators reads its sort's output through DedupeFilterExec, which
+//!     drops the losers: one row per key, and no sort of whole rows for the deduplication
+//!     (a plan without such an operator deduplicates with DedupeExec after a sort by key)
 //!   ─ SortPreservingMergeExec (entity, time, key: the same order whatever the partitions)
 //!   ─ sinks: the class's offline table, the query's offline record, the online store
 //! ```
@@ -28,7 +33,7 @@ use super::{
 };
 use crate::EngineError;
 use crate::compute::{Frame, Since, history};
-use crate::exec::dedupe::dedupe_plan;
+use crate::exec::dedupe::{NarrowDedupe, dedupe_plan, narrow_dedupe};
 use crate::exec::nodes::{NodesExec, RowNodes};
 use crate::exec::pit_aggregate::{EVENT, PitAggregation, PitSpec, QUERY, pit_plan_ordered};
 use crate::exec::pit_lookup::{LookupSpec, PitLookup, lookup_plan};
@@ -242,7 +247,28 @@ fn physical_plan(
         mut history,
         mut lookups,
     } = input;
+    // A backfill's rows are deduplicated by primary key: before the first point-in-time
+    // operator's sort (which sorts every row anyway), from a narrow copy of each row's key,
+    // time and position; or, with no such operator, by a sort of the whole rows.
+    let staged = plan
+        .nodes
+        .iter()
+        .any(|n| matches!(n, Node::Aggregate { .. } | Node::Lookup { .. }));
+    let mut dedupe: Option<NarrowDedupe> = None;
     let mut current = match history {
+        None if staged => {
+            let (tap, narrow) = narrow_dedupe(
+                rows,
+                std::slice::from_ref(&pk),
+                &[(time.clone(), true), (POS.into(), false)],
+                POS,
+                partitions,
+                clocks.ingest.clone(),
+            )
+            .map_err(failed)?;
+            dedupe = Some(narrow);
+            tap
+        }
         None => dedupe_plan(
             rows,
             std::slice::from_ref(&pk),
@@ -319,6 +345,7 @@ fn physical_plan(
                 partitions,
                 batch_rows,
                 errors,
+                dedupe.take().as_ref(),
             )
             .map_err(failed)?;
             order = vec![key.clone(), NOW.into(), pk.clone()];
@@ -388,8 +415,14 @@ fn physical_plan(
             // sinks) holds a few batches, and a small budget makes them small.
             chunk_rows: batch_rows,
         };
-        current = pit_plan_ordered(current, spec, partitions, std::slice::from_ref(&pk))
-            .map_err(failed)?;
+        current = pit_plan_ordered(
+            current,
+            spec,
+            partitions,
+            std::slice::from_ref(&pk),
+            dedupe.take().as_ref(),
+        )
+        .map_err(failed)?;
         order = vec![key.clone(), NOW.into(), pk.clone()];
         // The operator's time is counted where the next operator polls it.
         input_busy = clocks.compute.clone();
@@ -584,6 +617,7 @@ fn lookup_stage(
     partitions: usize,
     batch_rows: usize,
     errors: &FirstError,
+    dedupe: Option<&NarrowDedupe>,
 ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
     use datafusion::physical_expr::expressions::Literal;
     use datafusion::physical_plan::projection::ProjectionExec;
@@ -656,7 +690,7 @@ fn lookup_stage(
         carry,
         lookups,
     };
-    lookup_plan(current, spec, partitions, &[pk.to_string()])
+    lookup_plan(current, spec, partitions, &[pk.to_string()], dedupe)
 }
 
 fn ts_type() -> DataType {
