@@ -374,8 +374,14 @@ impl ExecutionPlan for TapExec {
     }
 }
 
-/// The positions of the rows that lose to another row of their key.
-enum Losers {
+/// The positions of the rows that lose to another row of their key, and the memory they
+/// hold, reserved from the run's pool for as long as they are kept.
+struct Losers {
+    set: LoserSet,
+    _memory: datafusion::execution::memory_pool::MemoryReservation,
+}
+
+enum LoserSet {
     /// Ascending.
     Sorted(Vec<u64>),
     /// One bit per position.
@@ -384,16 +390,16 @@ enum Losers {
 
 impl Losers {
     fn contains(&self, position: u64) -> bool {
-        match self {
-            Losers::Sorted(v) => v.binary_search(&position).is_ok(),
-            Losers::Bits(b) => b
+        match &self.set {
+            LoserSet::Sorted(v) => v.binary_search(&position).is_ok(),
+            LoserSet::Bits(b) => b
                 .get((position / 64) as usize)
                 .is_some_and(|w| w & (1 << (position % 64)) != 0),
         }
     }
 
     fn is_empty(&self) -> bool {
-        matches!(self, Losers::Sorted(v) if v.is_empty())
+        matches!(&self.set, LoserSet::Sorted(v) if v.is_empty())
     }
 }
 
@@ -512,22 +518,32 @@ async fn find_losers(
     }
     let parts = futures::future::try_join_all(runs).await?;
     let mut all: Vec<u64> = Vec::new();
-    let mut reservations = Vec::new();
+    let memory = MemoryConsumer::new("DedupeLosers").register(context.memory_pool());
     for (losers, reservation) in parts {
         all.extend(losers);
-        reservations.push(reservation);
+        memory.grow(reservation.size());
     }
     all.sort_unstable();
     // A bitmap when it is smaller (many losers among the positions).
     let words = all.last().map_or(0, |m| (*m / 64 + 1) as usize);
-    Ok(if words < all.len() {
+    let set = if words < all.len() {
         let mut bits = vec![0u64; words];
         for p in all {
             bits[(p / 64) as usize] |= 1 << (p % 64);
         }
-        Losers::Bits(bits)
+        LoserSet::Bits(bits)
     } else {
-        Losers::Sorted(all)
+        all.shrink_to_fit();
+        LoserSet::Sorted(all)
+    };
+    let bytes = match &set {
+        LoserSet::Sorted(v) => v.capacity() * 8,
+        LoserSet::Bits(b) => b.capacity() * 8,
+    };
+    memory.shrink(memory.size().saturating_sub(bytes));
+    Ok(Losers {
+        set,
+        _memory: memory,
     })
 }
 
