@@ -64,6 +64,55 @@ pub fn dedupe_plan(
     Ok(Arc::new(DedupeExec::try_new(sorted, key.to_vec(), busy)?))
 }
 
+/// Which rows of a stream ordered by `key` are the first of their key, batch after batch (the
+/// previous batch's last key is kept).
+struct KeyRuns {
+    key_idx: Vec<usize>,
+    converter: RowConverter,
+    previous: Option<OwnedRow>,
+}
+
+impl KeyRuns {
+    fn new(schema: &SchemaRef, key: &[String]) -> Result<Self> {
+        let key_idx = key
+            .iter()
+            .map(|k| schema.index_of(k))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let converter = RowConverter::new(
+            key_idx
+                .iter()
+                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                .collect(),
+        )?;
+        Ok(KeyRuns {
+            key_idx,
+            converter,
+            previous: None,
+        })
+    }
+
+    /// Per row of `batch` (not empty): whether it starts a run of its key.
+    fn firsts(&mut self, batch: &RecordBatch) -> Result<Vec<bool>> {
+        let cols: Vec<_> = self
+            .key_idx
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let rows = self.converter.convert_columns(&cols)?;
+        let firsts = (0..rows.num_rows())
+            .map(|i| match i {
+                0 => self
+                    .previous
+                    .as_ref()
+                    .is_none_or(|p| p.row() != rows.row(0)),
+                _ => rows.row(i) != rows.row(i - 1),
+            })
+            .collect();
+        self.previous = Some(rows.row(rows.num_rows() - 1).owned());
+        Ok(firsts)
+    }
+}
+
 impl DisplayAs for DedupeExec {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "DedupeExec: key=[{}]", self.key.join(", "))
@@ -116,37 +165,14 @@ impl ExecutionPlan for DedupeExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
-        let schema = self.input.schema();
-        let key_idx = self
-            .key
-            .iter()
-            .map(|k| schema.index_of(k))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let converter = RowConverter::new(
-            key_idx
-                .iter()
-                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-                .collect(),
-        )?;
-        let mut previous: Option<OwnedRow> = None;
+        let mut runs = KeyRuns::new(&self.input.schema(), &self.key)?;
         let input = busy_stream(input, self.busy.clone());
         let stream = input.map(move |batch| {
             let batch = batch?;
             if batch.num_rows() == 0 {
                 return Ok(batch);
             }
-            let cols: Vec<_> = key_idx.iter().map(|&i| batch.column(i).clone()).collect();
-            let rows = converter.convert_columns(&cols)?;
-            let keep: BooleanArray = (0..rows.num_rows())
-                .map(|i| {
-                    let first = match i {
-                        0 => previous.as_ref().is_none_or(|p| p.row() != rows.row(0)),
-                        _ => rows.row(i) != rows.row(i - 1),
-                    };
-                    Some(first)
-                })
-                .collect();
-            previous = Some(rows.row(rows.num_rows() - 1).owned());
+            let keep = BooleanArray::from(runs.firsts(&batch)?);
             Ok(filter_record_batch(&batch, &keep)?)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -456,46 +482,30 @@ async fn find_losers(
     use arrow::array::{Array, UInt64Array};
     use datafusion::execution::memory_pool::MemoryConsumer;
     let schema = narrow.schema();
-    let key_idx = key
-        .iter()
-        .map(|k| schema.index_of(k))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
     let pos_idx = schema.index_of(&position)?;
     let partitions = narrow.properties().partitioning.partition_count();
     let mut runs = Vec::with_capacity(partitions);
     for p in 0..partitions {
         let stream = busy_stream(narrow.execute(p, context.clone())?, busy.clone());
-        let converter = RowConverter::new(
-            key_idx
-                .iter()
-                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-                .collect(),
-        )?;
-        let key_idx = key_idx.clone();
+        let mut key_runs = KeyRuns::new(&schema, &key)?;
         let reservation =
             MemoryConsumer::new(format!("DedupeLosers[{p}]")).register(context.memory_pool());
         runs.push(async move {
             let mut stream = stream;
-            let mut previous: Option<OwnedRow> = None;
             let mut losers: Vec<u64> = Vec::new();
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                let cols: Vec<_> = key_idx.iter().map(|&i| batch.column(i).clone()).collect();
-                let rows = converter.convert_columns(&cols)?;
+                let firsts = key_runs.firsts(&batch)?;
                 let positions = batch
                     .column(pos_idx)
                     .as_any()
                     .downcast_ref::<UInt64Array>()
                     .ok_or_else(|| DataFusionError::Internal("positions".into()))?;
                 let before = losers.capacity();
-                for i in 0..rows.num_rows() {
-                    let first = match i {
-                        0 => previous.as_ref().is_none_or(|p| p.row() != rows.row(0)),
-                        _ => rows.row(i) != rows.row(i - 1),
-                    };
+                for (i, first) in firsts.into_iter().enumerate() {
                     if !first && positions.is_valid(i) {
                         losers.push(positions.value(i));
                     }
@@ -511,7 +521,6 @@ async fn find_losers(
                             ))
                         })?;
                 }
-                previous = Some(rows.row(rows.num_rows() - 1).owned());
             }
             Ok::<_, DataFusionError>((losers, reservation))
         });
@@ -697,6 +706,34 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeMap;
 
+    /// `plan`'s output under a memory pool of `limit` bytes (none: no limit), its sorts
+    /// keeping `merge` bytes to merge, and whether any of its operators spilled.
+    async fn collect_under(
+        plan: Arc<dyn ExecutionPlan>,
+        limit: Option<usize>,
+        merge: usize,
+    ) -> (Vec<RecordBatch>, bool) {
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(l) = limit {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(l)));
+        }
+        let ctx = SessionContext::new_with_config_rt(
+            SessionConfig::new()
+                .with_batch_size(512)
+                .with_sort_spill_reservation_bytes(merge)
+                .with_sort_in_place_threshold_bytes(merge / 4),
+            runtime.build_arc().unwrap(),
+        );
+        let out = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+            .await
+            .unwrap();
+        fn spills(p: &Arc<dyn ExecutionPlan>) -> usize {
+            p.metrics().and_then(|m| m.spill_count()).unwrap_or(0)
+                + p.children().into_iter().map(spills).sum::<usize>()
+        }
+        (out, spills(&plan) > 0)
+    }
+
     /// Seeded random (key, time, position) rows in batches: many duplicate keys and times.
     /// Kept per key: the latest time, the first position among those; checked against a
     /// brute force, with 1, 3 and 7 partitions and with a memory limit that makes sorts spill.
@@ -742,29 +779,8 @@ mod tests {
                 Busy::default(),
             )
             .unwrap();
-            let mut runtime = RuntimeEnvBuilder::new();
-            if let Some(l) = limit {
-                runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(l)));
-            }
-            let ctx = SessionContext::new_with_config_rt(
-                SessionConfig::new()
-                    .with_batch_size(512)
-                    .with_sort_spill_reservation_bytes(32 << 10)
-                    .with_sort_in_place_threshold_bytes(8 << 10),
-                runtime.build_arc().unwrap(),
-            );
-            let out = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
-                .await
-                .unwrap();
-            fn spills(p: &Arc<dyn ExecutionPlan>) -> usize {
-                p.metrics().and_then(|m| m.spill_count()).unwrap_or(0)
-                    + p.children().into_iter().map(spills).sum::<usize>()
-            }
-            assert_eq!(
-                spills(&plan) > 0,
-                limit.is_some(),
-                "spilled under {limit:?}"
-            );
+            let (out, spilled) = collect_under(plan, limit, 32 << 10).await;
+            assert_eq!(spilled, limit.is_some(), "spilled under {limit:?}");
             let mut got = BTreeMap::new();
             for b in &out {
                 let (k, t, p) = (
@@ -866,29 +882,8 @@ mod tests {
             )
             .unwrap();
             let plan = dedupe.filter(sorted).unwrap();
-            let mut runtime = RuntimeEnvBuilder::new();
-            if let Some(l) = limit {
-                runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(l)));
-            }
-            let ctx = SessionContext::new_with_config_rt(
-                SessionConfig::new()
-                    .with_batch_size(512)
-                    .with_sort_spill_reservation_bytes(64 << 10)
-                    .with_sort_in_place_threshold_bytes(16 << 10),
-                runtime.build_arc().unwrap(),
-            );
-            let out = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
-                .await
-                .unwrap();
-            fn spills(p: &Arc<dyn ExecutionPlan>) -> usize {
-                p.metrics().and_then(|m| m.spill_count()).unwrap_or(0)
-                    + p.children().into_iter().map(spills).sum::<usize>()
-            }
-            assert_eq!(
-                spills(&plan) > 0,
-                limit.is_some(),
-                "spilled under {limit:?}"
-            );
+            let (out, spilled) = collect_under(plan, limit, 64 << 10).await;
+            assert_eq!(spilled, limit.is_some(), "spilled under {limit:?}");
             let mut got = BTreeMap::new();
             let mut elsewhere = 0;
             for b in &out {
