@@ -491,13 +491,17 @@ impl OnlineStore for RedisOnlineStore {
                 .map_err(fail(target, "online store count"))?,
         )?;
         let mut n = 0;
+        // SCAN may return a key more than once (when the server resizes its table during the
+        // walk, as other clients' writes make it do): each key is counted once.
+        let mut seen = std::collections::HashSet::new();
         scan_keys(
             &mut c,
             target,
             "online store count",
             &pattern,
             1000,
-            |c, keys| {
+            |c, mut keys| {
+                keys.retain(|k| seen.insert(k.clone()));
                 if keys.is_empty() {
                     return Ok(true);
                 }
